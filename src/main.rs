@@ -1,0 +1,117 @@
+//! The `pollcast` binary: command line → `Config` → `Server::run()`. Nothing else.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+use pollcast::config::{parse_duration, parse_size, Config, Mode};
+use pollcast::server::{raise_fd_limit, Server};
+
+/// A WebSocket chat and broadcast server on one mio poll loop.
+///
+/// Every flag has a POLLCAST_* environment variable (e.g. POLLCAST_LISTEN). Sizes take
+/// B/KiB/MiB suffixes, durations ms/s/m.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Cli {
+    /// Address to listen on; port 0 picks a free port (logged).
+    #[arg(long, env = "POLLCAST_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+
+    /// relay: each message goes to every other client of its room; echo: back to its sender.
+    #[arg(long, env = "POLLCAST_MODE", value_enum, default_value = "relay")]
+    mode: Mode,
+
+    /// Most client connections held at once; more are answered 503.
+    #[arg(long, env = "POLLCAST_MAX_CONNECTIONS", default_value = "10000")]
+    max_connections: usize,
+
+    /// Largest message accepted (after reassembly); larger ones close the sender with 1009.
+    #[arg(long, env = "POLLCAST_MAX_MESSAGE", default_value = "64KiB", value_parser = parse_size)]
+    max_message: usize,
+
+    /// Unsent bytes held per client; a client past it is a slow consumer, closed with 1008.
+    /// Never below one maximal message.
+    #[arg(long, env = "POLLCAST_MAX_QUEUE", default_value = "1MiB", value_parser = parse_size)]
+    max_queue: usize,
+
+    /// Largest HTTP request head; larger ones are answered 431.
+    #[arg(long, env = "POLLCAST_MAX_REQUEST", default_value = "8KiB", value_parser = parse_size)]
+    max_request: usize,
+
+    /// Most header lines in a request head; more are answered 431.
+    #[arg(long, env = "POLLCAST_MAX_HEADERS", default_value = "64")]
+    max_headers: usize,
+
+    /// Time from accept to a complete request head; slower clients get 408.
+    #[arg(long, env = "POLLCAST_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    handshake_timeout: Duration,
+
+    /// Quiet time after which the server pings a client.
+    #[arg(long, env = "POLLCAST_PING_INTERVAL", default_value = "25s", value_parser = parse_duration)]
+    ping_interval: Duration,
+
+    /// Silence after which a client is closed with 1001 [default: 2 × ping interval].
+    #[arg(long, env = "POLLCAST_IDLE_TIMEOUT", value_parser = parse_duration)]
+    idle_timeout: Option<Duration>,
+
+    /// How long to wait for a client's Close answer, and to linger after ours.
+    #[arg(long, env = "POLLCAST_CLOSE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    close_timeout: Duration,
+
+    /// On SIGINT/SIGTERM, how long to flush the 1001 closes before exiting.
+    #[arg(long, env = "POLLCAST_SHUTDOWN_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    shutdown_timeout: Duration,
+
+    /// Bytes read from one client per loop turn before the others get their turn.
+    #[arg(long, env = "POLLCAST_READ_BUDGET", default_value = "256KiB", value_parser = parse_size)]
+    read_budget: usize,
+
+    /// Browser Origin allowed to upgrade (repeatable, or comma-separated in the env var);
+    /// when given, others get 403.
+    #[arg(long = "allow-origin", env = "POLLCAST_ALLOW_ORIGIN", value_delimiter = ',')]
+    allow_origins: Vec<String>,
+}
+
+impl Cli {
+    fn into_config(self) -> Config {
+        Config {
+            listen: self.listen,
+            mode: self.mode,
+            max_connections: self.max_connections,
+            max_message: self.max_message,
+            max_queue: self.max_queue,
+            max_request: self.max_request,
+            max_headers: self.max_headers,
+            handshake_timeout: self.handshake_timeout,
+            ping_interval: self.ping_interval,
+            idle_timeout: self.idle_timeout.unwrap_or(2 * self.ping_interval),
+            close_timeout: self.close_timeout,
+            shutdown_timeout: self.shutdown_timeout,
+            read_budget: self.read_budget.max(1),
+            allow_origins: self.allow_origins,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let config = Cli::parse().into_config();
+    let fd_limit = raise_fd_limit();
+    let mut server = match Server::bind(config.clone()) {
+        Ok(server) => server,
+        Err(e) => {
+            log::error!("cannot listen on {}: {e}", config.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    log::info!("pollcast listening on ws://{}/", server.local_addr());
+    log::info!("{} open-files={fd_limit}", config.limits_line());
+    if let Err(e) = server.run() {
+        log::error!("poll loop failed: {e}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}

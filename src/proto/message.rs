@@ -1,0 +1,320 @@
+//! Message assembly: the RFC 6455 rules that need more than one frame of context.
+//!
+//! Owns: whether a frame header is acceptable *now* (masking, RSV bits, opcodes,
+//! control-frame limits, fragment order, message size), the buffer a fragmented
+//! message is assembled in, and incremental UTF-8 validation of text.
+//! Must not touch: sockets, clocks, close handshakes (`session.rs`).
+//!
+//! Memory: one buffer per connection, and only while a fragmented message is in flight.
+//! Every fragment is appended to it, so a flood of tiny fragments costs no more than one
+//! message of the same total size, and the total is capped by `max_message` *before*
+//! a byte of the fragment is buffered (the header is enough to judge).
+
+use std::borrow::Cow;
+use std::fmt;
+
+use super::close::CloseCode;
+use super::frame::{FrameHeader, OpCode, MAX_CONTROL_PAYLOAD};
+
+/// The two kinds of data message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataKind {
+    Text,   // UTF-8, validated before it is delivered
+    Binary, // any bytes
+}
+
+impl DataKind {
+    /// The opcode a message of this kind is sent with.
+    pub fn opcode(self) -> OpCode {
+        match self {
+            DataKind::Text => OpCode::Text,
+            DataKind::Binary => OpCode::Binary,
+        }
+    }
+}
+
+/// A broken rule: the connection fails with `code` (RFC 6455 §7.1.7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Violation {
+    pub code: CloseCode,      // what we close with
+    pub reason: &'static str, // sent as the close reason and logged
+}
+
+impl Violation {
+    const fn protocol(reason: &'static str) -> Violation {
+        Violation { code: CloseCode::PROTOCOL_ERROR, reason }
+    }
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.reason, self.code)
+    }
+}
+
+const UNMASKED: Violation = Violation::protocol("client frame is not masked");
+const RSV_SET: Violation = Violation::protocol("reserved bit set without an extension");
+const RESERVED_OPCODE: Violation = Violation::protocol("reserved opcode");
+const CONTROL_TOO_LONG: Violation = Violation::protocol("control frame over 125 bytes");
+const CONTROL_FRAGMENTED: Violation = Violation::protocol("fragmented control frame");
+const STRAY_CONTINUATION: Violation = Violation::protocol("continuation frame without a message");
+const EXPECTED_CONTINUATION: Violation = Violation::protocol("new message inside a fragmented message");
+const TOO_BIG: Violation = Violation { code: CloseCode::TOO_BIG, reason: "message too big" };
+const BAD_UTF8: Violation = Violation { code: CloseCode::INVALID_PAYLOAD, reason: "text is not valid UTF-8" };
+
+/// What one complete frame amounts to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Assembled<'a> {
+    /// A whole data message. Borrowed straight from the frame when it came unfragmented,
+    /// owned when it was assembled from fragments.
+    Message(DataKind, Cow<'a, [u8]>),
+    /// A fragment was taken in; the message is not complete yet.
+    Partial,
+    /// A control frame, checked but not acted on (the session does that).
+    Control(OpCode, &'a [u8]),
+}
+
+/// Progress of a fragmented message.
+#[derive(Debug, Default)]
+struct Fragments {
+    kind: Option<DataKind>, // Some while a fragmented message is in flight
+    buf: Vec<u8>,           // the payload so far; empty (no allocation) otherwise
+    utf8_checked: usize,    // bytes of `buf` known to be valid UTF-8 (text only)
+}
+
+/// Applies the frame rules and assembles fragmented messages.
+#[derive(Debug)]
+pub struct Assembler {
+    max_message: usize,   // largest message accepted, in bytes (`--max-message`)
+    allowed_rsv: u8,      // RSV bits an extension has claimed (none until deflate)
+    fragments: Fragments, // the fragmented message in flight, if any
+}
+
+impl Assembler {
+    pub fn new(max_message: usize) -> Assembler {
+        Assembler { max_message, allowed_rsv: 0, fragments: Fragments::default() }
+    }
+
+    /// Is a fragmented message in flight?
+    pub fn in_message(&self) -> bool {
+        self.fragments.kind.is_some()
+    }
+
+    /// Bytes held for the message in flight (allocated capacity, for memory accounting).
+    pub fn buffered_capacity(&self) -> usize {
+        self.fragments.buf.capacity()
+    }
+
+    /// Judges a header before its payload is read, so that an oversized or illegal frame
+    /// is refused without buffering it.
+    pub fn check_header(&self, header: &FrameHeader) -> Result<OpCode, Violation> {
+        // RFC 6455 §5.1: "The server MUST close the connection upon receiving a frame
+        // that is not masked."
+        if header.mask.is_none() {
+            return Err(UNMASKED);
+        }
+        // RFC 6455 §5.2: RSV1-3 "MUST be 0 unless an extension is negotiated".
+        if header.rsv & !self.allowed_rsv != 0 {
+            return Err(RSV_SET);
+        }
+        // RFC 6455 §5.2: "If an unknown opcode is received, the receiving endpoint MUST
+        // _Fail the WebSocket Connection_."
+        let opcode = header.opcode().ok_or(RESERVED_OPCODE)?;
+        if opcode.is_control() {
+            // RFC 6455 §5.5: "All control frames MUST have a payload length of 125 bytes
+            // or less and MUST NOT be fragmented."
+            if header.payload_len > MAX_CONTROL_PAYLOAD as u64 {
+                return Err(CONTROL_TOO_LONG);
+            }
+            if !header.fin {
+                return Err(CONTROL_FRAGMENTED);
+            }
+            return Ok(opcode);
+        }
+        // RFC 6455 §5.4: fragments of one message are a start frame then continuations;
+        // control frames may be injected between them, data frames may not.
+        match (opcode, self.in_message()) {
+            (OpCode::Continuation, false) => return Err(STRAY_CONTINUATION),
+            (OpCode::Text | OpCode::Binary, true) => return Err(EXPECTED_CONTINUATION),
+            _ => {}
+        }
+        let total = self.fragments.buf.len() as u64 + header.payload_len;
+        if total > self.max_message as u64 {
+            return Err(TOO_BIG);
+        }
+        Ok(opcode)
+    }
+
+    /// Takes one complete, already unmasked frame whose header passed `check_header`.
+    pub fn push<'a>(&mut self, header: &FrameHeader, payload: &'a [u8]) -> Result<Assembled<'a>, Violation> {
+        let opcode = self.check_header(header)?;
+        match (opcode, header.fin) {
+            // A control frame: checked above, acted on by the session.
+            (OpCode::Close | OpCode::Ping | OpCode::Pong, _) => Ok(Assembled::Control(opcode, payload)),
+            // The common case: a whole message in one frame. No copy; validate in one go.
+            (OpCode::Text, true) => match std::str::from_utf8(payload) {
+                Ok(_) => Ok(Assembled::Message(DataKind::Text, Cow::Borrowed(payload))),
+                Err(_) => Err(BAD_UTF8),
+            },
+            (OpCode::Binary, true) => Ok(Assembled::Message(DataKind::Binary, Cow::Borrowed(payload))),
+            // The first fragment of a message.
+            (OpCode::Text | OpCode::Binary, false) => {
+                let kind = if opcode == OpCode::Text { DataKind::Text } else { DataKind::Binary };
+                self.fragments.kind = Some(kind);
+                self.append(payload, false)?;
+                Ok(Assembled::Partial)
+            }
+            // A middle fragment.
+            (OpCode::Continuation, false) => {
+                self.append(payload, false)?;
+                Ok(Assembled::Partial)
+            }
+            // The last fragment: hand the buffer over and start afresh with no allocation.
+            (OpCode::Continuation, true) => {
+                self.append(payload, true)?;
+                let fragments = std::mem::take(&mut self.fragments);
+                let kind = fragments.kind.expect("check_header admits a final continuation only mid-message");
+                Ok(Assembled::Message(kind, Cow::Owned(fragments.buf)))
+            }
+        }
+    }
+
+    /// Appends a fragment and validates the text so far, failing fast: invalid UTF-8 is
+    /// reported as soon as the offending bytes arrive, not at the end of the message.
+    fn append(&mut self, payload: &[u8], last: bool) -> Result<(), Violation> {
+        let fragments = &mut self.fragments;
+        fragments.buf.extend_from_slice(payload);
+        if fragments.kind != Some(DataKind::Text) {
+            return Ok(());
+        }
+        match std::str::from_utf8(&fragments.buf[fragments.utf8_checked..]) {
+            Ok(_) => fragments.utf8_checked = fragments.buf.len(),
+            // `error_len() == None`: the bytes so far are the start of a valid character
+            // that the next fragment may complete; only the final fragment must be whole.
+            Err(e) if e.error_len().is_none() && !last => fragments.utf8_checked += e.valid_up_to(),
+            Err(_) => return Err(BAD_UTF8),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(fin: bool, opcode_bits: u8, len: usize) -> FrameHeader {
+        FrameHeader { fin, rsv: 0, opcode_bits, mask: Some([0; 4]), payload_len: len as u64 }
+    }
+
+    fn push<'a>(a: &mut Assembler, fin: bool, opcode_bits: u8, payload: &'a [u8]) -> Result<Assembled<'a>, Violation> {
+        a.push(&header(fin, opcode_bits, payload.len()), payload)
+    }
+
+    #[test]
+    fn single_frame_text_is_borrowed() {
+        let mut a = Assembler::new(100);
+        match push(&mut a, true, 0x1, b"hi").unwrap() {
+            Assembled::Message(DataKind::Text, Cow::Borrowed(b)) => assert_eq!(b, b"hi"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn fragments_with_interleaved_ping() {
+        let mut a = Assembler::new(100);
+        assert_eq!(push(&mut a, false, 0x1, b"Hel").unwrap(), Assembled::Partial);
+        assert_eq!(push(&mut a, true, 0x9, b"p").unwrap(), Assembled::Control(OpCode::Ping, b"p"));
+        assert_eq!(push(&mut a, false, 0x0, b"l").unwrap(), Assembled::Partial);
+        let msg = push(&mut a, true, 0x0, b"o").unwrap();
+        assert_eq!(msg, Assembled::Message(DataKind::Text, Cow::Owned(b"Hello".to_vec())));
+        assert!(!a.in_message());
+        assert_eq!(a.buffered_capacity(), 0, "buffer is handed over, not kept");
+    }
+
+    #[test]
+    fn every_header_rule() {
+        let a = Assembler::new(10);
+        let mut h = header(true, 0x1, 1);
+        h.mask = None;
+        assert_eq!(a.check_header(&h), Err(UNMASKED));
+        let mut h = header(true, 0x1, 1);
+        h.rsv = 0x40;
+        assert_eq!(a.check_header(&h), Err(RSV_SET));
+        assert_eq!(a.check_header(&header(true, 0x3, 0)), Err(RESERVED_OPCODE));
+        assert_eq!(a.check_header(&header(true, 0xB, 0)), Err(RESERVED_OPCODE));
+        assert_eq!(a.check_header(&header(true, 0x9, 126)), Err(CONTROL_TOO_LONG));
+        assert_eq!(a.check_header(&header(false, 0x9, 1)), Err(CONTROL_FRAGMENTED));
+        assert_eq!(a.check_header(&header(true, 0x0, 1)), Err(STRAY_CONTINUATION));
+        assert_eq!(a.check_header(&header(true, 0x2, 11)), Err(TOO_BIG));
+        assert_eq!(a.check_header(&header(true, 0x2, 10)), Ok(OpCode::Binary));
+        assert_eq!(a.check_header(&header(true, 0x9, 125)), Ok(OpCode::Ping));
+    }
+
+    #[test]
+    fn new_message_inside_fragmented_one() {
+        let mut a = Assembler::new(10);
+        push(&mut a, false, 0x2, b"ab").unwrap();
+        assert_eq!(push(&mut a, true, 0x1, b"c"), Err(EXPECTED_CONTINUATION));
+    }
+
+    #[test]
+    fn size_counts_all_fragments() {
+        let mut a = Assembler::new(5);
+        push(&mut a, false, 0x2, b"abc").unwrap();
+        assert_eq!(push(&mut a, true, 0x0, b"def"), Err(TOO_BIG));
+    }
+
+    #[test]
+    fn many_tiny_fragments_reach_the_limit_and_no_further() {
+        let limit = 4 << 20;
+        let mut a = Assembler::new(limit);
+        let chunk = [b'x'; 64];
+        push(&mut a, false, 0x1, &chunk).unwrap();
+        for _ in 1..(limit / 64 - 1) {
+            assert_eq!(push(&mut a, false, 0x0, &chunk).unwrap(), Assembled::Partial);
+        }
+        match push(&mut a, true, 0x0, &chunk).unwrap() {
+            Assembled::Message(DataKind::Text, m) => assert_eq!(m.len(), limit),
+            other => panic!("{other:?}"),
+        }
+        push(&mut a, false, 0x2, &[0; 64]).unwrap();
+        for _ in 1..(limit / 64) {
+            push(&mut a, false, 0x0, &chunk).unwrap();
+        }
+        assert_eq!(push(&mut a, false, 0x0, b"y"), Err(TOO_BIG));
+    }
+
+    #[test]
+    fn utf8_split_across_fragments_is_accepted() {
+        let text = "κόσμε".as_bytes();
+        for cut in 0..=text.len() {
+            let mut a = Assembler::new(100);
+            push(&mut a, false, 0x1, &text[..cut]).unwrap();
+            let msg = push(&mut a, true, 0x0, &text[cut..]).unwrap();
+            assert_eq!(msg, Assembled::Message(DataKind::Text, Cow::Owned(text.to_vec())), "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_fails_fast_in_the_first_fragment() {
+        let mut a = Assembler::new(100);
+        // 0xce 0xba is "κ"; 0xed 0xa0 0x80 is a UTF-16 surrogate, never valid.
+        assert_eq!(push(&mut a, false, 0x1, &[0xce, 0xba, 0xed, 0xa0, 0x80]), Err(BAD_UTF8));
+    }
+
+    #[test]
+    fn truncated_utf8_at_the_end_is_invalid() {
+        let mut a = Assembler::new(100);
+        push(&mut a, false, 0x1, &[0xce]).unwrap();
+        assert_eq!(push(&mut a, true, 0x0, &[]), Err(BAD_UTF8));
+        let mut a = Assembler::new(100);
+        assert_eq!(push(&mut a, true, 0x1, &[0xce]), Err(BAD_UTF8));
+    }
+
+    #[test]
+    fn binary_is_not_utf8_checked() {
+        let mut a = Assembler::new(100);
+        push(&mut a, false, 0x2, &[0xff]).unwrap();
+        assert!(matches!(push(&mut a, true, 0x0, &[0xfe]).unwrap(), Assembled::Message(DataKind::Binary, _)));
+    }
+}

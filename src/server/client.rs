@@ -1,0 +1,87 @@
+//! One slot of the slab: a client socket and everything the loop keeps for it.
+//!
+//! Owns: the socket, its protocol `Session`, unconsumed input, the write queue, room
+//! membership, and the readiness interest derived from those. Must not touch: other
+//! clients (routing is `broadcast.rs`), the poll loop's order of phases (`mod.rs`).
+
+use std::net::{Shutdown, SocketAddr};
+use std::time::Instant;
+
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+
+use super::rooms::Seat;
+use super::write_queue::WriteQueue;
+use crate::proto::session::Session;
+
+/// A connected client: the Rust form of one entry of PHP's `$clients` array plus its
+/// `$handshake[$i]` flag (now `session.phase()`) and read buffer.
+pub struct Client {
+    pub stream: TcpStream,    // the non-blocking socket, registered with Token(slab key)
+    pub peer: SocketAddr,     // remote address, for log lines
+    pub session: Session,     // protocol state: phase, assembly, timers
+    pub inbox: Vec<u8>,       // bytes read but not consumed (a partial head or frame); empty, unallocated, otherwise
+    pub queue: WriteQueue,    // encoded frames waiting to be written, shared with other queues
+    pub seat: Option<Seat>,   // the room this client is in, while OPEN
+    pub dirty: bool,          // already listed for this turn's flush
+    pub write_shut: bool,     // we sent FIN (shutdown(Write)) after the last queued byte
+    pub registered: Interest, // the interest the poller currently has for this socket
+}
+
+impl Client {
+    pub fn new(stream: TcpStream, peer: SocketAddr, session: Session) -> Client {
+        Client {
+            stream,
+            peer,
+            session,
+            inbox: Vec::new(),
+            queue: WriteQueue::default(),
+            seat: None,
+            dirty: false,
+            write_shut: false,
+            registered: Interest::READABLE,
+        }
+    }
+
+    /// What to be woken for, derived from state alone: always READABLE (to see data, a
+    /// Close or EOF), WRITABLE only while queued bytes wait for kernel buffer space.
+    pub fn interest(&self) -> Interest {
+        if self.queue.is_empty() {
+            Interest::READABLE
+        } else {
+            Interest::READABLE | Interest::WRITABLE
+        }
+    }
+
+    /// Tells the poller about a changed interest; a no-op when it is unchanged, so the
+    /// common case costs no syscall.
+    pub fn sync_interest(&mut self, registry: &Registry, token: Token) -> std::io::Result<()> {
+        let wanted = self.interest();
+        if wanted != self.registered {
+            registry.reregister(&mut self.stream, token, wanted)?;
+            self.registered = wanted;
+        }
+        Ok(())
+    }
+
+    /// Once CLOSED and fully flushed, send FIN so the peer sees the end of the stream
+    /// (RFC 6455 §7.1.1: the server closes the TCP connection first). We keep reading
+    /// until the peer's FIN or the linger deadline, so our last bytes are not lost to an
+    /// RST caused by unread input.
+    pub fn shut_write_if_done(&mut self) {
+        if self.session.is_closed() && self.queue.is_empty() && !self.write_shut {
+            self.write_shut = true;
+            let _ = self.stream.shutdown(Shutdown::Write); // ENOTCONN: the peer is gone already
+        }
+    }
+
+    /// Bytes this client holds in user space beyond its fixed slot (for /metrics).
+    pub fn buffered_bytes(&self) -> usize {
+        self.inbox.capacity() + self.session.buffered_capacity()
+    }
+
+    /// Whether the linger after CLOSED is over.
+    pub fn expired(&self, now: Instant) -> bool {
+        self.session.is_expired(now)
+    }
+}

@@ -1,0 +1,200 @@
+//! A client's outgoing bytes: a queue of shared, already encoded frames.
+//!
+//! Owns: the order of what this client will be sent, how much of the head is already
+//! written, the byte count that the slow-consumer limit is checked against, and the one
+//! vectored write that drains it. Must not touch: framing (bytes arrive encoded), other
+//! clients, readiness registration (`client.rs` derives interest from `is_empty()`).
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+use std::rc::Rc;
+
+use super::nb::retrying;
+
+/// An encoded chunk of frames, built once and shared by every queue it is pushed to.
+pub type Shared = Rc<Vec<u8>>;
+
+/// How many chunks one `writev` call hands to the kernel. Linux accepts up to 1024
+/// (`IOV_MAX`); 64 already fills a socket buffer with small frames while keeping the
+/// slice array on the stack.
+const IOVECS_PER_WRITE: usize = 64;
+
+/// A FIFO of shared chunks plus the write offset into the first one.
+#[derive(Debug, Default)]
+pub struct WriteQueue {
+    chunks: VecDeque<Shared>, // what is left to send, oldest first; no allocation while empty
+    head_written: usize,      // bytes of `chunks[0]` already written
+    bytes: usize,             // unsent bytes in total, for the `--max-queue` check
+}
+
+impl WriteQueue {
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// Unsent bytes.
+    pub fn len(&self) -> usize {
+        self.bytes
+    }
+
+    /// Appends a chunk; an empty one is ignored.
+    pub fn push(&mut self, chunk: Shared) {
+        if chunk.is_empty() {
+            return;
+        }
+        self.bytes += chunk.len();
+        self.chunks.push_back(chunk);
+    }
+
+    /// Drops everything not yet started, keeping a partly written head so the stream
+    /// stays framed. Used when a slow consumer is cut off: its backlog goes, its Close
+    /// can still follow.
+    pub fn truncate_unstarted(&mut self) {
+        let keep = usize::from(self.head_written > 0);
+        self.chunks.truncate(keep);
+        self.bytes = self.chunks.front().map_or(0, |head| head.len() - self.head_written);
+        self.release_if_empty();
+    }
+
+    /// Writes as much as the socket takes, several chunks per `writev`.
+    ///
+    /// Returns the bytes written. Stops at WouldBlock (the caller then asks for WRITABLE
+    /// readiness) or when the queue is empty.
+    pub fn write_to<W: Write>(&mut self, sink: &mut W) -> io::Result<usize> {
+        let mut total = 0;
+        while !self.chunks.is_empty() {
+            let mut slices = [IoSlice::new(&[]); IOVECS_PER_WRITE];
+            let mut count = 0;
+            for (i, chunk) in self.chunks.iter().take(IOVECS_PER_WRITE).enumerate() {
+                let start = if i == 0 { self.head_written } else { 0 };
+                slices[i] = IoSlice::new(&chunk[start..]);
+                count += 1;
+            }
+            let Some(written) = retrying(|| sink.write_vectored(&slices[..count]))? else {
+                break; // the kernel buffer is full: WRITABLE readiness will tell us when to go on
+            };
+            if written == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            total += written;
+            self.consume(written);
+        }
+        self.release_if_empty();
+        Ok(total)
+    }
+
+    /// Advances past `written` bytes, dropping every chunk that is done.
+    fn consume(&mut self, mut written: usize) {
+        self.bytes -= written;
+        while let Some(head) = self.chunks.front() {
+            let left = head.len() - self.head_written;
+            if written < left {
+                self.head_written += written;
+                return;
+            }
+            written -= left;
+            self.head_written = 0;
+            self.chunks.pop_front();
+        }
+    }
+
+    /// An idle client holds no queue allocation: give the ring buffer back once drained.
+    fn release_if_empty(&mut self) {
+        if self.chunks.is_empty() && self.chunks.capacity() > 0 {
+            self.chunks = VecDeque::new();
+            self.head_written = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink that takes at most `room` bytes per call, then reports WouldBlock.
+    struct Trickle {
+        got: Vec<u8>,
+        room: usize,
+        calls_left: usize,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            if self.calls_left == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.calls_left -= 1;
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.room - n);
+                self.got.extend_from_slice(&b[..take]);
+                n += take;
+            }
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn shared(bytes: &[u8]) -> Shared {
+        Rc::new(bytes.to_vec())
+    }
+
+    #[test]
+    fn partial_writes_resume_where_they_stopped() {
+        let mut q = WriteQueue::default();
+        q.push(shared(b"hello "));
+        q.push(shared(b"big "));
+        q.push(shared(b"world"));
+        assert_eq!(q.len(), 15);
+        let mut sink = Trickle { got: Vec::new(), room: 4, calls_left: 2 };
+        assert_eq!(q.write_to(&mut sink).unwrap(), 8);
+        assert_eq!(q.len(), 7);
+        sink.calls_left = 100;
+        assert_eq!(q.write_to(&mut sink).unwrap(), 7);
+        assert_eq!(sink.got, b"hello big world");
+        assert!(q.is_empty());
+        assert_eq!(q.chunks.capacity(), 0, "drained queue gives its memory back");
+    }
+
+    #[test]
+    fn truncate_keeps_a_started_head() {
+        let mut q = WriteQueue::default();
+        q.push(shared(b"abcd"));
+        q.push(shared(b"efgh"));
+        let mut sink = Trickle { got: Vec::new(), room: 2, calls_left: 1 };
+        q.write_to(&mut sink).unwrap();
+        q.truncate_unstarted();
+        assert_eq!(q.len(), 2);
+        q.push(shared(b"Z"));
+        sink.calls_left = 10;
+        sink.room = 100;
+        q.write_to(&mut sink).unwrap();
+        assert_eq!(sink.got, b"abcdZ");
+    }
+
+    #[test]
+    fn truncate_unstarted_drops_all() {
+        let mut q = WriteQueue::default();
+        q.push(shared(b"abcd"));
+        q.truncate_unstarted();
+        assert!(q.is_empty());
+        assert_eq!(q.len(), 0);
+    }
+
+    #[test]
+    fn more_chunks_than_one_writev_takes() {
+        let mut q = WriteQueue::default();
+        for i in 0..200u8 {
+            q.push(shared(&[i]));
+        }
+        let mut sink = Trickle { got: Vec::new(), room: 1000, calls_left: 100 };
+        assert_eq!(q.write_to(&mut sink).unwrap(), 200);
+        assert_eq!(sink.got, (0..200u8).collect::<Vec<_>>());
+        assert_eq!(sink.calls_left, 100 - 4, "64 chunks per writev");
+    }
+}
