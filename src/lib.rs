@@ -47,6 +47,7 @@
 //! The loop's phases are listed at the top of `server/mod.rs` and `run()` performs them
 //! in that order. Run with `RUST_LOG=pollcast=trace` to watch every turn narrated.
 
+pub mod bench;
 pub mod config;
 pub mod proto;
 pub mod server;

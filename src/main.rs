@@ -1,4 +1,5 @@
-//! The `pollcast` binary: command line → `Config` → `Server::run()`. Nothing else.
+//! The `pollcast` binary: command line → `Config` → `Server::run()`, or a subcommand
+//! (`pollcast bench ...`). Nothing else.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -14,8 +15,24 @@ use pollcast::server::{raise_fd_limit, Server};
 /// Every flag has a POLLCAST_* environment variable (e.g. POLLCAST_LISTEN). Sizes take
 /// B/KiB/MiB suffixes, durations ms/s/m.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about)]
+#[command(version, about, long_about, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Load-test a WebSocket relay (this one or any other): fanout, idle, churn.
+    Bench(pollcast::bench::BenchArgs),
+}
+
+/// The server's flags (the default command).
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
     /// Address to listen on; port 0 picks a free port (logged).
     #[arg(long, env = "POLLCAST_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -75,7 +92,7 @@ struct Cli {
     allow_origins: Vec<String>,
 }
 
-impl Cli {
+impl ServeArgs {
     fn into_config(self) -> Config {
         Config {
             listen: self.listen,
@@ -98,7 +115,11 @@ impl Cli {
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let config = Cli::parse().into_config();
+    let cli = Cli::parse();
+    if let Some(Command::Bench(args)) = cli.command {
+        return pollcast::bench::run(args);
+    }
+    let config = cli.serve.into_config();
     let fd_limit = raise_fd_limit();
     let mut server = match Server::bind(config.clone()) {
         Ok(server) => server,
