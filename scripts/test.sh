@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The test command: unit tests of the pure core, integration tests against the real
+# binary on 127.0.0.1, and the doc tests. Installs nothing by hand: what a test needs,
+# this script (or the test itself) sets up.
+#
+# usage: scripts/test.sh [extra test-runner args]
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --no-fail-fast "$@"
+else
+  cargo test --no-fail-fast "$@"
+fi
+cargo test --doc --quiet
