@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::chat::ChatLimits;
 use crate::proto::handshake::RequestLimits;
 use crate::proto::session::Limits;
 
@@ -35,6 +36,8 @@ pub struct Config {
     pub shutdown_timeout: Duration, // on SIGINT/SIGTERM, how long to flush before exiting (default 2 s)
     pub read_budget: usize,     // bytes read from one client per loop turn, so none starves the rest (default 256 KiB)
     pub allow_origins: Vec<String>, // browser Origins allowed to upgrade; empty = any (default empty)
+    pub max_rooms_per_client: usize, // rooms one JSON client may be in at once (default 32)
+    pub max_text: usize,        // bytes of text in a chat send, dm or /msg; too_large beyond (default 8 KiB)
 }
 
 impl Default for Config {
@@ -55,6 +58,8 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(2),
             read_budget: 256 << 10,
             allow_origins: Vec::new(),
+            max_rooms_per_client: 32,
+            max_text: 8 << 10,
         }
     }
 }
@@ -69,6 +74,11 @@ impl Config {
             idle_timeout: self.idle_timeout,
             close_timeout: self.close_timeout,
         }
+    }
+
+    /// The chat part.
+    pub fn chat_limits(&self) -> ChatLimits {
+        ChatLimits { max_rooms_per_client: self.max_rooms_per_client, max_text: self.max_text }
     }
 
     /// The request-head part, handed to the handshake parser.

@@ -48,6 +48,7 @@
 //! in that order. Run with `RUST_LOG=pollcast=trace` to watch every turn narrated.
 
 pub mod bench;
+pub mod chat;
 pub mod config;
 pub mod proto;
 pub mod server;

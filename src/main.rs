@@ -90,6 +90,14 @@ struct ServeArgs {
     /// when given, others get 403.
     #[arg(long = "allow-origin", env = "POLLCAST_ALLOW_ORIGIN", value_delimiter = ',')]
     allow_origins: Vec<String>,
+
+    /// Rooms one pollcast.v1 client may be in at once.
+    #[arg(long, env = "POLLCAST_MAX_ROOMS_PER_CLIENT", default_value = "32")]
+    max_rooms_per_client: usize,
+
+    /// Longest text in a chat send, dm or /msg; longer ones get error too_large.
+    #[arg(long, env = "POLLCAST_MAX_TEXT", default_value = "8KiB", value_parser = parse_size)]
+    max_text: usize,
 }
 
 impl ServeArgs {
@@ -109,6 +117,8 @@ impl ServeArgs {
             shutdown_timeout: self.shutdown_timeout,
             read_budget: self.read_budget.max(1),
             allow_origins: self.allow_origins,
+            max_rooms_per_client: self.max_rooms_per_client.max(1),
+            max_text: self.max_text,
         }
     }
 }

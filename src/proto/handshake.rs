@@ -225,14 +225,19 @@ fn has_token(value: &[u8], token: &str) -> bool {
     value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
-/// `/` → `lobby`; `/{room}` → `room` when it matches `[A-Za-z0-9_.-]{1,64}`.
+/// `/` → `lobby`; `/{room}` → `room` when it is a valid room name.
 pub fn room_from_path(path: &str) -> Option<String> {
     let name = path.strip_prefix('/')?;
     if name.is_empty() {
         return Some(DEFAULT_ROOM.to_owned());
     }
-    let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
-    (name.len() <= MAX_ROOM_LEN && name.chars().all(valid_char)).then(|| name.to_owned())
+    valid_room_name(name).then(|| name.to_owned())
+}
+
+/// Room names match `[A-Za-z0-9_.-]{1,64}`.
+pub fn valid_room_name(name: &str) -> bool {
+    let valid_char = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-');
+    (1..=MAX_ROOM_LEN).contains(&name.len()) && name.bytes().all(valid_char)
 }
 
 /// RFC 6455 §4.2.2: base64(SHA-1(key + GUID)).

@@ -10,7 +10,6 @@ use std::time::Instant;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
-use super::rooms::Seat;
 use super::write_queue::WriteQueue;
 use crate::proto::session::Session;
 
@@ -22,7 +21,6 @@ pub struct Client {
     pub session: Session,     // protocol state: phase, assembly, timers
     pub inbox: Vec<u8>,       // bytes read but not consumed (a partial head or frame); empty, unallocated, otherwise
     pub queue: WriteQueue,    // encoded frames waiting to be written, shared with other queues
-    pub seat: Option<Seat>,   // the room this client is in, while OPEN
     pub dirty: bool,          // already listed for this turn's flush
     pub write_shut: bool,     // we sent FIN (shutdown(Write)) after the last queued byte
     pub registered: Interest, // the interest the poller currently has for this socket
@@ -36,7 +34,6 @@ impl Client {
             session,
             inbox: Vec::new(),
             queue: WriteQueue::default(),
-            seat: None,
             dirty: false,
             write_shut: false,
             registered: Interest::READABLE,

@@ -23,13 +23,12 @@ mod broadcast;
 mod client;
 pub mod http;
 mod nb;
-mod rooms;
 mod write_queue;
 
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
@@ -37,14 +36,15 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
-use crate::config::Config;
+use crate::chat::names::{percent_decode, NameError};
+use crate::chat::{Chat, Outbox};
+use crate::config::{Config, Mode};
 use crate::proto::close::CloseCode;
-use crate::proto::handshake::{self, Rejection, Request, Status};
+use crate::proto::handshake::{self, Rejection, Request, Status, Upgrade, SUBPROTOCOL_JSON};
 use crate::proto::session::{Event, Phase, Session};
 use client::Client;
 use http::{Gauges, Stats};
 use nb::{out_of_fds, retrying};
-use rooms::Rooms;
 use write_queue::Shared;
 
 /// The listening socket's token; client tokens are slab keys, far below it.
@@ -70,14 +70,15 @@ pub struct Server {
     local_addr: SocketAddr,               // the bound address (the real port when 0 was asked for)
     signals: Signals,                     // SIGINT/SIGTERM, delivered through a pipe on the same Poll
     clients: Slab<Client>,                // every client socket; key = Token
-    rooms: Rooms,                         // room → member keys
+    chat: Chat,                           // users, names, rooms: what messages mean
+    outbox: Outbox,                       // frames the chat produced this read, not yet queued
     scratch: Vec<u8>,                     // one read buffer shared by all clients
-    batch: Vec<u8>,                       // frames routed from the current read, encoded once
     dirty: Vec<usize>,                    // clients with bytes to flush this turn
     unfinished: Vec<usize>,               // clients whose read budget ran out before WouldBlock
     gone: Vec<usize>,                     // clients to remove after this turn
     spare_fd: Option<File>,               // reserve descriptor, given up to shed a connection at EMFILE
     now: Instant,                         // the loop's notion of now, read once per turn
+    now_ms: u64,                          // the same instant as ms since the epoch, for timestamps
     next_sweep: Instant,                  // when timers are next checked
     accept_paused_until: Option<Instant>, // set after EMFILE/ENFILE
     shutdown_deadline: Option<Instant>,   // set by SIGINT/SIGTERM
@@ -95,20 +96,21 @@ impl Server {
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         let now = Instant::now();
         Ok(Server {
+            chat: Chat::new(config.chat_limits()),
             config,
             poll,
             listener: Some(listener),
             local_addr,
             signals,
             clients: Slab::new(),
-            rooms: Rooms::default(),
+            outbox: Outbox::default(),
             scratch: vec![0; SCRATCH_LEN],
-            batch: Vec::new(),
             dirty: Vec::new(),
             unfinished: Vec::new(),
             gone: Vec::new(),
             spare_fd: File::open("/dev/null").ok(),
             now,
+            now_ms: wall_clock_ms(),
             next_sweep: now + TIMER_RESOLUTION,
             accept_paused_until: None,
             shutdown_deadline: None,
@@ -134,6 +136,7 @@ impl Server {
                 return Err(e);
             }
             self.now = Instant::now();
+            self.now_ms = wall_clock_ms();
             turn += 1;
             log::trace!("turn {turn}: {} event(s) after waiting up to {timeout:?}", events.iter().count());
             for event in events.iter() {
@@ -262,9 +265,8 @@ impl Server {
     fn read_client(&mut self, key: usize) {
         let mut budget = self.config.read_budget;
         let mut scratch = std::mem::take(&mut self.scratch);
-        loop {
-            // The slot may be vacant (a stale event for a reaped client) or doomed.
-            let Some(client) = self.clients.get_mut(key) else { break };
+        // The slot may be vacant: a stale event for a client reaped in an earlier turn.
+        while let Some(client) = self.clients.get_mut(key) {
             let read = match retrying(|| client.stream.read(&mut scratch)) {
                 Ok(Some(0)) => {
                     self.on_eof(key);
@@ -330,7 +332,7 @@ impl Server {
             client.inbox = inbox;
             self.next_sweep = self.next_sweep.min(client.session.poll_timeout());
         }
-        self.route_batch(key);
+        self.drain_outbox();
     }
 
     /// Runs the session over `input` until it needs more bytes. Returns bytes consumed.
@@ -352,9 +354,9 @@ impl Server {
                         self.on_message(key, kind, &payload);
                         continue;
                     }
-                    // A control answer (pong, close) or a state change: messages batched
+                    // A control answer (pong, close) or a state change: messages routed
                     // before it go first, so the sender's own stream stays in order.
-                    self.route_batch(key);
+                    self.drain_outbox();
                     self.flush_session(key);
                     if event == Event::Closed {
                         self.on_closed(key);
@@ -393,14 +395,45 @@ impl Server {
                 Some(used.max(input.len()))
             }
             Ok(Some((Request::Upgrade(upgrade), used))) => {
-                self.stats.upgrades += 1;
-                client.session.accept(now);
-                log::debug!("conn {key}: {} joined room {}", client.peer, upgrade.room);
-                client.seat = Some(self.rooms.join(&upgrade.room, key));
-                self.send_own(key, handshake::switching_protocols(&upgrade));
+                if let Err(rejection) = self.admit_user(key, &upgrade) {
+                    self.stats.rejected += 1;
+                    self.clients[key].session.reject(&rejection, now);
+                    self.flush_session(key);
+                    return Some(input.len());
+                }
                 Some(used)
             }
         }
+    }
+
+    /// A valid upgrade: check the requested name, send the 101, and join the chat.
+    /// Raw clients learn of a bad or taken name before the upgrade (400, 409); JSON
+    /// clients are upgraded and told with an `error` envelope.
+    fn admit_user(&mut self, key: usize, upgrade: &Upgrade) -> Result<(), Rejection> {
+        let json = upgrade.protocol.as_deref() == Some(SUBPROTOCOL_JSON);
+        let name = match upgrade.query_param("name").map(percent_decode) {
+            Some(None) => {
+                return Err(Rejection { status: Status::BadRequest, why: "name is not valid percent-encoding" })
+            }
+            Some(Some(name)) => Some(name),
+            None => None,
+        };
+        if let (Some(name), false) = (&name, json) {
+            match self.chat.name_available(name) {
+                Err(NameError::Invalid) => return Err(Rejection { status: Status::BadRequest, why: "invalid name" }),
+                Err(NameError::Taken) => return Err(Rejection { status: Status::Conflict, why: "name taken" }),
+                Ok(()) => {}
+            }
+        }
+        self.stats.upgrades += 1;
+        let client = &mut self.clients[key];
+        client.session.accept(self.now);
+        log::debug!("conn {key}: {} joined room {}", client.peer, upgrade.room);
+        self.send_own(key, handshake::switching_protocols(upgrade));
+        if self.config.mode == Mode::Relay {
+            self.chat.connect(key, json, name.as_deref(), &upgrade.room, &mut self.outbox);
+        }
+        Ok(())
     }
 
     /// The session left OPEN on its own (the peer closed, or broke a rule).
@@ -409,7 +442,7 @@ impl Server {
         if client.session.close_code().is_some_and(|c| c != CloseCode::NORMAL && c.0 >= 1002) {
             self.stats.protocol_errors += 1;
         }
-        self.leave_room(key);
+        self.part(key);
     }
 
     // ----- sending -------------------------------------------------------------------
@@ -438,6 +471,7 @@ impl Server {
 
     /// Phase 6: one flush per dirty client, then interest derived from what is left.
     fn flush_dirty(&mut self) {
+        self.drain_outbox(); // presence from timeouts, shutdown and departures
         for key in std::mem::take(&mut self.dirty) {
             let Some(client) = self.clients.get_mut(key) else { continue };
             client.dirty = false;
@@ -485,7 +519,7 @@ impl Server {
             }
             nearest = nearest.min(client.session.poll_timeout());
             self.flush_session(key);
-            self.leave_room_unless_open(key);
+            self.part_unless_open(key);
         }
         self.next_sweep = nearest.max(now + TIMER_RESOLUTION);
     }
@@ -512,11 +546,14 @@ impl Server {
                 Phase::Closing { .. } | Phase::Closed { .. } => {}
             }
             self.flush_session(key);
-            self.leave_room_unless_open(key);
+            self.part_unless_open(key);
         }
     }
 
+    /// Marks a client for removal after this turn; it leaves the chat now, so its rooms
+    /// hear of it in this turn's flush.
     fn mark_gone(&mut self, key: usize) {
+        self.part(key);
         self.gone.push(key);
     }
 
@@ -526,30 +563,30 @@ impl Server {
             if !self.clients.contains(key) {
                 continue; // marked twice
             }
-            self.leave_room(key);
             let mut client = self.clients.remove(key);
             let _ = self.poll.registry().deregister(&mut client.stream);
             log::trace!("conn {key}: reaped ({})", client.peer);
         }
     }
 
-    fn leave_room_unless_open(&mut self, key: usize) {
+    fn part_unless_open(&mut self, key: usize) {
         if self.clients.get(key).is_some_and(|c| !c.session.is_open()) {
-            self.leave_room(key);
+            self.part(key);
         }
     }
 
-    /// Takes the client out of its room; it gets no more messages.
-    fn leave_room(&mut self, key: usize) {
-        let Some(seat) = self.clients.get_mut(key).and_then(|c| c.seat.take()) else { return };
-        if let Some(moved) = self.rooms.leave(seat) {
-            self.clients[moved].seat = Some(seat);
+    /// Takes the client out of the chat, however it is leaving (Close, reset, slow
+    /// consumer, timeout, shutdown): its rooms are told, its name is free, it gets no
+    /// more messages. Idempotent.
+    fn part(&mut self, key: usize) {
+        if self.chat.has(key) {
+            self.chat.disconnect(key, &mut self.outbox);
         }
     }
 
     /// Gauges for /metrics.
     fn gauges(&self) -> Gauges {
-        let mut gauges = Gauges { connections: self.clients.len(), rooms: self.rooms.len(), ..Gauges::default() };
+        let mut gauges = Gauges { connections: self.clients.len(), rooms: self.chat.room_count(), ..Gauges::default() };
         for (_, client) in &self.clients {
             gauges.open += usize::from(client.session.is_open());
             gauges.queued_bytes += client.queue.len();
@@ -557,6 +594,11 @@ impl Server {
         }
         gauges
     }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+fn wall_clock_ms() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Raises the open-file soft limit to the hard limit, so `--max-connections` is not cut
@@ -575,5 +617,5 @@ pub fn raise_fd_limit() -> u64 {
             }
         }
     }
-    limit.rlim_cur as u64
+    limit.rlim_cur
 }

@@ -1,0 +1,199 @@
+//! The `pollcast.v1` codec: JSON envelopes in text frames.
+//!
+//! Owns: the shape of every client → server request and server → client envelope, and
+//! the mapping of malformed input to stable error codes. Must not touch: rooms, users,
+//! sockets (`Chat` decides what a request does).
+//!
+//! Every envelope is an object with a `"type"`. A request may carry `"ref"` (any JSON
+//! value); an `error` about that request echoes it (or the request's `cid`).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A client → server request.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Request {
+    /// Join a room (also its history once history exists).
+    Join { room: String },
+    /// Leave a room.
+    Leave { room: String },
+    /// Say something in a room the client has joined.
+    Send {
+        room: String,
+        text: String,
+        #[serde(default)]
+        cid: Option<Value>,
+    },
+    /// A direct message to one user.
+    Dm {
+        to: String,
+        text: String,
+        #[serde(default)]
+        cid: Option<Value>,
+    },
+    /// Who is in a room.
+    Who { room: String },
+    /// Every room with its member count.
+    Rooms {},
+    /// Change display name.
+    Nick { name: String },
+    /// Server counters.
+    Stats {},
+}
+
+/// The request types, for telling `unknown_type` from `bad_field`.
+const TYPES: [&str; 8] = ["join", "leave", "send", "dm", "who", "rooms", "nick", "stats"];
+
+/// A request that could not be understood.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadRequest {
+    pub code: &'static str, // bad_json | unknown_type | bad_field
+    pub message: String,    // what was wrong, for people
+}
+
+/// Parses one text frame. Returns the request's `ref` (or `cid`), for error replies,
+/// alongside the request or what was wrong with it.
+pub fn parse(text: &str) -> (Option<Value>, Result<Request, BadRequest>) {
+    let mut value: Value = match serde_json::from_str(text) {
+        Ok(value) => value,
+        Err(e) => return (None, Err(BadRequest { code: "bad_json", message: format!("not JSON: {e}") })),
+    };
+    let Value::Object(fields) = &mut value else {
+        return (None, Err(BadRequest { code: "bad_json", message: "expected a JSON object".into() }));
+    };
+    // `ref` belongs to every request and is echoed, never interpreted: take it out here.
+    let reference = fields.remove("ref").or_else(|| fields.get("cid").cloned());
+    let kind = match fields.get("type") {
+        Some(Value::String(kind)) => kind.clone(),
+        Some(_) => return (reference, Err(BadRequest { code: "bad_field", message: "type must be a string".into() })),
+        None => return (reference, Err(BadRequest { code: "unknown_type", message: "missing type".into() })),
+    };
+    if !TYPES.contains(&kind.as_str()) {
+        let message = format!("unknown type '{kind}'");
+        return (reference, Err(BadRequest { code: "unknown_type", message }));
+    }
+    let request = Request::deserialize(value).map_err(|e| BadRequest { code: "bad_field", message: e.to_string() });
+    (reference, request)
+}
+
+/// A room and its member count, in a `rooms` reply.
+#[derive(Debug, Serialize)]
+pub struct RoomCount<'a> {
+    pub room: &'a str,
+    pub members: usize,
+}
+
+/// A server → client envelope. Serialised once per message, whatever the fan-out.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Envelope<'a> {
+    /// First envelope on a connection: the name the user has, and its rooms.
+    Welcome { you: &'a str, rooms: Vec<&'a str> },
+    /// The user is now in `room`, with these members (itself included).
+    Joined { room: &'a str, members: Vec<&'a str> },
+    /// The user left `room`.
+    Left { room: &'a str },
+    /// A room message.
+    Message { id: u64, room: &'a str, from: &'a str, text: &'a str, ts: u64 },
+    /// A direct message (both sides get it).
+    Dm { id: u64, from: &'a str, to: &'a str, text: &'a str, ts: u64 },
+    /// Someone joined, left or was renamed in a room the user is in.
+    Presence {
+        room: &'a str,
+        user: &'a str,
+        event: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        old: Option<&'a str>,
+    },
+    /// A `send` or `dm` was accepted as message `id`.
+    Ack { cid: &'a Value, id: u64 },
+    /// The members of a room.
+    Who { room: &'a str, members: Vec<&'a str> },
+    /// Every room with its member count.
+    Rooms { rooms: Vec<RoomCount<'a>> },
+    /// The user's name changed.
+    Nick { old: &'a str, you: &'a str },
+    /// Server counters.
+    Stats { users: usize, rooms: usize, messages: u64 },
+    /// A request failed; the connection stays open.
+    Error {
+        code: &'a str,
+        message: &'a str,
+        #[serde(rename = "ref")]
+        reference: &'a Value,
+    },
+}
+
+impl Envelope<'_> {
+    /// The JSON text.
+    pub fn to_json(&self) -> String {
+        // Serialising these types cannot fail: every key is a string, no map has non-string keys.
+        serde_json::to_string(self).expect("envelopes always serialise")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(text: &str) -> &'static str {
+        parse(text).1.unwrap_err().code
+    }
+
+    #[test]
+    fn every_request() {
+        let cases = [
+            (r#"{"type":"join","room":"a"}"#, Request::Join { room: "a".into() }),
+            (r#"{"type":"leave","room":"a"}"#, Request::Leave { room: "a".into() }),
+            (
+                r#"{"type":"send","room":"a","text":"hi","cid":7}"#,
+                Request::Send { room: "a".into(), text: "hi".into(), cid: Some(7.into()) },
+            ),
+            (
+                r#"{"type":"dm","to":"bo","text":"psst"}"#,
+                Request::Dm { to: "bo".into(), text: "psst".into(), cid: None },
+            ),
+            (r#"{"type":"who","room":"a"}"#, Request::Who { room: "a".into() }),
+            (r#"{"type":"rooms"}"#, Request::Rooms {}),
+            (r#"{"type":"nick","name":"x"}"#, Request::Nick { name: "x".into() }),
+            (r#"{"type":"stats","ref":"r1"}"#, Request::Stats {}),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse(text).1.unwrap(), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn error_codes() {
+        assert_eq!(code("{"), "bad_json");
+        assert_eq!(code("[1,2]"), "bad_json");
+        assert_eq!(code(r#"{"room":"a"}"#), "unknown_type");
+        assert_eq!(code(r#"{"type":"shout"}"#), "unknown_type");
+        assert_eq!(code(r#"{"type":7}"#), "bad_field");
+        assert_eq!(code(r#"{"type":"join"}"#), "bad_field");
+        assert_eq!(code(r#"{"type":"join","room":5}"#), "bad_field");
+        assert_eq!(code(r#"{"type":"send","room":"a"}"#), "bad_field");
+        assert_eq!(code(r#"{"type":"rooms","extra":1}"#), "bad_field");
+    }
+
+    #[test]
+    fn ref_falls_back_to_cid() {
+        assert_eq!(parse(r#"{"type":"nope","ref":"r"}"#).0, Some("r".into()));
+        assert_eq!(parse(r#"{"type":"send","cid":3}"#).0, Some(3.into()));
+        assert_eq!(parse("{").0, None);
+    }
+
+    #[test]
+    fn envelopes() {
+        let message = Envelope::Message { id: 1, room: "a", from: "ann", text: "hi \"you\"", ts: 5 };
+        assert_eq!(
+            message.to_json(),
+            r#"{"type":"message","id":1,"room":"a","from":"ann","text":"hi \"you\"","ts":5}"#
+        );
+        let presence = Envelope::Presence { room: "a", user: "bo", event: "join", old: None };
+        assert_eq!(presence.to_json(), r#"{"type":"presence","room":"a","user":"bo","event":"join"}"#);
+        let error = Envelope::Error { code: "not_member", message: "m", reference: &Value::Null };
+        assert_eq!(error.to_json(), r#"{"type":"error","code":"not_member","message":"m","ref":null}"#);
+    }
+}
