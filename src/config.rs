@@ -4,6 +4,7 @@
 //! variables); tests build it directly. Nothing here does IO.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::chat::ChatLimits;
@@ -38,6 +39,10 @@ pub struct Config {
     pub allow_origins: Vec<String>, // browser Origins allowed to upgrade; empty = any (default empty)
     pub max_rooms_per_client: usize, // rooms one JSON client may be in at once (default 32)
     pub max_text: usize,        // bytes of text in a chat send, dm or /msg; too_large beyond (default 8 KiB)
+    pub db: Option<PathBuf>,    // history database; None = no history (default pollcast.db)
+    pub history_keep: usize,    // messages kept per room (default 1000)
+    pub history_max: usize,     // most messages one replay or page carries (default 500)
+    pub history_default: usize, // messages a JSON client gets on joining a room (default 50)
 }
 
 impl Default for Config {
@@ -60,6 +65,10 @@ impl Default for Config {
             allow_origins: Vec::new(),
             max_rooms_per_client: 32,
             max_text: 8 << 10,
+            db: Some(PathBuf::from("pollcast.db")),
+            history_keep: 1000,
+            history_max: 500,
+            history_default: 50,
         }
     }
 }
@@ -78,7 +87,13 @@ impl Config {
 
     /// The chat part.
     pub fn chat_limits(&self) -> ChatLimits {
-        ChatLimits { max_rooms_per_client: self.max_rooms_per_client, max_text: self.max_text }
+        ChatLimits {
+            max_rooms_per_client: self.max_rooms_per_client,
+            max_text: self.max_text,
+            history: self.db.is_some(),
+            history_default: self.history_default.min(self.history_max),
+            history_max: self.history_max,
+        }
     }
 
     /// The request-head part, handed to the handshake parser.
@@ -96,7 +111,7 @@ impl Config {
     pub fn limits_line(&self) -> String {
         format!(
             "limits: connections={} message={} queue={} request={} headers={} handshake-timeout={:?} \
-             ping-interval={:?} idle-timeout={:?} close-timeout={:?} mode={:?} origins={}",
+             ping-interval={:?} idle-timeout={:?} close-timeout={:?} mode={:?} origins={} history={}",
             self.max_connections,
             human_bytes(self.max_message),
             human_bytes(self.effective_max_queue()),
@@ -108,6 +123,10 @@ impl Config {
             self.close_timeout,
             self.mode,
             if self.allow_origins.is_empty() { "any".to_owned() } else { self.allow_origins.join(",") },
+            match &self.db {
+                Some(path) => format!("{} (keep {} per room)", path.display(), self.history_keep),
+                None => "off".to_owned(),
+            },
         )
     }
 }

@@ -52,3 +52,4 @@ pub mod chat;
 pub mod config;
 pub mod proto;
 pub mod server;
+pub mod store;

@@ -2,6 +2,7 @@
 //! (`pollcast bench ...`). Nothing else.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -98,6 +99,26 @@ struct ServeArgs {
     /// Longest text in a chat send, dm or /msg; longer ones get error too_large.
     #[arg(long, env = "POLLCAST_MAX_TEXT", default_value = "8KiB", value_parser = parse_size)]
     max_text: usize,
+
+    /// SQLite file keeping message history (created if missing; WAL mode).
+    #[arg(long, env = "POLLCAST_DB", default_value = "pollcast.db")]
+    db: PathBuf,
+
+    /// Keep no history: nothing is stored, no replay.
+    #[arg(long, env = "POLLCAST_NO_HISTORY")]
+    no_history: bool,
+
+    /// Messages kept per room; older ones are trimmed.
+    #[arg(long, env = "POLLCAST_HISTORY_KEEP", default_value = "1000")]
+    history_keep: usize,
+
+    /// Most messages one replay (?history=N, join) or history page carries.
+    #[arg(long, env = "POLLCAST_HISTORY_MAX", default_value = "500")]
+    history_max: usize,
+
+    /// Messages a pollcast.v1 client is sent when it joins a room without asking for a count.
+    #[arg(long, env = "POLLCAST_HISTORY_DEFAULT", default_value = "50")]
+    history_default: usize,
 }
 
 impl ServeArgs {
@@ -119,6 +140,10 @@ impl ServeArgs {
             allow_origins: self.allow_origins,
             max_rooms_per_client: self.max_rooms_per_client.max(1),
             max_text: self.max_text,
+            db: (!self.no_history).then_some(self.db),
+            history_keep: self.history_keep.max(1),
+            history_max: self.history_max.max(1),
+            history_default: self.history_default,
         }
     }
 }
@@ -134,7 +159,7 @@ fn main() -> ExitCode {
     let mut server = match Server::bind(config.clone()) {
         Ok(server) => server,
         Err(e) => {
-            log::error!("cannot listen on {}: {e}", config.listen);
+            log::error!("cannot start: {e}");
             return ExitCode::FAILURE;
         }
     };

@@ -14,10 +14,25 @@ use serde_json::Value;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Request {
-    /// Join a room (also its history once history exists).
-    Join { room: String },
+    /// Join a room. `since`: the last message id the client saw there (recovery after
+    /// a reconnect); `history`: how many past messages to replay. Both serve history.
+    Join {
+        room: String,
+        #[serde(default)]
+        since: Option<u64>,
+        #[serde(default)]
+        history: Option<usize>,
+    },
     /// Leave a room.
     Leave { room: String },
+    /// Page back through a room's history: up to `limit` messages older than `before`.
+    History {
+        room: String,
+        #[serde(default)]
+        before: Option<u64>,
+        #[serde(default)]
+        limit: Option<usize>,
+    },
     /// Say something in a room the client has joined.
     Send {
         room: String,
@@ -43,7 +58,7 @@ pub enum Request {
 }
 
 /// The request types, for telling `unknown_type` from `bad_field`.
-const TYPES: [&str; 8] = ["join", "leave", "send", "dm", "who", "rooms", "nick", "stats"];
+const TYPES: [&str; 9] = ["join", "leave", "history", "send", "dm", "who", "rooms", "nick", "stats"];
 
 /// A request that could not be understood.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +131,16 @@ pub enum Envelope<'a> {
     Nick { old: &'a str, you: &'a str },
     /// Server counters.
     Stats { users: usize, rooms: usize, messages: u64 },
+    /// Part of a room's history, oldest first. `more`: older (or, after `since`, newer)
+    /// messages exist beyond this page; `recovered` (answer to `join` with `since`):
+    /// false when retention already dropped some of the messages after `since`.
+    History {
+        room: &'a str,
+        messages: Vec<Envelope<'a>>,
+        more: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+    },
     /// A request failed; the connection stays open.
     Error {
         code: &'a str,
@@ -144,7 +169,7 @@ mod tests {
     #[test]
     fn every_request() {
         let cases = [
-            (r#"{"type":"join","room":"a"}"#, Request::Join { room: "a".into() }),
+            (r#"{"type":"join","room":"a"}"#, Request::Join { room: "a".into(), since: None, history: None }),
             (r#"{"type":"leave","room":"a"}"#, Request::Leave { room: "a".into() }),
             (
                 r#"{"type":"send","room":"a","text":"hi","cid":7}"#,
@@ -156,6 +181,10 @@ mod tests {
             ),
             (r#"{"type":"who","room":"a"}"#, Request::Who { room: "a".into() }),
             (r#"{"type":"rooms"}"#, Request::Rooms {}),
+            (
+                r#"{"type":"history","room":"a","before":9,"limit":5}"#,
+                Request::History { room: "a".into(), before: Some(9), limit: Some(5) },
+            ),
             (r#"{"type":"nick","name":"x"}"#, Request::Nick { name: "x".into() }),
             (r#"{"type":"stats","ref":"r1"}"#, Request::Stats {}),
         ];

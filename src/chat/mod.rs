@@ -23,6 +23,7 @@ use serde_json::Value;
 
 use crate::proto::frame::{write_frame, OpCode};
 use crate::proto::handshake::valid_room_name;
+use crate::store::{Page, Query, StoredMessage, DM_ROOM};
 use json::{BadRequest, Envelope, Request, RoomCount};
 use names::NameError;
 use rooms::{Member, RoomId, Rooms, Seat};
@@ -33,6 +34,9 @@ use text::{Command, Line};
 pub struct ChatLimits {
     pub max_rooms_per_client: usize, // rooms one JSON client may be in at once
     pub max_text: usize,             // bytes of text in a JSON send/dm or a /msg
+    pub history: bool,               // messages are stored: record them, answer history requests
+    pub history_default: usize,      // messages a JSON client is sent on joining a room
+    pub history_max: usize,          // most messages one history answer carries
 }
 
 /// Where framed bytes go.
@@ -43,13 +47,66 @@ pub enum Output {
     /// Frames for the members of a room but `except`: raw members get `raw`, JSON members
     /// get `json` (either may be empty: that kind of member gets nothing).
     Room { room: RoomId, except: Option<usize>, raw: Vec<u8>, json: Vec<u8>, messages: u64 },
+    /// Part of a room's history for one connection: the shell reads the store here, in
+    /// order, and sends `history_frames()` of the page.
+    History { conn: usize, room: String, query: Query, json: bool },
+}
+
+/// A JSON `send` or `dm` accepted as message `id`: the shell sends the `ack` once the
+/// message is committed to history (or an `error` if the commit failed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    pub conn: usize, // the sender
+    pub cid: Value,  // the sender's id for the request (null if it gave none)
+    pub id: u64,     // the message id
+}
+
+impl Ack {
+    /// The frame telling the sender how it went.
+    pub fn frame(&self, stored: Result<(), &str>) -> Vec<u8> {
+        let text = match stored {
+            Ok(()) => Envelope::Ack { cid: &self.cid, id: self.id }.to_json(),
+            Err(why) => {
+                error_envelope("store_failed", &format!("message {} not stored: {why}", self.id), Some(&self.cid))
+            }
+        };
+        let mut frame = Vec::with_capacity(text.len() + 4);
+        write_frame(&mut frame, OpCode::Text, text.as_bytes());
+        frame
+    }
+}
+
+/// The frames answering a history query: raw clients get each message as its own frame
+/// (as it was relayed), JSON clients one `history` envelope (text messages only).
+pub fn history_frames(room: &str, page: &Page, json: bool) -> Vec<u8> {
+    let mut frames = Vec::new();
+    if !json {
+        for m in &page.messages {
+            write_frame(&mut frames, if m.binary { OpCode::Binary } else { OpCode::Text }, &m.body);
+        }
+        return frames;
+    }
+    let messages = page
+        .messages
+        .iter()
+        .filter(|m| !m.binary)
+        .map(|m| {
+            let text = std::str::from_utf8(&m.body).unwrap_or_default();
+            Envelope::Message { id: m.id, room, from: &m.from, text, ts: m.ts }
+        })
+        .collect();
+    let envelope = Envelope::History { room, messages, more: page.more, recovered: page.recovered };
+    write_frame(&mut frames, OpCode::Text, envelope.to_json().as_bytes());
+    frames
 }
 
 /// The frames produced while handling input, in order. Consecutive outputs to the same
 /// place are merged, so a burst of relayed messages becomes one chunk per codec.
 #[derive(Debug, Default)]
 pub struct Outbox {
-    outputs: Vec<Output>, // in the order they must be delivered
+    outputs: Vec<Output>,           // in the order they must be delivered
+    pub stored: Vec<StoredMessage>, // messages to append to history (when it is on)
+    pub acks: Vec<Ack>,             // acks owed once `stored` is committed
 }
 
 impl Outbox {
@@ -93,6 +150,11 @@ impl Outbox {
         if let Some(text) = json {
             write_frame(json_frames, OpCode::Text, text.as_bytes());
         }
+    }
+
+    /// Asks for part of a room's history to be sent to `conn` at this point.
+    pub fn history(&mut self, conn: usize, room: &str, query: Query, json: bool) {
+        self.outputs.push(Output::History { conn, room: room.to_owned(), query, json });
     }
 
     /// Takes the outputs, leaving the outbox empty.
@@ -193,7 +255,17 @@ impl Chat {
     /// A new connection after its upgrade: it gets `name` if given and free (a raw
     /// client's name was checked before the upgrade; a JSON client with a bad or taken
     /// name gets an `error` and a generated name), and joins `room`.
-    pub fn connect(&mut self, conn: usize, json: bool, name: Option<&str>, room: &str, out: &mut Outbox) {
+    /// `history`: how many past messages to replay (`?history=N`); JSON clients get the
+    /// default count when they ask for none.
+    pub fn connect(
+        &mut self,
+        conn: usize,
+        json: bool,
+        name: Option<&str>,
+        room: &str,
+        history: Option<usize>,
+        out: &mut Outbox,
+    ) {
         let name = match name.map(|n| (n, self.name_available(n))) {
             Some((name, Ok(()))) => name.to_owned(),
             Some((_, Err(e))) => {
@@ -213,6 +285,22 @@ impl Chat {
         // A raw client is sent nothing it did not ask for: no reply to this first join.
         if let Err(failure) = self.join(conn, room, json, out) {
             self.reply_failure(conn, failure, None, out);
+            return;
+        }
+        let wanted = if json { history.or(Some(self.limits.history_default)) } else { history };
+        self.replay(conn, room, wanted.map(Query::Last), json, out);
+    }
+
+    /// Queues a history answer, if history is on and something was asked for.
+    fn replay(&self, conn: usize, room: &str, query: Option<Query>, json: bool, out: &mut Outbox) {
+        let query = match query {
+            Some(Query::Last(n)) => Query::Last(n.min(self.limits.history_max)),
+            Some(Query::Before { before, n }) => Query::Before { before, n: n.min(self.limits.history_max) },
+            Some(since @ Query::Since(_)) => since,
+            None => return,
+        };
+        if self.limits.history && query != Query::Last(0) {
+            out.history(conn, room, query, json);
         }
     }
 
@@ -291,13 +379,45 @@ impl Chat {
             _ => None,
         };
         out.broadcast(seat.room, Some(conn), Some((opcode, payload)), json.as_deref());
+        if self.limits.history {
+            let room = self.rooms.name(seat.room).to_owned();
+            out.stored.push(StoredMessage {
+                id: self.last_id,
+                room,
+                from: user.name.clone(),
+                to: None,
+                binary: opcode == OpCode::Binary,
+                body: payload.to_vec(),
+                ts: now_ms,
+            });
+        }
         Ok(())
     }
 
     /// A JSON request.
     fn request(&mut self, conn: usize, request: Request, now_ms: u64, out: &mut Outbox) -> Result<(), Failure> {
         match request {
-            Request::Join { room } => self.join(conn, &room, true, out),
+            Request::Join { room, since, history } => {
+                self.join(conn, &room, true, out)?;
+                let query = match (since, history) {
+                    (Some(since), _) => Query::Since(since),
+                    (None, n) => Query::Last(n.unwrap_or(self.limits.history_default)),
+                };
+                self.replay(conn, &room, Some(query), true, out);
+                Ok(())
+            }
+            Request::History { room, before, limit } => {
+                self.membership(conn, &room)?;
+                let query = Query::Before {
+                    before: before.unwrap_or(u64::MAX),
+                    n: limit.unwrap_or(self.limits.history_default),
+                };
+                self.replay(conn, &room, Some(query), true, out);
+                if !self.limits.history {
+                    return Err(Failure::new("no_history", "this server keeps no history"));
+                }
+                Ok(())
+            }
             Request::Leave { room } => self.leave(conn, &room, out),
             Request::Send { room, text, cid } => self.send(conn, &room, &text, cid, now_ms, out),
             Request::Dm { to, text, cid } => self.dm(conn, &to, &text, cid, now_ms, out),
@@ -421,19 +541,17 @@ impl Chat {
         now_ms: u64,
         out: &mut Outbox,
     ) -> Result<(), Failure> {
-        let user = &self.users[&conn];
-        let id = self.rooms.find(room).filter(|id| user.seats.iter().any(|s| s.room == *id));
-        let Some(room_id) = id else {
-            return Err(Failure::new("not_member", format!("join {room} before sending to it")));
-        };
+        let room_id = self.membership(conn, room)?;
         self.check_text(text)?;
+        let user = &self.users[&conn];
         self.last_id += 1;
         self.messages += 1;
         let id = self.last_id;
         let envelope = Envelope::Message { id, room, from: &user.name, text, ts: now_ms }.to_json();
         out.broadcast(room_id, Some(conn), Some((OpCode::Text, text.as_bytes())), Some(&envelope));
         out.send(conn, &envelope);
-        out.send(conn, &Envelope::Ack { cid: &cid.unwrap_or(Value::Null), id }.to_json());
+        self.record(id, room, None, conn, text, now_ms, out);
+        out.acks.push(Ack { conn, cid: cid.unwrap_or(Value::Null), id });
         Ok(())
     }
 
@@ -466,10 +584,11 @@ impl Chat {
                 if target != conn {
                     out.send(conn, &envelope);
                 }
-                out.send(conn, &Envelope::Ack { cid: &cid.unwrap_or(Value::Null), id }.to_json());
+                out.acks.push(Ack { conn, cid: cid.unwrap_or(Value::Null), id });
             }
             false => out.send(conn, &format!("ok msg {to} {id}")),
         }
+        self.record(id, DM_ROOM, Some(to), conn, text, now_ms, out);
         Ok(())
     }
 
@@ -534,6 +653,29 @@ impl Chat {
 
     // ----- helpers ---------------------------------------------------------------------
 
+    /// The id of `room` if `conn` is a member of it.
+    fn membership(&self, conn: usize, room: &str) -> Result<RoomId, Failure> {
+        let user = &self.users[&conn];
+        let id = self.rooms.find(room).filter(|id| user.seats.iter().any(|s| s.room == *id));
+        id.ok_or_else(|| Failure::new("not_member", format!("you are not in {room} (join it first)")))
+    }
+
+    /// Keeps a text message for history, when history is on.
+    #[allow(clippy::too_many_arguments)] // one row's worth of fields, each from a different place
+    fn record(&self, id: u64, room: &str, to: Option<&str>, conn: usize, text: &str, ts: u64, out: &mut Outbox) {
+        if self.limits.history {
+            out.stored.push(StoredMessage {
+                id,
+                room: room.to_owned(),
+                from: self.users[&conn].name.clone(),
+                to: to.map(str::to_owned),
+                binary: false,
+                body: text.as_bytes().to_vec(),
+                ts,
+            });
+        }
+    }
+
     fn check_text(&self, text: &str) -> Result<(), Failure> {
         match text.len() > self.limits.max_text {
             true => Err(Failure::new("too_large", format!("text over {} bytes", self.limits.max_text))),
@@ -580,7 +722,8 @@ mod tests {
     use super::*;
     use crate::proto::frame::FrameHeader;
 
-    const LIMITS: ChatLimits = ChatLimits { max_rooms_per_client: 2, max_text: 16 };
+    const LIMITS: ChatLimits =
+        ChatLimits { max_rooms_per_client: 2, max_text: 16, history: false, history_default: 50, history_max: 500 };
 
     /// The payloads of the server frames in `bytes`, as text.
     fn texts(bytes: &[u8]) -> Vec<String> {
@@ -607,8 +750,13 @@ mod tests {
                         list.extend(texts(frames).into_iter().map(|t| (m.conn, t)));
                     }
                 }
+                Output::History { conn, room, query, .. } => list.push((conn, format!("history {room} {query:?}"))),
             }
         }
+        for ack in std::mem::take(&mut out.acks) {
+            list.extend(texts(&ack.frame(Ok(()))).into_iter().map(|t| (ack.conn, t)));
+        }
+        out.stored.clear();
         list
     }
 
@@ -624,8 +772,8 @@ mod tests {
     fn lobby() -> (Chat, Outbox) {
         let mut chat = Chat::new(LIMITS);
         let mut out = Outbox::default();
-        chat.connect(1, false, Some("ann"), "lobby", &mut out);
-        chat.connect(2, true, Some("jay"), "lobby", &mut out);
+        chat.connect(1, false, Some("ann"), "lobby", None, &mut out);
+        chat.connect(2, true, Some("jay"), "lobby", None, &mut out);
         out.take();
         (chat, out)
     }
@@ -633,7 +781,7 @@ mod tests {
     #[test]
     fn json_connect_gets_welcome_then_joined_and_others_presence() {
         let (mut chat, mut out) = lobby();
-        chat.connect(3, true, Some("kim"), "lobby", &mut out);
+        chat.connect(3, true, Some("kim"), "lobby", None, &mut out);
         let list = deliveries(&chat, &mut out);
         let kim = to(&list, 3);
         assert_eq!(json(&kim[0]), serde_json::json!({"type":"welcome","you":"kim","rooms":["lobby"]}));
@@ -645,7 +793,7 @@ mod tests {
     #[test]
     fn raw_line_reaches_raw_verbatim_and_json_as_envelope() {
         let (mut chat, mut out) = lobby();
-        chat.connect(3, false, Some("bo"), "lobby", &mut out);
+        chat.connect(3, false, Some("bo"), "lobby", None, &mut out);
         assert!(to(&deliveries(&chat, &mut out), 3).is_empty(), "a raw client's join is not answered");
         chat.text(1, "hi all\n", 42, &mut out);
         let list = deliveries(&chat, &mut out);
@@ -770,7 +918,7 @@ mod tests {
     #[test]
     fn taken_name_on_json_connect_gets_error_and_a_guest_name() {
         let (mut chat, mut out) = lobby();
-        chat.connect(3, true, Some("ann"), "lobby", &mut out);
+        chat.connect(3, true, Some("ann"), "lobby", None, &mut out);
         let kim = to(&deliveries(&chat, &mut out), 3);
         assert_eq!(json(&kim[0])["code"], "name_taken");
         assert_eq!(json(&kim[1])["you"], "guest-1");

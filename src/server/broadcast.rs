@@ -17,10 +17,11 @@ use slab::Slab;
 use super::client::Client;
 use super::write_queue::Shared;
 use super::Server;
-use crate::chat::Output;
+use crate::chat::{history_frames, Ack, Output};
 use crate::config::Mode;
 use crate::proto::close::CloseCode;
 use crate::proto::message::DataKind;
+use crate::store::Query;
 
 impl Server {
     /// A complete message from `sender`.
@@ -41,6 +42,7 @@ impl Server {
     /// anything else is queued to the sender (a pong, a close), so per-sender order holds.
     pub(super) fn drain_outbox(&mut self) {
         let limit = self.config.effective_max_queue();
+        self.keep_for_history();
         while !self.outbox.is_empty() {
             let mut slow = Vec::new();
             for output in self.outbox.take() {
@@ -66,11 +68,78 @@ impl Server {
                         self.stats.deliveries += recipients * messages;
                         log::trace!("{messages} message(s) to room {room} went to {recipients} queue(s)");
                     }
+                    Output::History { conn, room, query, json } => {
+                        let frames = self.read_history(&room, query, json);
+                        if !enqueue(&mut self.clients, &mut self.dirty, conn, &Rc::new(frames), limit) {
+                            slow.push(conn);
+                        }
+                    }
                 }
             }
             // Dropping a slow consumer tells its rooms (presence), which refills the outbox.
             for key in slow {
                 self.drop_slow_consumer(key);
+            }
+        }
+    }
+
+    /// Moves the messages the chat accepted into the store's pending batch, and the acks
+    /// they earn into the list answered after the commit. Without history, acks go now.
+    fn keep_for_history(&mut self) {
+        let acks = std::mem::take(&mut self.outbox.acks);
+        let stored = std::mem::take(&mut self.outbox.stored);
+        match &mut self.store {
+            Some(store) => {
+                stored.into_iter().for_each(|m| store.append(m));
+                self.pending_acks.extend(acks);
+            }
+            None => self.answer_acks(acks, Ok(())),
+        }
+    }
+
+    /// Phase 6, first step: commit this turn's messages in one transaction, then answer
+    /// the acks it earned: `ack` if stored, `error` (store_failed) if not. The relay goes
+    /// on either way; a failure is logged and counted.
+    pub(super) fn commit_history(&mut self) {
+        let Some(store) = &mut self.store else { return };
+        let pending = store.pending();
+        let result = store.commit();
+        match &result {
+            Ok(n) => {
+                self.stats.stored += *n as u64;
+                if *n > 0 {
+                    log::trace!("history: committed {n} message(s)");
+                }
+            }
+            Err(e) => {
+                self.stats.store_errors += 1;
+                log::error!("history: commit of {pending} message(s) failed: {e}");
+            }
+        }
+        let acks = std::mem::take(&mut self.pending_acks);
+        let why = result.as_ref().err().map(ToString::to_string);
+        self.answer_acks(acks, why.as_deref().map_or(Ok(()), Err));
+    }
+
+    fn answer_acks(&mut self, acks: Vec<Ack>, stored: Result<(), &str>) {
+        let limit = self.config.effective_max_queue();
+        for ack in acks {
+            // An ack is a few bytes: a full queue is noticed by the next broadcast.
+            enqueue(&mut self.clients, &mut self.dirty, ack.conn, &Rc::new(ack.frame(stored)), limit);
+        }
+    }
+
+    /// Reads a page of history for a replay or a `history` request. Pending messages are
+    /// committed first, so a message routed earlier in this turn is not missed.
+    fn read_history(&mut self, room: &str, query: Query, json: bool) -> Vec<u8> {
+        self.commit_history();
+        let Some(store) = &mut self.store else { return Vec::new() };
+        match store.query(room, query, self.config.history_max) {
+            Ok(page) => history_frames(room, &page, json),
+            Err(e) => {
+                self.stats.store_errors += 1;
+                log::error!("history: reading {room} failed: {e}");
+                Vec::new()
             }
         }
     }
@@ -95,13 +164,23 @@ impl Server {
     }
 }
 
-/// Pushes a chunk to one client's queue. Returns false when the client is over its
-/// queue limit (a slow consumer). Clients no longer OPEN get nothing: after a Close no
-/// data frame may follow (RFC 6455 §5.5.1).
+/// Pushes a chunk to one client's queue. Returns false when the client is a slow
+/// consumer: the chunk would take its queue past the limit even after handing the kernel
+/// what it will take now. Queues are normally flushed at the end of the turn, and one
+/// turn can route more than `--max-queue` to a reader that keeps up, so the limit is
+/// judged on what the socket refuses, not on what the turn produced; and an empty queue
+/// always takes a chunk (one read's messages: at most the scratch buffer plus one
+/// message), so a queue holds at most `--max-queue` plus one such chunk. Clients no
+/// longer OPEN get nothing: after a Close no data frame may follow (RFC 6455 §5.5.1).
 fn enqueue(clients: &mut Slab<Client>, dirty: &mut Vec<usize>, key: usize, chunk: &Shared, limit: usize) -> bool {
     let Some(client) = clients.get_mut(key).filter(|c| c.session.is_open()) else { return true };
     if client.queue.len() + chunk.len() > limit {
-        return false;
+        // The rare path: one early write. A write error also means "cannot take more";
+        // the close that follows and the next read will tell the rest.
+        let taken = client.queue.write_to(&mut client.stream);
+        if taken.is_err() || (!client.queue.is_empty() && client.queue.len() + chunk.len() > limit) {
+            return false;
+        }
     }
     client.queue.push(Rc::clone(chunk));
     if !client.dirty {

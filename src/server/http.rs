@@ -26,6 +26,8 @@ pub struct Stats {
     pub slow_consumers: u64,   // clients dropped because their queue overflowed
     pub protocol_errors: u64,  // connections failed for breaking RFC 6455
     pub idle_timeouts: u64,    // connections closed for silence
+    pub stored: u64,           // messages committed to history
+    pub store_errors: u64,     // failed history commits or reads
 }
 
 /// Gauges sampled when `/metrics` is asked for.
@@ -72,6 +74,8 @@ pub fn metrics(stats: &Stats, gauges: Gauges) -> String {
     line("slow_consumers_total", "counter", "Clients closed 1008 for overflowing --max-queue.", stats.slow_consumers);
     line("protocol_errors_total", "counter", "Connections failed for breaking RFC 6455.", stats.protocol_errors);
     line("idle_timeouts_total", "counter", "Connections closed for silence.", stats.idle_timeouts);
+    line("history_stored_total", "counter", "Messages committed to history.", stats.stored);
+    line("history_errors_total", "counter", "Failed history commits or reads.", stats.store_errors);
     line("connections", "gauge", "Client sockets held.", gauges.connections as u64);
     line("open_sessions", "gauge", "WebSocket sessions in OPEN.", gauges.open as u64);
     line("rooms", "gauge", "Rooms with members.", gauges.rooms as u64);

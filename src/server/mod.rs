@@ -37,11 +37,12 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use crate::chat::names::{percent_decode, NameError};
-use crate::chat::{Chat, Outbox};
+use crate::chat::{Ack, Chat, Outbox};
 use crate::config::{Config, Mode};
 use crate::proto::close::CloseCode;
 use crate::proto::handshake::{self, Rejection, Request, Status, Upgrade, SUBPROTOCOL_JSON};
 use crate::proto::session::{Event, Phase, Session};
+use crate::store::sqlite::SqliteStore;
 use client::Client;
 use http::{Gauges, Stats};
 use nb::{out_of_fds, retrying};
@@ -72,6 +73,8 @@ pub struct Server {
     clients: Slab<Client>,                // every client socket; key = Token
     chat: Chat,                           // users, names, rooms: what messages mean
     outbox: Outbox,                       // frames the chat produced this read, not yet queued
+    store: Option<SqliteStore>,           // message history; None with --no-history
+    pending_acks: Vec<Ack>,               // acks owed to JSON senders once this turn commits
     scratch: Vec<u8>,                     // one read buffer shared by all clients
     dirty: Vec<usize>,                    // clients with bytes to flush this turn
     unfinished: Vec<usize>,               // clients whose read budget ran out before WouldBlock
@@ -88,6 +91,12 @@ pub struct Server {
 impl Server {
     /// Binds the listener and registers it and the signal pipe.
     pub fn bind(config: Config) -> io::Result<Server> {
+        let store = match &config.db {
+            Some(path) => Some(SqliteStore::open(path, config.history_keep).map_err(io::Error::other)?),
+            None => None,
+        };
+        let mut chat = Chat::new(config.chat_limits());
+        chat.set_last_id(store.as_ref().map_or(0, SqliteStore::last_id));
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind(config.listen)?;
         let local_addr = listener.local_addr()?;
@@ -96,7 +105,9 @@ impl Server {
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         let now = Instant::now();
         Ok(Server {
-            chat: Chat::new(config.chat_limits()),
+            chat,
+            store,
+            pending_acks: Vec::new(),
             config,
             poll,
             listener: Some(listener),
@@ -159,6 +170,7 @@ impl Server {
             self.flush_dirty();
             self.reap();
         }
+        self.commit_history();
         log::info!(
             "stopped: {} accepted, {} messages in, {} deliveries, {} slow consumers dropped",
             self.stats.accepted,
@@ -411,6 +423,11 @@ impl Server {
     /// clients are upgraded and told with an `error` envelope.
     fn admit_user(&mut self, key: usize, upgrade: &Upgrade) -> Result<(), Rejection> {
         let json = upgrade.protocol.as_deref() == Some(SUBPROTOCOL_JSON);
+        let history = match upgrade.query_param("history").map(str::parse::<usize>) {
+            Some(Err(_)) => return Err(Rejection { status: Status::BadRequest, why: "history must be a count" }),
+            Some(Ok(n)) => Some(n),
+            None => None,
+        };
         let name = match upgrade.query_param("name").map(percent_decode) {
             Some(None) => {
                 return Err(Rejection { status: Status::BadRequest, why: "name is not valid percent-encoding" })
@@ -431,7 +448,7 @@ impl Server {
         log::debug!("conn {key}: {} joined room {}", client.peer, upgrade.room);
         self.send_own(key, handshake::switching_protocols(upgrade));
         if self.config.mode == Mode::Relay {
-            self.chat.connect(key, json, name.as_deref(), &upgrade.room, &mut self.outbox);
+            self.chat.connect(key, json, name.as_deref(), &upgrade.room, history, &mut self.outbox);
         }
         Ok(())
     }
@@ -472,6 +489,7 @@ impl Server {
     /// Phase 6: one flush per dirty client, then interest derived from what is left.
     fn flush_dirty(&mut self) {
         self.drain_outbox(); // presence from timeouts, shutdown and departures
+        self.commit_history(); // before any byte of this turn leaves: what anyone receives is stored
         for key in std::mem::take(&mut self.dirty) {
             let Some(client) = self.clients.get_mut(key) else { continue };
             client.dirty = false;
