@@ -91,7 +91,7 @@ pub fn history_frames(room: &str, page: &Page, json: bool) -> Vec<u8> {
         .iter()
         .filter(|m| !m.binary)
         .map(|m| {
-            let text = std::str::from_utf8(&m.body).unwrap_or_default();
+            let text = line_text(std::str::from_utf8(&m.body).unwrap_or_default());
             Envelope::Message { id: m.id, room, from: &m.from, text, ts: m.ts }
         })
         .collect();
@@ -143,8 +143,8 @@ impl Outbox {
         let Some(Output::Room { raw: raw_frames, json: json_frames, messages, .. }) = self.outputs.last_mut() else {
             unreachable!("the last output is this room's")
         };
-        *messages += 1;
         if let Some((opcode, payload)) = raw {
+            *messages += 1; // data messages always have a raw form; presence does not count
             write_frame(raw_frames, opcode, payload);
         }
         if let Some(text) = json {
@@ -235,6 +235,11 @@ impl Chat {
     /// The members of a room, for the fan-out.
     pub fn members(&self, room: RoomId) -> &[Member] {
         self.rooms.members(room)
+    }
+
+    /// The name of a room, for log lines.
+    pub fn room_name(&self, room: RoomId) -> &str {
+        self.rooms.name(room)
     }
 
     /// Connected users.
@@ -370,9 +375,7 @@ impl Chat {
         let json = match (opcode, self.rooms.has_json_members(seat.room)) {
             (OpCode::Text, true) => {
                 // Text came through UTF-8 validation in the session, so this cannot fail.
-                let text = std::str::from_utf8(payload).unwrap_or_default();
-                // websocat sends each line with its newline; the envelope carries the line.
-                let text = text.strip_suffix('\n').map_or(text, |t| t.strip_suffix('\r').unwrap_or(t));
+                let text = line_text(std::str::from_utf8(payload).unwrap_or_default());
                 let room = self.rooms.name(seat.room);
                 Some(Envelope::Message { id: self.last_id, room, from: &user.name, text, ts: now_ms }.to_json())
             }
@@ -711,6 +714,12 @@ impl Chat {
             }
         }
     }
+}
+
+/// A raw client's text as JSON clients see it: websocat sends each line with its
+/// newline, the envelope carries the line. (Raw members get the bytes unchanged.)
+fn line_text(text: &str) -> &str {
+    text.strip_suffix('\n').map_or(text, |t| t.strip_suffix('\r').unwrap_or(t))
 }
 
 fn error_envelope(code: &str, message: &str, reference: Option<&Value>) -> String {

@@ -66,7 +66,10 @@ impl Server {
                             }
                         }
                         self.stats.deliveries += recipients * messages;
-                        log::trace!("{messages} message(s) to room {room} went to {recipients} queue(s)");
+                        if messages > 0 {
+                            let name = self.chat.room_name(room);
+                            log::trace!("{messages} message(s) for room {name} went to {recipients} queue(s)");
+                        }
                     }
                     Output::History { conn, room, query, json } => {
                         let frames = self.read_history(&room, query, json);
