@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: unit tests of the pure core, integration tests against the real
-# binary on 127.0.0.1, and the doc tests. Installs nothing by hand: what a test needs,
-# this script (or the test itself) sets up.
+# binary on 127.0.0.1, the doc tests, and the chat page in headless Chromium. Installs
+# nothing by hand: what a test needs (chromium, the npm packages), the scripts set up.
 #
 # usage: scripts/test.sh [extra test-runner args]
 set -euo pipefail
@@ -13,3 +13,4 @@ else
   cargo test --no-fail-fast "$@"
 fi
 cargo test --doc --quiet
+scripts/browser-test.sh
