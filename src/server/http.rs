@@ -27,6 +27,7 @@ pub struct Stats {
     pub protocol_errors: u64,  // connections failed for breaking RFC 6455
     pub idle_timeouts: u64,    // connections closed for silence
     pub stored: u64,           // messages committed to history
+    pub commits: u64,          // history transactions committed (at most one per loop turn)
     pub store_errors: u64,     // failed history commits or reads
 }
 
@@ -75,6 +76,7 @@ pub fn metrics(stats: &Stats, gauges: Gauges) -> String {
     line("protocol_errors_total", "counter", "Connections failed for breaking RFC 6455.", stats.protocol_errors);
     line("idle_timeouts_total", "counter", "Connections closed for silence.", stats.idle_timeouts);
     line("history_stored_total", "counter", "Messages committed to history.", stats.stored);
+    line("history_commits_total", "counter", "History transactions committed.", stats.commits);
     line("history_errors_total", "counter", "Failed history commits or reads.", stats.store_errors);
     line("connections", "gauge", "Client sockets held.", gauges.connections as u64);
     line("open_sessions", "gauge", "WebSocket sessions in OPEN.", gauges.open as u64);

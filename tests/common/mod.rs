@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 use pollcast::proto::frame::{write_masked_frame, FrameHeader};
 use tungstenite::WebSocket;
 
+pub mod json;
+
 /// Read and write timeout on every client socket.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a server gets to print its listening line.
