@@ -148,6 +148,7 @@ impl Server {
             }
             self.now = Instant::now();
             self.now_ms = wall_clock_ms();
+            let carried = std::mem::take(&mut self.unfinished); // last turn's, not this turn's
             turn += 1;
             log::trace!("turn {turn}: {} event(s) after waiting up to {timeout:?}", events.iter().count());
             for event in events.iter() {
@@ -164,7 +165,7 @@ impl Server {
                     }
                 }
             }
-            self.read_unfinished();
+            self.read_unfinished(carried);
             self.resume_accepting();
             self.sweep_timers();
             self.flush_dirty();
@@ -305,9 +306,10 @@ impl Server {
         self.scratch = scratch;
     }
 
-    /// Phase 4: clients that still had input when their budget ran out.
-    fn read_unfinished(&mut self) {
-        for key in std::mem::take(&mut self.unfinished) {
+    /// Phase 4: clients that still had input when their budget ran out last turn. (Those
+    /// cut short in this turn's dispatch wait for the next turn: that is the fairness.)
+    fn read_unfinished(&mut self, carried: Vec<usize>) {
+        for key in carried {
             self.read_client(key);
         }
     }
