@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: pollcast against peer relays from ../shared/peers, every server
+# pinned to CPU 0 and `pollcast bench` to CPU 1, each scenario on a freshly started server.
+# Prints a Markdown table (and keeps every JSON result in the work directory).
+#
+# usage: scripts/bench.sh [SERVER...]
+#   SERVER: pollcast (no history), pollcast-history (SQLite on), tt (tokio-tungstenite,
+#           1 worker), node (Node ws). Default: pollcast pollcast-history tt node
+# env:    BENCH_WORK   where peers are built and results kept (default /tmp/pollcast-bench)
+#         SCENARIOS    space-separated subset of: fanout100 fanout1000 paced1000 tenbyten idle churn
+#         DURATION     seconds per throughput scenario (default 5)
+# Needs: taskset, python3; cargo (tt), node/npm (node). Stops every process by its PID.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PEERS_SRC="${PEERS_SRC:-$ROOT/../shared/peers}"
+WORK="${BENCH_WORK:-/tmp/pollcast-bench}"
+DURATION="${DURATION:-5}"
+SCENARIOS="${SCENARIOS:-fanout100 fanout1000 paced1000 tenbyten idle churn}"
+SERVERS=("$@")
+[[ ${#SERVERS[@]} -gt 0 ]] || SERVERS=(pollcast pollcast-history tt node)
+PORT=9690
+mkdir -p "$WORK"
+BIN="$ROOT/target/release/pollcast"
+
+echo "bench: building pollcast" >&2
+cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
+
+build_peer() {
+  case "$1" in
+    tt)
+      if [[ ! -x "$WORK/tt-target/release/tt-peer" ]]; then
+        echo "bench: building tokio-tungstenite peer in $WORK" >&2
+        rm -rf "$WORK/tokio-tungstenite" && cp -r "$PEERS_SRC/tokio-tungstenite" "$WORK/"
+        CARGO_TARGET_DIR="$WORK/tt-target" cargo build --release --quiet --manifest-path "$WORK/tokio-tungstenite/Cargo.toml"
+      fi ;;
+    node)
+      if [[ ! -d "$WORK/node/node_modules" ]]; then
+        echo "bench: installing Node ws peer in $WORK" >&2
+        rm -rf "$WORK/node" && cp -r "$PEERS_SRC/node" "$WORK/"
+        (cd "$WORK/node" && npm ci --no-audit --no-fund --loglevel=error)
+      fi ;;
+  esac
+}
+
+SERVER_PID=""
+start_server() { # NAME: starts it on $PORT pinned to CPU 0, sets SERVER_PID
+  local name=$1
+  ulimit -n "$(ulimit -Hn)"
+  case "$name" in
+    pollcast) taskset -c 0 "$BIN" --listen "127.0.0.1:$PORT" --no-history 2>"$WORK/$name.log" & ;;
+    pollcast-history)
+      rm -f "$WORK"/history.db*
+      taskset -c 0 "$BIN" --listen "127.0.0.1:$PORT" --db "$WORK/history.db" 2>"$WORK/$name.log" & ;;
+    tt) taskset -c 0 "$WORK/tt-target/release/tt-peer" "$PORT" --threads 1 >"$WORK/$name.log" 2>&1 & ;;
+    node) (cd "$WORK/node" && exec taskset -c 0 node server.js "$PORT") >"$WORK/$name.log" 2>&1 & ;;
+    *) echo "bench: unknown server $name" >&2; exit 2 ;;
+  esac
+  SERVER_PID=$!
+  for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "bench: $name did not start; log:" >&2
+  cat "$WORK/$name.log" >&2
+  exit 1
+}
+
+stop_server() {
+  [[ -n "$SERVER_PID" ]] || return 0
+  kill "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=""
+  PORT=$((PORT + 1)) # a fresh port: no TIME_WAIT surprises between runs
+}
+trap stop_server EXIT
+
+scenario_args() {
+  case "$1" in
+    fanout100) echo "fanout --receivers 100 --senders 1 --size 64 --rate max --window 256 --duration $DURATION" ;;
+    fanout1000) echo "fanout --receivers 1000 --senders 1 --size 64 --rate max --window 256 --duration $DURATION" ;;
+    paced1000) echo "fanout --receivers 1000 --senders 1 --size 64 --rate 1000 --duration $DURATION" ;;
+    tenbyten) echo "fanout --receivers 10 --senders 10 --size 1024 --rate max --window 64 --duration $DURATION" ;;
+    idle) echo "idle --connections 10000 --hold 2" ;;
+    churn) echo "churn --concurrency 32 --duration $DURATION" ;;
+  esac
+}
+
+for server in "${SERVERS[@]}"; do
+  build_peer "$server"
+  for scenario in $SCENARIOS; do
+    start_server "$server"
+    sleep 0.3
+    echo "bench: $server $scenario" >&2
+    # shellcheck disable=SC2046
+    taskset -c 1 "$BIN" bench $(scenario_args "$scenario") --url "ws://127.0.0.1:$PORT/bench" \
+      --server-pid "$SERVER_PID" --json > "$WORK/$server.$scenario.json" || echo '{"error":"bench failed"}' > "$WORK/$server.$scenario.json"
+    stop_server
+  done
+done
+
+python3 - "$WORK" "$SCENARIOS" "${SERVERS[@]}" <<'PY'
+import json, os, sys
+work, scenarios, servers = sys.argv[1], sys.argv[2].split(), sys.argv[3:]
+
+def load(server, scenario):
+    try:
+        return json.load(open(os.path.join(work, f"{server}.{scenario}.json")))
+    except Exception:
+        return None
+
+def cell(r, scenario):
+    if r is None or "error" in r and isinstance(r["error"], str):
+        return "failed"
+    if scenario == "idle":
+        return f"{r['server_anon_kib_per_conn']:.2f} KiB/conn ({r['held']} held)"
+    if scenario == "churn":
+        return (f"{r['handshakes_per_sec']/1e3:.1f}k/s, server {r['server_cpu_ns_per_handshake']/1e3:.1f} µs/hs "
+                f"({r['server_cpu_share']*100:.0f}% busy), bench {r['bench_cpu_share']*100:.0f}%")
+    lat = r["latency_us"]
+    lost = f", lost {r['lost']}" if r["lost"] else ""
+    return (f"{r['deliveries_per_sec']/1e6:.2f}M/s, p99 {lat['p99']/1e3:.1f} ms, server {r['server_cpu_ns_per_delivery']:.0f} ns/dlv "
+            f"({r['server_cpu_share']*100:.0f}% busy), bench {r['bench_cpu_share']*100:.0f}%{lost}")
+
+names = {"fanout100": "fanout R=100 S=1 64 B max (W=256)", "fanout1000": "fanout R=1000 S=1 64 B max (W=256)",
+         "paced1000": "fanout R=1000 at 1000 msg/s", "tenbyten": "fanout 10×10 1 KiB max (W=64)",
+         "idle": "idle 10,000 connections (RssAnon)", "churn": "churn, 32 at a time"}
+print("| scenario | " + " | ".join(servers) + " |")
+print("|---" * (len(servers) + 1) + "|")
+for s in scenarios:
+    print(f"| {names.get(s, s)} | " + " | ".join(cell(load(srv, s), s) for srv in servers) + " |")
+PY
+echo "bench: JSON results in $WORK" >&2
