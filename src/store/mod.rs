@@ -64,3 +64,9 @@ impl From<rusqlite::Error> for StoreError {
         StoreError(e.to_string())
     }
 }
+
+impl From<rusqlite::types::FromSqlError> for StoreError {
+    fn from(e: rusqlite::types::FromSqlError) -> StoreError {
+        StoreError(format!("history: unexpected column type: {e}"))
+    }
+}

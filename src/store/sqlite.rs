@@ -1,12 +1,16 @@
 //! SQLite history: one file, WAL mode, one transaction per loop turn.
 //!
-//! Owns: the database connection, the schema and its migrations, the pending inserts of
-//! the current turn, and retention. Must not touch: sockets, the clock.
+//! Owns: the database connection, the schema and its migrations, the pending messages
+//! of the current turn, their encoding, and retention. Must not touch: sockets, the clock.
+//!
+//! Messages are stored in *segments*: all the messages of one room committed in one
+//! turn go into one row, encoded back to back in a blob. A busy turn then costs one
+//! B-tree insert per room instead of one per message (measured on this box: 1.9 µs per
+//! message as one row each, against a few hundred ns as part of a segment), and reads
+//! walk a room's segments newest or oldest first through the `(room, last_id)` index.
 //!
 //! The file is opened with an exclusive lock, so a second pollcast on the same file
 //! fails at start with a clear message instead of two servers handing out the same ids.
-//! `synchronous = NORMAL` in WAL mode makes every commit durable against a crash of the
-//! process (`kill -9`); against power loss the last commits may be lost.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -17,31 +21,24 @@ use super::{Page, Query, StoreError, StoredMessage};
 
 /// Schema migrations, in order; `PRAGMA user_version` records how many have run.
 const MIGRATIONS: [&str; 1] = [
-    // 1: messages keyed by id (the rowid: rows of any size stay cheap to insert), an index
-    //    on (room, id) for per-room reads and retention, and how far each room was trimmed.
-    //    (A WITHOUT ROWID table clustered on (room, id) was tried: a little faster for
-    //    64-byte rows, five times slower for 1 KiB ones, as SQLite's docs warn.)
-    "CREATE TABLE messages (
-         id        INTEGER PRIMARY KEY,
-         room      TEXT    NOT NULL,
-         sender    TEXT    NOT NULL,
-         recipient TEXT,
-         binary    INTEGER NOT NULL,
-         body      BLOB    NOT NULL,
-         ts        INTEGER NOT NULL
+    // 1: segments of messages keyed by their first id, an index for per-room reads
+    //    (newest or oldest first), and how far retention has trimmed each room.
+    "CREATE TABLE segments (
+         first_id INTEGER PRIMARY KEY,
+         room     TEXT    NOT NULL,
+         last_id  INTEGER NOT NULL,
+         count    INTEGER NOT NULL,
+         data     BLOB    NOT NULL
      );
-     CREATE INDEX messages_by_room ON messages (room, id);
+     CREATE INDEX segments_by_room ON segments (room, last_id);
      CREATE TABLE rooms (
          room            TEXT PRIMARY KEY,
          trimmed_through INTEGER NOT NULL
      );",
 ];
 
-/// Rows per multi-row INSERT statement (7 parameters each, well under SQLite's limit).
-const INSERT_CHUNK: usize = 32;
-
 /// Retention trims a room once it holds this fraction more than `keep` (1/16), so the
-/// cost of finding the cut-off is spread over many inserts.
+/// cost of trimming is spread over many commits.
 const TRIM_SLACK_DIVISOR: usize = 16;
 
 /// The history database.
@@ -49,7 +46,7 @@ pub struct SqliteStore {
     db: Connection,                 // the one connection, held by the loop thread
     keep: usize,                    // messages kept per room (`--history-keep`)
     pending: Vec<StoredMessage>,    // appended this turn, committed before the flush
-    counts: HashMap<String, usize>, // rows per room, learnt lazily, to know when to trim
+    counts: HashMap<String, usize>, // messages per room, learnt lazily, to know when to trim
     last_id: u64,                   // highest id stored or pending
 }
 
@@ -69,7 +66,7 @@ impl SqliteStore {
             return Err(StoreError(format!("{}: cannot switch to WAL mode (got {mode})", path.display())));
         }
         let last_id: Option<i64> =
-            db.query_row("SELECT max(id) FROM messages", [], |row| row.get(0)).map_err(describe)?;
+            db.query_row("SELECT max(last_id) FROM segments", [], |row| row.get(0)).map_err(describe)?;
         Ok(SqliteStore { db, keep, pending: Vec::new(), counts: HashMap::new(), last_id: last_id.unwrap_or(0) as u64 })
     }
 
@@ -89,65 +86,82 @@ impl SqliteStore {
         self.pending.len()
     }
 
-    /// Writes every pending message in one transaction, then trims rooms over their
-    /// retention. Returns how many were written. On error nothing of this batch is
-    /// stored and the batch is dropped (the caller reports it; the relay goes on).
+    /// Writes every pending message in one transaction (one segment per room), then
+    /// trims rooms over their retention. Returns how many messages were written. On
+    /// error nothing of this batch is stored and the batch is dropped (the caller
+    /// reports it; the relay goes on).
     pub fn commit(&mut self) -> Result<usize, StoreError> {
         if self.pending.is_empty() {
             return Ok(0);
         }
         let batch = std::mem::take(&mut self.pending);
-        let tx = self.db.transaction()?;
-        let mut touched: HashMap<&str, usize> = HashMap::new();
-        // Rows go in INSERT_CHUNK at a time through one cached multi-row statement (a
-        // third of the cost of one statement per row), the rest one by one.
-        let mut chunks = batch.chunks_exact(INSERT_CHUNK);
-        for chunk in &mut chunks {
-            insert_rows(&tx, chunk)?;
-        }
-        for m in chunks.remainder() {
-            insert_rows(&tx, std::slice::from_ref(m))?;
-        }
+        // One segment per room, messages in the order they were routed.
+        let mut segments: Vec<Segment> = Vec::new();
         for m in &batch {
-            *touched.entry(m.room.as_str()).or_default() += 1;
+            match segments.iter_mut().find(|s| s.room == m.room) {
+                Some(segment) => segment.push(m),
+                None => segments.push(Segment::new(m)),
+            }
         }
-        for (room, added) in touched {
-            let count = match self.counts.get(room) {
-                Some(&known) => known + added,
-                None => tx.query_row("SELECT count(*) FROM messages WHERE room = ?1", [room], |row| row.get(0))?,
+        let tx = self.db.transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO segments (first_id, room, last_id, count, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for s in &segments {
+                insert.execute(params![s.first_id as i64, s.room, s.last_id as i64, s.count as i64, s.data])?;
+            }
+        }
+        for s in &segments {
+            let count = match self.counts.get(s.room) {
+                Some(&known) => known + s.count,
+                None => {
+                    tx.query_row("SELECT coalesce(sum(count), 0) FROM segments WHERE room = ?1", [s.room], |row| {
+                        row.get::<_, i64>(0)
+                    })? as usize
+                }
             };
-            let count =
-                if count > self.keep + self.keep / TRIM_SLACK_DIVISOR { trim(&tx, room, self.keep)? } else { count };
-            self.counts.insert(room.to_owned(), count);
+            let over = count > self.keep + self.keep / TRIM_SLACK_DIVISOR;
+            let count = if over { trim(&tx, s.room, count, self.keep)? } else { count };
+            self.counts.insert(s.room.to_owned(), count);
         }
         tx.commit()?;
         Ok(batch.len())
     }
 
-    /// Reads part of a room's history, at most `cap` messages. Callers commit first, so
-    /// a reader never misses a message routed earlier in the same turn.
-    /// `text_only`: leave binary messages out (for clients that cannot show them).
+    /// Reads part of a room's history, at most `cap` messages, oldest first. Callers
+    /// commit first, so a reader never misses a message routed earlier in the same turn.
+    /// `text_only`: leave binary messages out (for clients that cannot show them), and
+    /// count only what is returned.
     pub fn query(&mut self, room: &str, query: Query, cap: usize, text_only: bool) -> Result<Page, StoreError> {
         let cap = cap.max(1);
-        let columns = match text_only {
-            true => "SELECT id, room, sender, recipient, binary, body, ts FROM messages WHERE binary = 0 AND",
-            false => "SELECT id, room, sender, recipient, binary, body, ts FROM messages WHERE",
-        };
-        // Every query is a range of the (room, id) index.
         let (sql, key, n, newest_first) = match query {
-            Query::Last(n) => (format!("{columns} room = ?1 AND id > ?2 ORDER BY id DESC LIMIT ?3"), 0, n, true),
-            Query::Before { before, n } => {
-                (format!("{columns} room = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3"), before, n, true)
-            }
-            Query::Since(since) => {
-                (format!("{columns} room = ?1 AND id > ?2 ORDER BY id ASC LIMIT ?3"), since, cap, false)
-            }
+            Query::Last(n) => ("room = ?1 AND last_id > ?2 ORDER BY last_id DESC", 0, n, true),
+            Query::Before { before, n } => ("room = ?1 AND first_id < ?2 ORDER BY last_id DESC", before, n, true),
+            Query::Since(since) => ("room = ?1 AND last_id > ?2 ORDER BY last_id ASC", since, cap, false),
         };
         let n = n.min(cap);
-        let mut statement = self.db.prepare_cached(&sql)?;
-        let rows =
-            statement.query_map(params![room, key.min(i64::MAX as u64) as i64, (n + 1) as i64], row_to_message)?;
-        let mut messages = rows.collect::<Result<Vec<_>, _>>()?;
+        let wanted = |m: &StoredMessage| {
+            !(text_only && m.binary)
+                && match query {
+                    Query::Last(_) => true,
+                    Query::Before { before, .. } => m.id < before,
+                    Query::Since(since) => m.id > since,
+                }
+        };
+        // Walk segments in the query's direction until one more message than asked for
+        // is found (that one only tells `more`).
+        let mut statement = self.db.prepare_cached(&format!("SELECT data FROM segments WHERE {sql}"))?;
+        let mut rows = statement.query(params![room, key.min(i64::MAX as u64) as i64])?;
+        let mut messages = Vec::new();
+        while messages.len() <= n {
+            let Some(row) = rows.next()? else { break };
+            let mut decoded = decode(row.get_ref(0)?.as_blob()?, room)?;
+            if newest_first {
+                decoded.reverse();
+            }
+            messages.extend(decoded.into_iter().filter(|m| wanted(m)));
+        }
         let more = messages.len() > n;
         messages.truncate(n);
         if newest_first {
@@ -163,59 +177,135 @@ impl SqliteStore {
     /// The highest id retention has deleted from `room` (0 if none).
     fn trimmed_through(&self, room: &str) -> Result<u64, StoreError> {
         let sql = "SELECT trimmed_through FROM rooms WHERE room = ?1";
-        let through: Option<i64> = self.db.query_row(sql, [room], |row| row.get(0)).optional()?;
+        let through: Option<i64> = self.db.prepare_cached(sql)?.query_row([room], |row| row.get(0)).optional()?;
         Ok(through.unwrap_or(0) as u64)
     }
 }
 
-/// Deletes all but the newest `keep` messages of `room` (a range of the (room, id) index),
-/// and records the cut so recovery can tell a client it missed something. Returns the
-/// rows left: exactly `keep`.
-fn trim(tx: &rusqlite::Transaction, room: &str, keep: usize) -> Result<usize, StoreError> {
-    let cut_sql = "SELECT id FROM messages WHERE room = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2";
-    let cut: Option<i64> =
-        tx.prepare_cached(cut_sql)?.query_row(params![room, keep as i64], |row| row.get(0)).optional()?;
-    if let Some(cut) = cut {
-        tx.prepare_cached("DELETE FROM messages WHERE room = ?1 AND id <= ?2")?.execute(params![room, cut])?;
+/// The messages of one room in one commit, encoded back to back.
+struct Segment<'a> {
+    room: &'a str, // the room they share
+    first_id: u64, // the row's key
+    last_id: u64,  // for reads newest first and for recovery
+    count: usize,  // messages in `data`
+    data: Vec<u8>, // the encoding below, one message after another
+}
+
+impl<'a> Segment<'a> {
+    fn new(m: &'a StoredMessage) -> Segment<'a> {
+        let mut segment = Segment { room: &m.room, first_id: m.id, last_id: m.id, count: 0, data: Vec::new() };
+        segment.push(m);
+        segment
+    }
+
+    /// Appends one message: id u64, ts u64, flags u8 (1 = binary, 2 = has a recipient),
+    /// sender (u16 length + bytes), recipient if any (likewise), body (u32 length + bytes);
+    /// all little-endian.
+    fn push(&mut self, m: &StoredMessage) {
+        self.last_id = m.id;
+        self.count += 1;
+        let data = &mut self.data;
+        data.extend_from_slice(&m.id.to_le_bytes());
+        data.extend_from_slice(&m.ts.to_le_bytes());
+        data.push(u8::from(m.binary) | if m.to.is_some() { 2 } else { 0 });
+        put_short(data, m.from.as_bytes());
+        if let Some(to) = &m.to {
+            put_short(data, to.as_bytes());
+        }
+        data.extend_from_slice(&(m.body.len() as u32).to_le_bytes());
+        data.extend_from_slice(&m.body);
+    }
+}
+
+/// A name: u16 length, then the bytes (names are at most 32 characters).
+fn put_short(data: &mut Vec<u8>, bytes: &[u8]) {
+    let len = bytes.len().min(u16::MAX as usize);
+    data.extend_from_slice(&(len as u16).to_le_bytes());
+    data.extend_from_slice(&bytes[..len]);
+}
+
+/// Decodes a segment written by `Segment::push`.
+fn decode(mut data: &[u8], room: &str) -> Result<Vec<StoredMessage>, StoreError> {
+    fn take<'d>(data: &mut &'d [u8], n: usize) -> Result<&'d [u8], StoreError> {
+        if data.len() < n {
+            return Err(StoreError("history: a stored segment is truncated (corrupt database?)".into()));
+        }
+        let (head, rest) = data.split_at(n);
+        *data = rest;
+        Ok(head)
+    }
+    fn text(bytes: &[u8]) -> Result<String, StoreError> {
+        String::from_utf8(bytes.to_vec()).map_err(|_| StoreError("history: a stored name is not UTF-8".into()))
+    }
+    let u64_at = |bytes: &[u8]| u64::from_le_bytes(bytes.try_into().expect("take returned 8 bytes"));
+    let mut messages = Vec::new();
+    while !data.is_empty() {
+        let id = u64_at(take(&mut data, 8)?);
+        let ts = u64_at(take(&mut data, 8)?);
+        let flags = take(&mut data, 1)?[0];
+        let len = u16::from_le_bytes(take(&mut data, 2)?.try_into().expect("2 bytes")) as usize;
+        let from = text(take(&mut data, len)?)?;
+        let to = match flags & 2 {
+            0 => None,
+            _ => {
+                let len = u16::from_le_bytes(take(&mut data, 2)?.try_into().expect("2 bytes")) as usize;
+                Some(text(take(&mut data, len)?)?)
+            }
+        };
+        let len = u32::from_le_bytes(take(&mut data, 4)?.try_into().expect("4 bytes")) as usize;
+        let body = take(&mut data, len)?.to_vec();
+        messages.push(StoredMessage { id, room: room.to_owned(), from, to, binary: flags & 1 != 0, body, ts });
+    }
+    Ok(messages)
+}
+
+/// Deletes the oldest messages of `room` until exactly `keep` are left: whole segments
+/// while they fit, then the front of the boundary segment, rewritten. Records the cut
+/// so recovery can tell a client it missed something. Returns the messages left.
+fn trim(tx: &rusqlite::Transaction, room: &str, count: usize, keep: usize) -> Result<usize, StoreError> {
+    let mut excess = count.saturating_sub(keep);
+    let mut cut = 0u64;
+    let oldest = "SELECT first_id, last_id, count, data FROM segments WHERE room = ?1 ORDER BY last_id ASC";
+    let mut whole = Vec::new(); // segments to delete
+    let mut partial = None; // (first_id, data) of the boundary segment
+    {
+        let mut statement = tx.prepare_cached(oldest)?;
+        let mut rows = statement.query([room])?;
+        while excess > 0 {
+            let Some(row) = rows.next()? else { break };
+            let (first, last, n): (i64, i64, i64) = (row.get(0)?, row.get(1)?, row.get(2)?);
+            if n as usize <= excess {
+                whole.push(first);
+                excess -= n as usize;
+                cut = last as u64;
+            } else {
+                partial = Some((first, decode(row.get_ref(3)?.as_blob()?, room)?));
+            }
+            if partial.is_some() {
+                break;
+            }
+        }
+    }
+    let mut delete = tx.prepare_cached("DELETE FROM segments WHERE first_id = ?1")?;
+    for first in whole {
+        delete.execute([first])?;
+    }
+    if let Some((first, messages)) = partial {
+        let kept = &messages[excess..];
+        cut = messages[excess - 1].id;
+        let mut segment = Segment::new(&kept[0]);
+        kept[1..].iter().for_each(|m| segment.push(m));
+        tx.prepare_cached("UPDATE segments SET first_id = ?1, count = ?2, data = ?3 WHERE first_id = ?4")?
+            .execute(params![segment.first_id as i64, segment.count as i64, segment.data, first])?;
+    }
+    if cut > 0 {
         tx.prepare_cached(
             "INSERT INTO rooms (room, trimmed_through) VALUES (?1, ?2)
              ON CONFLICT (room) DO UPDATE SET trimmed_through = max(trimmed_through, excluded.trimmed_through)",
         )?
-        .execute(params![room, cut])?;
+        .execute(params![room, cut as i64])?;
     }
-    Ok(keep)
-}
-
-/// Inserts `rows` with one cached statement of `rows.len()` value tuples.
-fn insert_rows(tx: &rusqlite::Transaction, rows: &[StoredMessage]) -> rusqlite::Result<()> {
-    let tuples = vec!["(?, ?, ?, ?, ?, ?, ?)"; rows.len()].join(", ");
-    let sql = format!("INSERT INTO messages (id, room, sender, recipient, binary, body, ts) VALUES {tuples}");
-    let mut insert = tx.prepare_cached(&sql)?;
-    let mut at = 1;
-    for m in rows {
-        insert.raw_bind_parameter(at, m.id as i64)?;
-        insert.raw_bind_parameter(at + 1, &m.room)?;
-        insert.raw_bind_parameter(at + 2, &m.from)?;
-        insert.raw_bind_parameter(at + 3, &m.to)?;
-        insert.raw_bind_parameter(at + 4, m.binary)?;
-        insert.raw_bind_parameter(at + 5, &m.body)?;
-        insert.raw_bind_parameter(at + 6, m.ts as i64)?;
-        at += 7;
-    }
-    insert.raw_execute()?;
-    Ok(())
-}
-
-fn row_to_message(row: &rusqlite::Row) -> rusqlite::Result<StoredMessage> {
-    Ok(StoredMessage {
-        id: row.get::<_, i64>(0)? as u64,
-        room: row.get(1)?,
-        from: row.get(2)?,
-        to: row.get(3)?,
-        binary: row.get(4)?,
-        body: row.get(5)?,
-        ts: row.get::<_, i64>(6)? as u64,
-    })
+    Ok(keep.min(count))
 }
 
 /// WAL mode, durability level, the exclusive lock, then migrations. Returns the
@@ -227,7 +317,7 @@ fn setup(db: &Connection) -> rusqlite::Result<String> {
     // NORMAL: commits are not fsynced (a process crash loses nothing, WAL stays consistent
     // on power loss). Checkpoints are: at SQLite's default of 1000 pages they came every
     // few hundred turns and stalled the loop on fsync; 8192 pages (32 MiB of WAL) makes
-    // them eight times rarer (measured: 8.2 -> 1.9 µs per row at 64 rows per commit).
+    // them eight times rarer.
     db.execute_batch(
         "PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 8192; PRAGMA locking_mode = EXCLUSIVE;",
     )?;
@@ -328,6 +418,51 @@ mod tests {
         assert_eq!(old.recovered, Some(false), "messages after 10 were trimmed");
         let capped = store.query("r", Query::Since(90), 3, false).unwrap();
         assert_eq!((ids(&capped), capped.more, capped.recovered), (vec![91, 92, 93], true, Some(false)));
+    }
+
+    #[test]
+    fn big_commits_are_trimmed_exactly_even_inside_a_segment() {
+        let (_dir, path) = temp_db();
+        let mut store = SqliteStore::open(&path, 10).unwrap();
+        // 7 + 7 messages in two commits (segments), then 3 more: 17 > 10 + 10/16, so
+        // trimming drops the first segment whole and the front of the second.
+        for range in [1..=7, 8..=14, 15..=17] {
+            range.for_each(|id| store.append(message(id, "r")));
+            store.commit().unwrap();
+        }
+        let page = store.query("r", Query::Last(100), 100, false).unwrap();
+        assert_eq!(ids(&page), (8..=17).collect::<Vec<_>>());
+        assert_eq!(store.query("r", Query::Since(7), 100, false).unwrap().recovered, Some(true));
+        assert_eq!(store.query("r", Query::Since(6), 100, false).unwrap().recovered, Some(false));
+    }
+
+    #[test]
+    fn one_commit_many_rooms_and_paging_inside_segments() {
+        let (_dir, path) = temp_db();
+        let mut store = SqliteStore::open(&path, 1000).unwrap();
+        for id in 1..=40 {
+            let mut m = message(id, if id % 3 == 0 { "b" } else { "a" });
+            m.binary = id % 5 == 0;
+            store.append(m);
+        }
+        store.commit().unwrap();
+        let b: Vec<u64> = (1..=40).filter(|id| id % 3 == 0).collect();
+        assert_eq!(ids(&store.query("b", Query::Last(100), 100, false).unwrap()), b);
+        // Paging back through text-only history, 4 at a time, finds every text message once.
+        let text: Vec<u64> = (1..=40).filter(|id| id % 3 != 0 && id % 5 != 0).collect();
+        let (mut seen, mut before) = (Vec::new(), u64::MAX);
+        loop {
+            let page = store.query("a", Query::Before { before, n: 4 }, 100, true).unwrap();
+            let got = ids(&page);
+            seen.splice(0..0, got.iter().copied());
+            match (got.first(), page.more) {
+                (Some(&oldest), true) => before = oldest,
+                _ => break,
+            }
+        }
+        assert_eq!(seen, text);
+        let since = store.query("a", Query::Since(30), 3, false).unwrap();
+        assert_eq!((ids(&since), since.more), (vec![31, 32, 34], true));
     }
 
     #[test]
