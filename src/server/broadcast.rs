@@ -15,9 +15,10 @@ use std::rc::Rc;
 use slab::Slab;
 
 use super::client::Client;
+use super::http::Stats;
 use super::write_queue::Shared;
 use super::Server;
-use crate::chat::{history_frames, Ack, Output};
+use crate::chat::{history_frames, Ack, Chat, Output};
 use crate::config::Mode;
 use crate::proto::close::CloseCode;
 use crate::proto::message::DataKind;
@@ -41,26 +42,26 @@ impl Server {
     /// Delivers everything in the outbox, in order. Called after each read and before
     /// anything else is queued to the sender (a pong, a close), so per-sender order holds.
     pub(super) fn drain_outbox(&mut self) {
-        let limit = self.config.effective_max_queue();
         self.keep_for_history();
         while !self.outbox.is_empty() {
             let mut slow = Vec::new();
             for output in self.outbox.take() {
                 match output {
                     Output::To { conn, frames } => {
-                        if !enqueue(&mut self.clients, &mut self.dirty, conn, &Rc::new(frames), limit) {
+                        if !self.queues().0.push(conn, &Rc::new(frames)) {
                             slow.push(conn);
                         }
                     }
                     Output::Room { room, except, raw, json, messages } => {
                         let (raw, json) = (Rc::new(raw), Rc::new(json));
                         let mut recipients = 0;
-                        for member in self.chat.members(room) {
+                        let (mut queues, chat) = self.queues();
+                        for member in chat.members(room) {
                             let chunk = if member.json { &json } else { &raw };
                             if Some(member.conn) == except || chunk.is_empty() {
                                 continue; // relay never echoes; a codec with nothing to get
                             }
-                            match enqueue(&mut self.clients, &mut self.dirty, member.conn, chunk, limit) {
+                            match queues.push(member.conn, chunk) {
                                 true => recipients += 1,
                                 false => slow.push(member.conn),
                             }
@@ -73,7 +74,7 @@ impl Server {
                     }
                     Output::History { conn, room, query, json } => {
                         let frames = self.read_history(&room, query, json);
-                        if !enqueue(&mut self.clients, &mut self.dirty, conn, &Rc::new(frames), limit) {
+                        if !self.queues().0.push(conn, &Rc::new(frames)) {
                             slow.push(conn);
                         }
                     }
@@ -132,11 +133,18 @@ impl Server {
     }
 
     fn answer_acks(&mut self, acks: Vec<Ack>, stored: Result<(), &str>) {
-        let limit = self.config.effective_max_queue();
         for ack in acks {
             // An ack is a few bytes: a full queue is noticed by the next broadcast.
-            enqueue(&mut self.clients, &mut self.dirty, ack.conn, &Rc::new(ack.frame(stored)), limit);
+            self.queues().0.push(ack.conn, &Rc::new(ack.frame(stored)));
         }
+    }
+
+    /// The write queues, split from the chat so a room's members can be read while
+    /// their queues are filled.
+    fn queues(&mut self) -> (Queues<'_>, &Chat) {
+        let limit = self.config.effective_max_queue();
+        let queues = Queues { clients: &mut self.clients, dirty: &mut self.dirty, stats: &mut self.stats, limit };
+        (queues, &self.chat)
     }
 
     /// Reads a page of history for a replay or a `history` request. Pending messages are
@@ -176,28 +184,40 @@ impl Server {
     }
 }
 
-/// Pushes a chunk to one client's queue. Returns false when the client is a slow
-/// consumer: the chunk would take its queue past the limit even after handing the kernel
-/// what it will take now. Queues are normally flushed at the end of the turn, and one
-/// turn can route more than `--max-queue` to a reader that keeps up, so the limit is
-/// judged on what the socket refuses, not on what the turn produced; and an empty queue
-/// always takes a chunk (one read's messages: at most the scratch buffer plus one
-/// message), so a queue holds at most `--max-queue` plus one such chunk. Clients no
-/// longer OPEN get nothing: after a Close no data frame may follow (RFC 6455 §5.5.1).
-fn enqueue(clients: &mut Slab<Client>, dirty: &mut Vec<usize>, key: usize, chunk: &Shared, limit: usize) -> bool {
-    let Some(client) = clients.get_mut(key).filter(|c| c.session.is_open()) else { return true };
-    if client.queue.len() + chunk.len() > limit {
-        // The rare path: one early write. A write error also means "cannot take more";
-        // the close that follows and the next read will tell the rest.
-        let taken = client.queue.write_to(&mut client.stream);
-        if taken.is_err() || (!client.queue.is_empty() && client.queue.len() + chunk.len() > limit) {
-            return false;
+/// Every client's write queue, with what a push needs besides.
+struct Queues<'a> {
+    clients: &'a mut Slab<Client>, // the slots
+    dirty: &'a mut Vec<usize>,     // clients to flush this turn
+    stats: &'a mut Stats,          // bytes written early count as sent
+    limit: usize,                  // the effective --max-queue
+}
+
+impl Queues<'_> {
+    /// Pushes a chunk to one client's queue. Returns false when the client is a slow
+    /// consumer: the chunk would take its queue past the limit even after handing the
+    /// kernel what it will take now. Queues are normally flushed at the end of the turn,
+    /// and one turn can route more than `--max-queue` to a reader that keeps up, so the
+    /// limit is judged on what the socket refuses, not on what the turn produced; and an
+    /// empty queue always takes a chunk (one read's messages: at most the scratch buffer
+    /// plus one message), so a queue holds at most `--max-queue` plus one such chunk.
+    /// Clients no longer OPEN get nothing: after a Close no data frame may follow
+    /// (RFC 6455 §5.5.1).
+    fn push(&mut self, key: usize, chunk: &Shared) -> bool {
+        let Some(client) = self.clients.get_mut(key).filter(|c| c.session.is_open()) else { return true };
+        if client.queue.len() + chunk.len() > self.limit {
+            // The rare path: one early write. A write error also means "cannot take more";
+            // the close that follows and the next read will tell the rest.
+            let taken = client.queue.write_to(&mut client.stream);
+            self.stats.bytes_out += *taken.as_ref().unwrap_or(&0) as u64;
+            if taken.is_err() || (!client.queue.is_empty() && client.queue.len() + chunk.len() > self.limit) {
+                return false;
+            }
         }
+        client.queue.push(Rc::clone(chunk));
+        if !client.dirty {
+            client.dirty = true;
+            self.dirty.push(key);
+        }
+        true
     }
-    client.queue.push(Rc::clone(chunk));
-    if !client.dirty {
-        client.dirty = true;
-        dirty.push(key);
-    }
-    true
 }
