@@ -134,6 +134,28 @@ struct Fanout {
     closing: bool,            // the run is over: ends are expected now
 }
 
+impl Fanout {
+    /// Nothing received yet; measuring starts when the warm-up ends (set by the caller).
+    fn new(members: usize, senders: u32, rings: Vec<AckRing>) -> Fanout {
+        Fanout {
+            senders,
+            tracks: vec![SeqTrack::default(); members * senders as usize],
+            rings,
+            hist: report::latency_histogram(),
+            measure_from_ns: u64::MAX,
+            measure_to_ns: u64::MAX,
+            deliveries: 0,
+            measured_deliveries: 0,
+            unique: 0,
+            duplicated: 0,
+            out_of_order: 0,
+            foreign: 0,
+            members_lost: 0,
+            closing: false,
+        }
+    }
+}
+
 impl Handler for Fanout {
     #[inline]
     fn on_data(&mut self, tag: u32, frame: &Frame<'_>, now_ns: u64) {
@@ -343,22 +365,8 @@ pub fn run(args: FanoutArgs) -> Result<(), BenchError> {
     let senders = args.senders;
     let closed_loop = args.rate == Rate::Max;
     let need = members - 1; // every other member gets each message
-    let mut fanout = Fanout {
-        senders,
-        tracks: vec![SeqTrack::default(); members as usize * senders as usize],
-        rings: if closed_loop { vec![AckRing::new(args.window as usize, need); senders as usize] } else { Vec::new() },
-        hist: report::latency_histogram(),
-        measure_from_ns: u64::MAX,
-        measure_to_ns: u64::MAX,
-        deliveries: 0,
-        measured_deliveries: 0,
-        unique: 0,
-        duplicated: 0,
-        out_of_order: 0,
-        foreign: 0,
-        members_lost: 0,
-        closing: false,
-    };
+    let rings = if closed_loop { vec![AckRing::new(args.window as usize, need); senders as usize] } else { Vec::new() };
+    let mut fanout = Fanout::new(members as usize, senders, rings);
 
     // Senders are members 0..S, receivers S..S+R.
     let keys = bench.connect_all(&mut fanout, members, true)?;
@@ -543,22 +551,10 @@ mod tests {
     }
 
     fn handler(members: usize, senders: u32, window: usize) -> Fanout {
-        Fanout {
-            senders,
-            tracks: vec![SeqTrack::default(); members * senders as usize],
-            rings: vec![AckRing::new(window, members as u32 - 1); senders as usize],
-            hist: report::latency_histogram(),
-            measure_from_ns: 1_000,
-            measure_to_ns: u64::MAX,
-            deliveries: 0,
-            measured_deliveries: 0,
-            unique: 0,
-            duplicated: 0,
-            out_of_order: 0,
-            foreign: 0,
-            members_lost: 0,
-            closing: false,
-        }
+        let mut fanout =
+            Fanout::new(members, senders, vec![AckRing::new(window, members as u32 - 1); senders as usize]);
+        fanout.measure_from_ns = 1_000;
+        fanout
     }
 
     fn deliver(f: &mut Fanout, member: u32, stamp: Stamp, now_ns: u64) {
