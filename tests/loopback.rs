@@ -347,6 +347,31 @@ fn close_code_for(server: &Server, bytes: &[u8]) -> u16 {
     code
 }
 
+/// A message that arrives in the same read as a protocol error was accepted before the
+/// error: it is still delivered (echoed, relayed) ahead of the Close, and nothing after.
+#[test]
+fn a_message_before_a_bad_frame_in_the_same_read_still_goes_out_first() {
+    let _dog = watchdog(TEST_LIMIT);
+    let mut unmasked = Vec::new();
+    pollcast::proto::frame::write_frame(&mut unmasked, pollcast::proto::frame::OpCode::Text, b"no mask");
+    let mut bytes = masked_frame(true, 0x1, b"accepted first");
+    bytes.extend_from_slice(&unmasked);
+
+    let echo = Server::start(&["--mode", "echo"]);
+    let mut ws = RawWs::open(&echo, "/");
+    ws.send(&bytes);
+    let first = ws.read_frame().expect("the echo");
+    assert_eq!((first.opcode, first.payload.as_slice()), (0x1, &b"accepted first"[..]));
+    assert_eq!(ws.read_close_code(), 1002);
+
+    let relay = Server::start(&[]);
+    let mut reader = ws_connect(&relay, "/r");
+    let mut sender = RawWs::open(&relay, "/r");
+    sender.send(&bytes);
+    assert_eq!(ws_read_data(&mut reader), b"accepted first");
+    assert_eq!(sender.read_close_code(), 1002);
+}
+
 #[test]
 fn every_bad_frame_gets_its_close_code() {
     let _dog = watchdog(TEST_LIMIT);

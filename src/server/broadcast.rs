@@ -200,10 +200,9 @@ impl Queues<'_> {
     /// limit is judged on what the socket refuses, not on what the turn produced; and an
     /// empty queue always takes a chunk (one read's messages: at most the scratch buffer
     /// plus one message), so a queue holds at most `--max-queue` plus one such chunk.
-    /// Clients no longer OPEN get nothing: after a Close no data frame may follow
-    /// (RFC 6455 §5.5.1).
+    /// A sealed client (its Close is queued) gets nothing more.
     fn push(&mut self, key: usize, chunk: &Shared) -> bool {
-        let Some(client) = self.clients.get_mut(key).filter(|c| c.session.is_open()) else { return true };
+        let Some(client) = self.clients.get_mut(key).filter(|c| !c.sealed) else { return true };
         if client.queue.len() + chunk.len() > self.limit {
             // The rare path: one early write. A write error also means "cannot take more";
             // the close that follows and the next read will tell the rest.

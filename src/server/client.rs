@@ -23,6 +23,7 @@ pub struct Client {
     pub queue: WriteQueue,    // encoded frames waiting to be written, shared with other queues
     pub dirty: bool,          // already listed for this turn's flush
     pub write_shut: bool,     // we sent FIN (shutdown(Write)) after the last queued byte
+    pub sealed: bool,         // a Close (or a final HTTP answer) is queued: no data frame may follow it
     pub registered: Interest, // the interest the poller currently has for this socket
 }
 
@@ -36,6 +37,7 @@ impl Client {
             queue: WriteQueue::default(),
             dirty: false,
             write_shut: false,
+            sealed: false,
             registered: Interest::READABLE,
         }
     }

@@ -473,8 +473,15 @@ impl Server {
     }
 
     /// Moves the session's outbound bytes to the queue.
+    /// Moves the session's outbound bytes to the queue. Once they include the session's
+    /// last words (a Close, an HTTP answer) the queue is sealed: RFC 6455 §5.5.1 allows
+    /// no data frame after a Close. Data routed *before* it (a message that preceded a
+    /// protocol error in the same read) still goes out first.
     fn flush_session(&mut self, key: usize) {
-        if let Some(bytes) = self.clients.get_mut(key).and_then(|c| c.session.take_outbound()) {
+        let Some(client) = self.clients.get_mut(key) else { return };
+        let bytes = client.session.take_outbound();
+        client.sealed |= matches!(client.session.phase(), Phase::Closing { .. } | Phase::Closed { .. });
+        if let Some(bytes) = bytes {
             self.send_own(key, bytes);
         }
     }
