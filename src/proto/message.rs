@@ -14,7 +14,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use super::close::CloseCode;
-use super::frame::{FrameHeader, OpCode, MAX_CONTROL_PAYLOAD};
+use super::frame::{apply_mask, FrameHeader, OpCode, MAX_CONTROL_PAYLOAD};
 
 /// The two kinds of data message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,17 +82,30 @@ struct Fragments {
     utf8_checked: usize,    // bytes of `buf` known to be valid UTF-8 (text only)
 }
 
+/// How far the text of a frame that has only partly arrived has been checked.
+#[derive(Debug, Default)]
+struct PartialText {
+    started: bool,      // this frame's check has begun (reset when a frame completes)
+    checked: usize,     // payload bytes of the frame already checked
+    pending: [u8; 4],   // the start of a character split at `checked` (at most 3 bytes)
+    pending_len: usize, // how many bytes of `pending` are in use
+}
+
+/// Payload bytes unmasked and checked per step of `check_partial` (a stack buffer).
+const PARTIAL_CHUNK: usize = 512;
+
 /// Applies the frame rules and assembles fragmented messages.
 #[derive(Debug)]
 pub struct Assembler {
     max_message: usize,   // largest message accepted, in bytes (`--max-message`)
     allowed_rsv: u8,      // RSV bits an extension has claimed (none until deflate)
     fragments: Fragments, // the fragmented message in flight, if any
+    partial: PartialText, // fail-fast state of a text frame still arriving
 }
 
 impl Assembler {
     pub fn new(max_message: usize) -> Assembler {
-        Assembler { max_message, allowed_rsv: 0, fragments: Fragments::default() }
+        Assembler { max_message, allowed_rsv: 0, fragments: Fragments::default(), partial: PartialText::default() }
     }
 
     /// Is a fragmented message in flight?
@@ -145,8 +158,51 @@ impl Assembler {
         Ok(opcode)
     }
 
+    /// Checks the part of a text frame's payload that has arrived so far (`arrived`,
+    /// still masked, starting at the payload), so invalid UTF-8 fails the connection as
+    /// soon as it is on the wire rather than when the frame is complete. Reads `arrived`
+    /// without changing it; resumes where the last call for the same frame stopped.
+    pub fn check_partial(&mut self, header: &FrameHeader, arrived: &[u8]) -> Result<(), Violation> {
+        let text = match header.opcode() {
+            Some(OpCode::Text) => true,
+            Some(OpCode::Continuation) => self.fragments.kind == Some(DataKind::Text),
+            _ => false,
+        };
+        let (Some(mask), true) = (header.mask, text) else { return Ok(()) };
+        let partial = &mut self.partial;
+        if !partial.started {
+            // A continuation may finish a character the previous fragment began.
+            let tail = match header.opcode() {
+                Some(OpCode::Continuation) => &self.fragments.buf[self.fragments.utf8_checked..],
+                _ => &[][..],
+            };
+            *partial = PartialText { started: true, ..PartialText::default() };
+            partial.pending[..tail.len()].copy_from_slice(tail);
+            partial.pending_len = tail.len();
+        }
+        while partial.checked < arrived.len() {
+            let chunk = &arrived[partial.checked..arrived.len().min(partial.checked + PARTIAL_CHUNK)];
+            let mut buf = [0u8; PARTIAL_CHUNK + 4];
+            let held = partial.pending_len;
+            buf[..held].copy_from_slice(&partial.pending[..held]);
+            buf[held..held + chunk.len()].copy_from_slice(chunk);
+            apply_mask(&mut buf[held..held + chunk.len()], mask, partial.checked);
+            let bytes = &buf[..held + chunk.len()];
+            partial.pending_len = match std::str::from_utf8(bytes) {
+                Ok(_) => 0,
+                Err(e) if e.error_len().is_none() => bytes.len() - e.valid_up_to(),
+                Err(_) => return Err(BAD_UTF8),
+            };
+            let keep = &bytes[bytes.len() - partial.pending_len..];
+            partial.pending[..keep.len()].copy_from_slice(keep);
+            partial.checked += chunk.len();
+        }
+        Ok(())
+    }
+
     /// Takes one complete, already unmasked frame whose header passed `check_header`.
     pub fn push<'a>(&mut self, header: &FrameHeader, payload: &'a [u8]) -> Result<Assembled<'a>, Violation> {
+        self.partial.started = false; // the next partial check is about a new frame
         let opcode = self.check_header(header)?;
         match (opcode, header.fin) {
             // A control frame: checked above, acted on by the session.
@@ -309,6 +365,51 @@ mod tests {
         assert_eq!(push(&mut a, true, 0x0, &[]), Err(BAD_UTF8));
         let mut a = Assembler::new(100);
         assert_eq!(push(&mut a, true, 0x1, &[0xce]), Err(BAD_UTF8));
+    }
+
+    /// A masked frame's bytes: header, then payload.
+    fn masked(fin: bool, opcode_bits: u8, payload: &[u8]) -> (FrameHeader, Vec<u8>) {
+        let mut frame = Vec::new();
+        crate::proto::frame::write_masked_frame(&mut frame, fin, opcode_bits, payload, [9, 8, 7, 6]);
+        let (header, len) = FrameHeader::parse(&frame).unwrap().unwrap();
+        (header, frame[len..].to_vec())
+    }
+
+    #[test]
+    fn partial_text_fails_fast_at_every_arrival_point() {
+        // Valid text, then a surrogate: the error is seen once its first bytes arrive.
+        let mut text = "κόσμε ".repeat(200).into_bytes();
+        let bad_at = text.len();
+        text.extend_from_slice(&[0xed, 0xa0, 0x80]);
+        text.extend_from_slice(b"never read");
+        let (header, payload) = masked(true, 0x1, &text);
+        for step in [1, 7, 512, 1000] {
+            let mut a = Assembler::new(1 << 20);
+            let mut arrived = 0;
+            let failed_at = loop {
+                arrived = (arrived + step).min(payload.len());
+                if a.check_partial(&header, &payload[..arrived]).is_err() {
+                    break arrived;
+                }
+                assert!(arrived < payload.len(), "step {step}: never failed");
+            };
+            assert!(failed_at > bad_at && failed_at <= bad_at + step + 2, "step {step}: failed at {failed_at}");
+        }
+    }
+
+    #[test]
+    fn partial_text_accepts_valid_text_split_anywhere_and_across_fragments() {
+        let text = "héllo wörld κόσμε".as_bytes();
+        for cut in 0..text.len() {
+            let mut a = Assembler::new(100);
+            push(&mut a, false, 0x1, &text[..cut]).unwrap();
+            let (header, payload) = masked(true, 0x0, &text[cut..]);
+            for arrived in 0..=payload.len() {
+                assert_eq!(a.check_partial(&header, &payload[..arrived]), Ok(()), "cut {cut} arrived {arrived}");
+            }
+        }
+        let (header, payload) = masked(true, 0x2, &[0xff, 0xfe]);
+        assert_eq!(Assembler::new(10).check_partial(&header, &payload), Ok(()), "binary is not text");
     }
 
     #[test]

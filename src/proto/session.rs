@@ -200,6 +200,10 @@ impl Session {
         }
         let frame_len = header_len as u64 + header.payload_len;
         if (input.len() as u64) < frame_len {
+            // Not all here yet; but text that is already invalid fails now (fail fast).
+            if let Err(violation) = self.assembler.check_partial(&header, &input[header_len..]) {
+                return Some((self.fail(violation, now), everything));
+            }
             return None;
         }
         let frame_len = frame_len as usize; // fits: not more than input.len()
