@@ -153,9 +153,18 @@ impl Server {
             log::trace!("turn {turn}: {} event(s) after waiting up to {timeout:?}", events.iter().count());
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept_all(),
+                    LISTENER => {
+                        log::trace!("listener woke: accepting until WouldBlock");
+                        self.accept_all();
+                    }
                     SIGNALS => self.on_signals(),
                     Token(key) => {
+                        log::trace!(
+                            "conn {key}: woke{}{}{}",
+                            if event.is_readable() { " readable" } else { "" },
+                            if event.is_writable() { " writable" } else { "" },
+                            if event.is_read_closed() || event.is_error() { " closed/error" } else { "" },
+                        );
                         if event.is_writable() {
                             self.mark_dirty(key);
                         }
