@@ -43,6 +43,7 @@ pub struct Config {
     pub history_keep: usize,    // messages kept per room (default 1000)
     pub history_max: usize,     // most messages one replay or page carries (default 500)
     pub history_default: usize, // messages a JSON client gets on joining a room (default 50)
+    pub max_rate: u32,          // chat messages per second per client, bursts of 2x; 0 = unlimited (default 0)
 }
 
 impl Default for Config {
@@ -69,6 +70,7 @@ impl Default for Config {
             history_keep: 1000,
             history_max: 500,
             history_default: 50,
+            max_rate: 0,
         }
     }
 }
@@ -93,6 +95,7 @@ impl Config {
             history: self.db.is_some(),
             history_default: self.history_default.min(self.history_max),
             history_max: self.history_max,
+            max_rate: self.max_rate,
         }
     }
 

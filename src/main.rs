@@ -119,6 +119,11 @@ struct ServeArgs {
     /// Messages a pollcast.v1 client is sent when it joins a room without asking for a count.
     #[arg(long, env = "POLLCAST_HISTORY_DEFAULT", default_value = "50")]
     history_default: usize,
+
+    /// Messages per second one client may send (bursts of twice that); more are dropped
+    /// and answered rate_limited. 0: no limit (the relay is also a load-test target).
+    #[arg(long, env = "POLLCAST_MAX_RATE", default_value = "0")]
+    max_rate: u32,
 }
 
 impl ServeArgs {
@@ -144,6 +149,7 @@ impl ServeArgs {
             history_keep: self.history_keep.max(1),
             history_max: self.history_max.max(1),
             history_default: self.history_default,
+            max_rate: self.max_rate,
         }
     }
 }

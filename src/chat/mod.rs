@@ -29,6 +29,16 @@ use names::NameError;
 use rooms::{Member, RoomId, Rooms, Seat};
 use text::{Command, Line};
 
+/// A connection joining the chat, as its upgrade request described it.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival<'a> {
+    pub conn: usize,            // the shell's slab key
+    pub json: bool,             // negotiated pollcast.v1
+    pub name: Option<&'a str>,  // `?name=`, decoded
+    pub room: &'a str,          // from the URL path
+    pub history: Option<usize>, // `?history=N`
+}
+
 /// Limits of the chat layer, from `Config`.
 #[derive(Clone, Debug)]
 pub struct ChatLimits {
@@ -37,6 +47,7 @@ pub struct ChatLimits {
     pub history: bool,               // messages are stored: record them, answer history requests
     pub history_default: usize,      // messages a JSON client is sent on joining a room
     pub history_max: usize,          // most messages one history answer carries
+    pub max_rate: u32,               // messages per second per client (bursts of twice that); 0 = no limit
 }
 
 /// Where framed bytes go.
@@ -173,6 +184,38 @@ struct User {
     name: String,     // unique among connected users
     json: bool,       // speaks pollcast.v1
     seats: Vec<Seat>, // rooms it is in; a raw user has at most one, its current room
+    bucket: Bucket,   // what is left of its message allowance (`max_rate`)
+}
+
+/// A token bucket: `rate` tokens a second, up to `2 × rate`; a message takes one.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens_milli: u64, // tokens × 1000, so refills need no floating point
+    last_ms: u64,      // when it was last refilled
+}
+
+impl Bucket {
+    fn full(rate: u32, now_ms: u64) -> Bucket {
+        Bucket { tokens_milli: 2000 * u64::from(rate), last_ms: now_ms }
+    }
+
+    /// Takes a token if there is one; `rate` 0 means unlimited.
+    fn take(&mut self, rate: u32, now_ms: u64) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        let elapsed = now_ms.saturating_sub(self.last_ms);
+        let cap = 2000 * u64::from(rate);
+        self.tokens_milli = (self.tokens_milli + elapsed * u64::from(rate)).min(cap);
+        self.last_ms = now_ms;
+        match self.tokens_milli >= 1000 {
+            true => {
+                self.tokens_milli -= 1000;
+                true
+            }
+            false => false,
+        }
+    }
 }
 
 /// The chat state of the whole server.
@@ -257,20 +300,12 @@ impl Chat {
         self.users.contains_key(&conn)
     }
 
-    /// A new connection after its upgrade: it gets `name` if given and free (a raw
-    /// client's name was checked before the upgrade; a JSON client with a bad or taken
-    /// name gets an `error` and a generated name), and joins `room`.
-    /// `history`: how many past messages to replay (`?history=N`); JSON clients get the
-    /// default count when they ask for none.
-    pub fn connect(
-        &mut self,
-        conn: usize,
-        json: bool,
-        name: Option<&str>,
-        room: &str,
-        history: Option<usize>,
-        out: &mut Outbox,
-    ) {
+    /// A new connection after its upgrade: it gets the name it asked for if that is free
+    /// (a raw client's name was checked before the upgrade; a JSON client with a bad or
+    /// taken name gets an `error` and a generated name), joins its room, and is sent the
+    /// history it asked for (`?history=N`; JSON clients get the default count otherwise).
+    pub fn connect(&mut self, arrival: Arrival, now_ms: u64, out: &mut Outbox) {
+        let Arrival { conn, json, name, room, history } = arrival;
         let name = match name.map(|n| (n, self.name_available(n))) {
             Some((name, Ok(()))) => name.to_owned(),
             Some((_, Err(e))) => {
@@ -282,7 +317,8 @@ impl Chat {
             None => self.guest_name(),
         };
         self.names.insert(name.clone(), conn);
-        self.users.insert(conn, User { name, json, seats: Vec::new() });
+        let bucket = Bucket::full(self.limits.max_rate, now_ms);
+        self.users.insert(conn, User { name, json, seats: Vec::new(), bucket });
         if json {
             let user = &self.users[&conn];
             out.send(conn, &Envelope::Welcome { you: &user.name, rooms: vec![room] }.to_json());
@@ -323,6 +359,9 @@ impl Chat {
 
     /// A text message from a connection.
     pub fn text(&mut self, conn: usize, text: &str, now_ms: u64, out: &mut Outbox) {
+        if !self.allowed(conn, now_ms, out) {
+            return;
+        }
         let Some(user) = self.users.get(&conn) else { return };
         if user.json {
             let (reference, request) = json::parse(text);
@@ -344,6 +383,9 @@ impl Chat {
 
     /// A binary message: relayed by raw clients, refused from JSON clients.
     pub fn binary(&mut self, conn: usize, data: &[u8], now_ms: u64, out: &mut Outbox) {
+        if !self.allowed(conn, now_ms, out) {
+            return;
+        }
         let Some(user) = self.users.get(&conn) else { return };
         let result = match user.json {
             true => Err(Failure::new("bad_json", "pollcast.v1 takes JSON text frames, not binary")),
@@ -656,6 +698,19 @@ impl Chat {
 
     // ----- helpers ---------------------------------------------------------------------
 
+    /// Rate limiting (`--max-rate`): a message over the allowance is dropped and answered
+    /// `rate_limited`; the connection stays open.
+    fn allowed(&mut self, conn: usize, now_ms: u64, out: &mut Outbox) -> bool {
+        let rate = self.limits.max_rate;
+        let Some(user) = self.users.get_mut(&conn) else { return false };
+        if user.bucket.take(rate, now_ms) {
+            return true;
+        }
+        let message = format!("over {rate} messages per second; this one was dropped");
+        self.reply_failure(conn, Failure::new("rate_limited", message), None, out);
+        false
+    }
+
     /// The id of `room` if `conn` is a member of it.
     fn membership(&self, conn: usize, room: &str) -> Result<RoomId, Failure> {
         let user = &self.users[&conn];
@@ -731,8 +786,14 @@ mod tests {
     use super::*;
     use crate::proto::frame::FrameHeader;
 
-    const LIMITS: ChatLimits =
-        ChatLimits { max_rooms_per_client: 2, max_text: 16, history: false, history_default: 50, history_max: 500 };
+    const LIMITS: ChatLimits = ChatLimits {
+        max_rooms_per_client: 2,
+        max_text: 16,
+        history: false,
+        history_default: 50,
+        history_max: 500,
+        max_rate: 0,
+    };
 
     /// The payloads of the server frames in `bytes`, as text.
     fn texts(bytes: &[u8]) -> Vec<String> {
@@ -773,6 +834,10 @@ mod tests {
         list.iter().filter(|(c, _)| *c == conn).map(|(_, t)| t.clone()).collect()
     }
 
+    fn arrival(conn: usize, json: bool, name: &str) -> Arrival<'_> {
+        Arrival { conn, json, name: Some(name), room: "lobby", history: None }
+    }
+
     fn json(text: &str) -> Value {
         serde_json::from_str(text).unwrap()
     }
@@ -781,8 +846,8 @@ mod tests {
     fn lobby() -> (Chat, Outbox) {
         let mut chat = Chat::new(LIMITS);
         let mut out = Outbox::default();
-        chat.connect(1, false, Some("ann"), "lobby", None, &mut out);
-        chat.connect(2, true, Some("jay"), "lobby", None, &mut out);
+        chat.connect(arrival(1, false, "ann"), 0, &mut out);
+        chat.connect(arrival(2, true, "jay"), 0, &mut out);
         out.take();
         (chat, out)
     }
@@ -790,7 +855,7 @@ mod tests {
     #[test]
     fn json_connect_gets_welcome_then_joined_and_others_presence() {
         let (mut chat, mut out) = lobby();
-        chat.connect(3, true, Some("kim"), "lobby", None, &mut out);
+        chat.connect(arrival(3, true, "kim"), 0, &mut out);
         let list = deliveries(&chat, &mut out);
         let kim = to(&list, 3);
         assert_eq!(json(&kim[0]), serde_json::json!({"type":"welcome","you":"kim","rooms":["lobby"]}));
@@ -802,7 +867,7 @@ mod tests {
     #[test]
     fn raw_line_reaches_raw_verbatim_and_json_as_envelope() {
         let (mut chat, mut out) = lobby();
-        chat.connect(3, false, Some("bo"), "lobby", None, &mut out);
+        chat.connect(arrival(3, false, "bo"), 0, &mut out);
         assert!(to(&deliveries(&chat, &mut out), 3).is_empty(), "a raw client's join is not answered");
         chat.text(1, "hi all\n", 42, &mut out);
         let list = deliveries(&chat, &mut out);
@@ -927,10 +992,39 @@ mod tests {
     #[test]
     fn taken_name_on_json_connect_gets_error_and_a_guest_name() {
         let (mut chat, mut out) = lobby();
-        chat.connect(3, true, Some("ann"), "lobby", None, &mut out);
+        chat.connect(arrival(3, true, "ann"), 0, &mut out);
         let kim = to(&deliveries(&chat, &mut out), 3);
         assert_eq!(json(&kim[0])["code"], "name_taken");
         assert_eq!(json(&kim[1])["you"], "guest-1");
+    }
+
+    #[test]
+    fn rate_limit_drops_and_answers_then_refills() {
+        let mut chat = Chat::new(ChatLimits { max_rate: 2, ..LIMITS });
+        let mut out = Outbox::default();
+        chat.connect(arrival(1, false, "ann"), 0, &mut out);
+        chat.connect(arrival(2, true, "jay"), 0, &mut out);
+        out.take();
+        // A burst of twice the rate passes, the next message is refused, without a disconnect.
+        for i in 0..4 {
+            chat.text(1, &format!("m{i}"), 0, &mut out);
+        }
+        chat.text(1, "one too many", 0, &mut out);
+        let list = deliveries(&chat, &mut out);
+        assert_eq!(to(&list, 1), vec!["err rate_limited over 2 messages per second; this one was dropped"]);
+        assert_eq!(to(&list, 2).len(), 4);
+        // Half a second later one token is back.
+        chat.text(1, "later", 500, &mut out);
+        let list = deliveries(&chat, &mut out);
+        assert!(to(&list, 1).is_empty());
+        for _ in 0..5 {
+            chat.text(2, r#"{"type":"stats"}"#, 500, &mut out); // jay has an allowance of its own
+        }
+        let jay = to(&deliveries(&chat, &mut out), 2);
+        assert_eq!(
+            (json(&jay[3])["type"].as_str(), json(&jay[4])["code"].as_str()),
+            (Some("stats"), Some("rate_limited"))
+        );
     }
 
     #[test]

@@ -37,7 +37,7 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use crate::chat::names::{percent_decode, NameError};
-use crate::chat::{Ack, Chat, Outbox};
+use crate::chat::{Ack, Arrival, Chat, Outbox};
 use crate::config::{Config, Mode};
 use crate::proto::close::CloseCode;
 use crate::proto::handshake::{self, Rejection, Request, Status, Upgrade, SUBPROTOCOL_JSON};
@@ -459,7 +459,8 @@ impl Server {
         log::debug!("conn {key}: {} joined room {}", client.peer, upgrade.room);
         self.send_own(key, handshake::switching_protocols(upgrade));
         if self.config.mode == Mode::Relay {
-            self.chat.connect(key, json, name.as_deref(), &upgrade.room, history, &mut self.outbox);
+            let arrival = Arrival { conn: key, json, name: name.as_deref(), room: &upgrade.room, history };
+            self.chat.connect(arrival, self.now_ms, &mut self.outbox);
         }
         Ok(())
     }
