@@ -4,14 +4,12 @@
 # usage: scripts/chat.sh [ROOM] [NAME] [SERVER]     e.g. scripts/chat.sh games ann
 #        SERVER defaults to 127.0.0.1:8080
 set -euo pipefail
-if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
-  sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'
-  exit 0
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+usage_if_help "$@"
 ROOM="${1:-lobby}"
 NAME="${2:-}"
 SERVER="${3:-127.0.0.1:8080}"
-command -v websocat >/dev/null || { echo "chat.sh: no websocat; run scripts/install-websocat.sh" >&2; exit 2; }
+need_websocat
 URL="ws://$SERVER/$ROOM"
 [[ -n "$NAME" ]] && URL="$URL?name=$NAME"
 echo "chat.sh: $URL (Ctrl-D or Ctrl-C to leave, /help for commands)" >&2

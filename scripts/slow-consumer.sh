@@ -4,24 +4,15 @@
 # usage: scripts/slow-consumer.sh [SERVER] [ROOM]   (defaults: 127.0.0.1:8080 slow)
 # Bounded: sends 20000 lines of 1 KiB (20 MiB, more than loopback socket buffers hold), stops every process it started by PID.
 set -euo pipefail
-if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
-  sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'
-  exit 0
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+usage_if_help "$@"
 SERVER="${1:-127.0.0.1:8080}"
 ROOM="${2:-slow}"
 LINES=20000
-command -v websocat >/dev/null || { echo "slow-consumer.sh: no websocat; run scripts/install-websocat.sh" >&2; exit 2; }
+need_websocat
 metric() { curl -s "http://$SERVER/metrics" | awk -v m="pollcast_$1" '$1 == m {print $2}'; }
 
-DIR="$(mktemp -d)"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$DIR"
-}
-trap cleanup EXIT
+with_cleanup
 
 before=$(metric slow_consumers_total)
 # The stalled client: websocat writes into a FIFO nobody reads, so once the pipe (64 KiB)
@@ -36,9 +27,15 @@ reader=$!
 PIDS+=($reader)
 sleep 0.5
 
+# The flooder sends 100 lines every 5 ms (about 20 MB/s): fast enough to bury the stalled
+# client within a second, slow enough that the normal reader, sharing two cores with the
+# server and the flooder, keeps up.
 payload=$(head -c 1000 /dev/zero | tr '\0' 'x')
-for i in $(seq 1 "$LINES"); do echo "$i $payload"; done > "$DIR/lines.txt"
-timeout 60 websocat -t "ws://$SERVER/$ROOM?name=flooder" < "$DIR/lines.txt" > /dev/null 2>&1 || true
+for batch in $(seq 0 $((LINES / 100 - 1))); do
+  for i in $(seq $((batch * 100 + 1)) $((batch * 100 + 100))); do echo "$i $payload"; done > "$DIR/batch-$batch.txt"
+done
+for batch in $(seq 0 $((LINES / 100 - 1))); do cat "$DIR/batch-$batch.txt"; sleep 0.005; done |
+  timeout 60 websocat -t "ws://$SERVER/$ROOM?name=flooder" > /dev/null 2>&1 || true
 wait "$reader" 2>/dev/null || true
 
 after=$(metric slow_consumers_total)

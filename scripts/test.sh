@@ -14,3 +14,4 @@ else
 fi
 cargo test --doc --quiet
 scripts/browser-test.sh
+scripts/scripts-test.sh

@@ -4,27 +4,18 @@
 # usage: scripts/websocat-load.sh [N] [M] [SERVER] [ROOM]   (defaults: 10 1000 127.0.0.1:8080 load)
 # Bounded: every process it starts is stopped by PID within ~60 s, whatever happens.
 set -euo pipefail
-if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
-  sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'
-  exit 0
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+usage_if_help "$@"
 N="${1:-10}"
 M="${2:-1000}"
 SERVER="${3:-127.0.0.1:8080}"
 ROOM="${4:-load}"
 LIMIT=60
-command -v websocat >/dev/null || { echo "websocat-load.sh: no websocat; run scripts/install-websocat.sh" >&2; exit 2; }
+need_websocat
 [[ "$N" =~ ^[0-9]+$ && "$M" =~ ^[0-9]+$ && "$N" -ge 1 && "$N" -le 500 && "$M" -ge 1 && "$M" -le 1000000 ]] ||
   { echo "websocat-load.sh: N must be 1-500 and M 1-1000000" >&2; exit 2; }
 
-DIR="$(mktemp -d)"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$DIR"
-}
-trap cleanup EXIT
+with_cleanup
 
 # Listeners: each exits by itself after M messages (--max-messages-rev), or at the limit.
 for i in $(seq 1 "$N"); do

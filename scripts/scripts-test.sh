@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Smoke test of the websocat scripts exactly as the README prints them (but on a free
+# port): installs websocat if missing, starts the release server, runs the load and
+# slow-consumer scripts against it, stops the server by PID.
+# usage: scripts/scripts-test.sh
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+scripts/install-websocat.sh >/dev/null
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+cargo build --release --quiet
+
+LOG="$(mktemp)"
+target/release/pollcast --listen 127.0.0.1:0 --no-history 2>"$LOG" &
+SERVER=$!
+trap 'kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; rm -f "$LOG"' EXIT
+ADDR=""
+for _ in $(seq 1 100); do
+  ADDR="$(grep -o '127\.0\.0\.1:[0-9]*' "$LOG" | head -n 1 || true)"
+  [[ -n "$ADDR" ]] && break
+  sleep 0.1
+done
+[[ -n "$ADDR" ]] || { cat "$LOG" >&2; echo "scripts-test: the server did not start" >&2; exit 1; }
+
+passed=0
+failed=0
+for run in "scripts/websocat-load.sh 5 500 $ADDR" "scripts/slow-consumer.sh $ADDR" "scripts/chat.sh --help"; do
+  if $run; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "scripts-test: FAILED: $run" >&2; fi
+done
+echo "scripts: $passed passed, $failed failed"
+[[ "$failed" -eq 0 ]]
