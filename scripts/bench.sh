@@ -9,6 +9,8 @@
 # env:    BENCH_WORK   where peers are built and results kept (default /tmp/pollcast-bench)
 #         SCENARIOS    space-separated subset of: fanout100 fanout1000 paced1000 tenbyten idle churn
 #         DURATION     seconds per throughput scenario (default 5)
+#         REPEAT       runs per scenario and server, each on a fresh server; the table shows
+#                      the median run (default 3: figures on a shared VM move ±15%)
 # Needs: taskset, python3; cargo (tt), node/npm (node). Stops every process by its PID.
 set -euo pipefail
 
@@ -16,6 +18,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PEERS_SRC="${PEERS_SRC:-$ROOT/../shared/peers}"
 WORK="${BENCH_WORK:-/tmp/pollcast-bench}"
 DURATION="${DURATION:-5}"
+REPEAT="${REPEAT:-3}"
 SCENARIOS="${SCENARIOS:-fanout100 fanout1000 paced1000 tenbyten idle churn}"
 SERVERS=("$@")
 [[ ${#SERVERS[@]} -gt 0 ]] || SERVERS=(pollcast pollcast-history tt node)
@@ -89,25 +92,38 @@ scenario_args() {
 for server in "${SERVERS[@]}"; do
   build_peer "$server"
   for scenario in $SCENARIOS; do
-    start_server "$server"
-    sleep 0.3
-    echo "bench: $server $scenario" >&2
-    # shellcheck disable=SC2046
-    taskset -c 1 "$BIN" bench $(scenario_args "$scenario") --url "ws://127.0.0.1:$PORT/bench" \
-      --server-pid "$SERVER_PID" --json > "$WORK/$server.$scenario.json" || echo '{"error":"bench failed"}' > "$WORK/$server.$scenario.json"
-    stop_server
+    for run in $(seq 1 "$REPEAT"); do
+      start_server "$server"
+      sleep 0.3
+      echo "bench: $server $scenario (run $run of $REPEAT)" >&2
+      out="$WORK/$server.$scenario.$run.json"
+      # shellcheck disable=SC2046
+      taskset -c 1 "$BIN" bench $(scenario_args "$scenario") --url "ws://127.0.0.1:$PORT/bench" \
+        --server-pid "$SERVER_PID" --json > "$out" || echo '{"error":"bench failed"}' > "$out"
+      stop_server
+    done
   done
 done
 
-python3 - "$WORK" "$SCENARIOS" "${SERVERS[@]}" <<'PY'
+python3 - "$WORK" "$SCENARIOS" "$REPEAT" "${SERVERS[@]}" <<'PY'
 import json, os, sys
-work, scenarios, servers = sys.argv[1], sys.argv[2].split(), sys.argv[3:]
+work, scenarios, repeat, servers = sys.argv[1], sys.argv[2].split(), int(sys.argv[3]), sys.argv[4:]
+KEY = {"idle": "server_anon_kib_per_conn", "churn": "handshakes_per_sec"}
 
 def load(server, scenario):
-    try:
-        return json.load(open(os.path.join(work, f"{server}.{scenario}.json")))
-    except Exception:
+    """The median run of the scenario by its headline figure (None if every run failed)."""
+    runs = []
+    for run in range(1, repeat + 1):
+        try:
+            r = json.load(open(os.path.join(work, f"{server}.{scenario}.{run}.json")))
+        except Exception:
+            continue
+        if "scenario" in r:
+            runs.append(r)
+    if not runs:
         return None
+    runs.sort(key=lambda r: r[KEY.get(scenario, "deliveries_per_sec")])
+    return runs[len(runs) // 2]
 
 def cell(r, scenario):
     if r is None or "error" in r and isinstance(r["error"], str):
@@ -125,6 +141,8 @@ def cell(r, scenario):
 names = {"fanout100": "fanout R=100 S=1 64 B max (W=256)", "fanout1000": "fanout R=1000 S=1 64 B max (W=256)",
          "paced1000": "fanout R=1000 at 1000 msg/s", "tenbyten": "fanout 10×10 1 KiB max (W=64)",
          "idle": "idle 10,000 connections (RssAnon)", "churn": "churn, 32 at a time"}
+print(f"(median of {repeat} runs per cell)")
+print()
 print("| scenario | " + " | ".join(servers) + " |")
 print("|---" * (len(servers) + 1) + "|")
 for s in scenarios:
