@@ -16,7 +16,7 @@ use slab::Slab;
 
 use super::client::Client;
 use super::http::Stats;
-use super::write_queue::Shared;
+use super::write_queue::{RingPool, Shared};
 use super::Server;
 use crate::chat::{history_frames, Ack, Chat, Output};
 use crate::config::Mode;
@@ -143,7 +143,13 @@ impl Server {
     /// their queues are filled.
     fn queues(&mut self) -> (Queues<'_>, &Chat) {
         let limit = self.config.effective_max_queue();
-        let queues = Queues { clients: &mut self.clients, dirty: &mut self.dirty, stats: &mut self.stats, limit };
+        let queues = Queues {
+            clients: &mut self.clients,
+            dirty: &mut self.dirty,
+            stats: &mut self.stats,
+            rings: &mut self.rings,
+            limit,
+        };
         (queues, &self.chat)
     }
 
@@ -177,7 +183,7 @@ impl Server {
             self.config.effective_max_queue()
         );
         self.stats.slow_consumers += 1;
-        client.queue.truncate_unstarted();
+        client.queue.truncate_unstarted(&mut self.rings);
         client.session.close(CloseCode::POLICY, "slow consumer", now);
         self.flush_session(key);
         self.part(key);
@@ -189,6 +195,7 @@ struct Queues<'a> {
     clients: &'a mut Slab<Client>, // the slots
     dirty: &'a mut Vec<usize>,     // clients to flush this turn
     stats: &'a mut Stats,          // bytes written early count as sent
+    rings: &'a mut RingPool,       // spare queue rings
     limit: usize,                  // the effective --max-queue
 }
 
@@ -206,13 +213,13 @@ impl Queues<'_> {
         if client.queue.len() + chunk.len() > self.limit {
             // The rare path: one early write. A write error also means "cannot take more";
             // the close that follows and the next read will tell the rest.
-            let taken = client.queue.write_to(&mut client.stream);
+            let taken = client.queue.write_to(&mut client.stream, self.rings);
             self.stats.bytes_out += *taken.as_ref().unwrap_or(&0) as u64;
             if taken.is_err() || (!client.queue.is_empty() && client.queue.len() + chunk.len() > self.limit) {
                 return false;
             }
         }
-        client.queue.push(Rc::clone(chunk));
+        client.queue.push(Rc::clone(chunk), self.rings);
         if !client.dirty {
             client.dirty = true;
             self.dirty.push(key);

@@ -46,7 +46,7 @@ use crate::store::sqlite::SqliteStore;
 use client::Client;
 use http::{Gauges, Stats};
 use nb::{out_of_fds, retrying};
-use write_queue::Shared;
+use write_queue::{RingPool, Shared};
 
 /// The listening socket's token; client tokens are slab keys, far below it.
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -76,6 +76,7 @@ pub struct Server {
     store: Option<SqliteStore>,           // message history; None with --no-history
     pending_acks: Vec<Ack>,               // acks owed to JSON senders once this turn commits
     scratch: Vec<u8>,                     // one read buffer shared by all clients
+    rings: RingPool,                      // empty write-queue rings, reused so a push allocates nothing
     dirty: Vec<usize>,                    // clients with bytes to flush this turn
     unfinished: Vec<usize>,               // clients whose read budget ran out before WouldBlock
     gone: Vec<usize>,                     // clients to remove after this turn
@@ -116,6 +117,7 @@ impl Server {
             clients: Slab::new(),
             outbox: Outbox::default(),
             scratch: vec![0; SCRATCH_LEN],
+            rings: RingPool::default(),
             dirty: Vec::new(),
             unfinished: Vec::new(),
             gone: Vec::new(),
@@ -478,7 +480,7 @@ impl Server {
 
     /// Queues bytes meant for this client alone (a 101, a pong, a close).
     fn send_own(&mut self, key: usize, bytes: Vec<u8>) {
-        self.clients[key].queue.push(Shared::new(bytes));
+        self.clients[key].queue.push(Shared::new(bytes), &mut self.rings);
         self.mark_dirty(key);
     }
 
@@ -512,7 +514,7 @@ impl Server {
         for key in std::mem::take(&mut self.dirty) {
             let Some(client) = self.clients.get_mut(key) else { continue };
             client.dirty = false;
-            match client.queue.write_to(&mut client.stream) {
+            match client.queue.write_to(&mut client.stream, &mut self.rings) {
                 Ok(written) => {
                     self.stats.bytes_out += written as u64;
                     log::trace!("conn {key}: flushed {written} bytes, {} left", client.queue.len());

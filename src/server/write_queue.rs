@@ -19,6 +19,33 @@ pub type Shared = Rc<Vec<u8>>;
 /// slice array on the stack.
 const IOVECS_PER_WRITE: usize = 64;
 
+/// Empty ring buffers kept for reuse. A queue is emptied and refilled on every turn a
+/// client gets something, so without this each recipient would cost a `malloc` and a
+/// `free` per turn; with it, the hot path allocates nothing per recipient, and an idle
+/// client still holds no queue memory (its empty ring is here, shared, not in its slot).
+#[derive(Debug, Default)]
+pub struct RingPool {
+    spare: Vec<VecDeque<Shared>>, // empty rings with their capacity
+}
+
+/// Rings kept at most (each a few hundred bytes), so the pool itself stays small.
+const POOL_MAX: usize = 4096;
+/// A ring that grew past this many slots is freed rather than kept.
+const POOLED_CAPACITY_MAX: usize = 64;
+
+impl RingPool {
+    fn take(&mut self) -> VecDeque<Shared> {
+        self.spare.pop().unwrap_or_default()
+    }
+
+    fn give(&mut self, ring: VecDeque<Shared>) {
+        if self.spare.len() < POOL_MAX && ring.capacity() <= POOLED_CAPACITY_MAX {
+            debug_assert!(ring.is_empty());
+            self.spare.push(ring);
+        }
+    }
+}
+
 /// A FIFO of shared chunks plus the write offset into the first one.
 #[derive(Debug, Default)]
 pub struct WriteQueue {
@@ -38,9 +65,12 @@ impl WriteQueue {
     }
 
     /// Appends a chunk; an empty one is ignored.
-    pub fn push(&mut self, chunk: Shared) {
+    pub fn push(&mut self, chunk: Shared, pool: &mut RingPool) {
         if chunk.is_empty() {
             return;
+        }
+        if self.chunks.capacity() == 0 {
+            self.chunks = pool.take();
         }
         self.bytes += chunk.len();
         self.chunks.push_back(chunk);
@@ -49,18 +79,18 @@ impl WriteQueue {
     /// Drops everything not yet started, keeping a partly written head so the stream
     /// stays framed. Used when a slow consumer is cut off: its backlog goes, its Close
     /// can still follow.
-    pub fn truncate_unstarted(&mut self) {
+    pub fn truncate_unstarted(&mut self, pool: &mut RingPool) {
         let keep = usize::from(self.head_written > 0);
         self.chunks.truncate(keep);
         self.bytes = self.chunks.front().map_or(0, |head| head.len() - self.head_written);
-        self.release_if_empty();
+        self.release_if_empty(pool);
     }
 
     /// Writes as much as the socket takes, several chunks per `writev`.
     ///
     /// Returns the bytes written. Stops at WouldBlock (the caller then asks for WRITABLE
     /// readiness) or when the queue is empty.
-    pub fn write_to<W: Write>(&mut self, sink: &mut W) -> io::Result<usize> {
+    pub fn write_to<W: Write>(&mut self, sink: &mut W, pool: &mut RingPool) -> io::Result<usize> {
         let mut total = 0;
         while !self.chunks.is_empty() {
             let mut slices = [IoSlice::new(&[]); IOVECS_PER_WRITE];
@@ -79,7 +109,7 @@ impl WriteQueue {
             total += written;
             self.consume(written);
         }
-        self.release_if_empty();
+        self.release_if_empty(pool);
         Ok(total)
     }
 
@@ -98,10 +128,11 @@ impl WriteQueue {
         }
     }
 
-    /// An idle client holds no queue allocation: give the ring buffer back once drained.
-    fn release_if_empty(&mut self) {
+    /// An idle client holds no queue allocation: give the ring back to the pool once
+    /// drained.
+    fn release_if_empty(&mut self, pool: &mut RingPool) {
         if self.chunks.is_empty() && self.chunks.capacity() > 0 {
-            self.chunks = VecDeque::new();
+            pool.give(std::mem::take(&mut self.chunks));
             self.head_written = 0;
         }
     }
@@ -144,18 +175,36 @@ mod tests {
         Rc::new(bytes.to_vec())
     }
 
+    impl WriteQueue {
+        fn push_test(&mut self, chunk: Shared) {
+            self.push(chunk, &mut RingPool::default());
+        }
+    }
+
+    #[test]
+    fn drained_rings_are_reused_not_reallocated() {
+        let mut pool = RingPool::default();
+        let mut q = WriteQueue::default();
+        q.push(shared(b"x"), &mut pool);
+        let mut sink = Trickle { got: Vec::new(), room: 100, calls_left: 10 };
+        q.write_to(&mut sink, &mut pool).unwrap();
+        assert_eq!((q.chunks.capacity(), pool.spare.len()), (0, 1), "the client holds nothing, the pool the ring");
+        q.push(shared(b"y"), &mut pool);
+        assert_eq!(pool.spare.len(), 0, "taken back from the pool");
+    }
+
     #[test]
     fn partial_writes_resume_where_they_stopped() {
         let mut q = WriteQueue::default();
-        q.push(shared(b"hello "));
-        q.push(shared(b"big "));
-        q.push(shared(b"world"));
+        q.push_test(shared(b"hello "));
+        q.push_test(shared(b"big "));
+        q.push_test(shared(b"world"));
         assert_eq!(q.len(), 15);
         let mut sink = Trickle { got: Vec::new(), room: 4, calls_left: 2 };
-        assert_eq!(q.write_to(&mut sink).unwrap(), 8);
+        assert_eq!(q.write_to(&mut sink, &mut RingPool::default()).unwrap(), 8);
         assert_eq!(q.len(), 7);
         sink.calls_left = 100;
-        assert_eq!(q.write_to(&mut sink).unwrap(), 7);
+        assert_eq!(q.write_to(&mut sink, &mut RingPool::default()).unwrap(), 7);
         assert_eq!(sink.got, b"hello big world");
         assert!(q.is_empty());
         assert_eq!(q.chunks.capacity(), 0, "drained queue gives its memory back");
@@ -164,24 +213,24 @@ mod tests {
     #[test]
     fn truncate_keeps_a_started_head() {
         let mut q = WriteQueue::default();
-        q.push(shared(b"abcd"));
-        q.push(shared(b"efgh"));
+        q.push_test(shared(b"abcd"));
+        q.push_test(shared(b"efgh"));
         let mut sink = Trickle { got: Vec::new(), room: 2, calls_left: 1 };
-        q.write_to(&mut sink).unwrap();
-        q.truncate_unstarted();
+        q.write_to(&mut sink, &mut RingPool::default()).unwrap();
+        q.truncate_unstarted(&mut RingPool::default());
         assert_eq!(q.len(), 2);
-        q.push(shared(b"Z"));
+        q.push_test(shared(b"Z"));
         sink.calls_left = 10;
         sink.room = 100;
-        q.write_to(&mut sink).unwrap();
+        q.write_to(&mut sink, &mut RingPool::default()).unwrap();
         assert_eq!(sink.got, b"abcdZ");
     }
 
     #[test]
     fn truncate_unstarted_drops_all() {
         let mut q = WriteQueue::default();
-        q.push(shared(b"abcd"));
-        q.truncate_unstarted();
+        q.push_test(shared(b"abcd"));
+        q.truncate_unstarted(&mut RingPool::default());
         assert!(q.is_empty());
         assert_eq!(q.len(), 0);
     }
@@ -190,10 +239,10 @@ mod tests {
     fn more_chunks_than_one_writev_takes() {
         let mut q = WriteQueue::default();
         for i in 0..200u8 {
-            q.push(shared(&[i]));
+            q.push_test(shared(&[i]));
         }
         let mut sink = Trickle { got: Vec::new(), room: 1000, calls_left: 100 };
-        assert_eq!(q.write_to(&mut sink).unwrap(), 200);
+        assert_eq!(q.write_to(&mut sink, &mut RingPool::default()).unwrap(), 200);
         assert_eq!(sink.got, (0..200u8).collect::<Vec<_>>());
         assert_eq!(sink.calls_left, 100 - 4, "64 chunks per writev");
     }
