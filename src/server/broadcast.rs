@@ -15,10 +15,11 @@ use std::rc::Rc;
 use slab::Slab;
 
 use super::client::Client;
+use super::history::History;
 use super::http::Stats;
 use super::write_queue::{RingPool, Shared};
 use super::Server;
-use crate::chat::{history_frames, Ack, Chat, Output};
+use crate::chat::{history_frames, Chat, Output};
 use crate::config::Mode;
 use crate::proto::close::CloseCode;
 use crate::proto::message::DataKind;
@@ -42,7 +43,8 @@ impl Server {
     /// Delivers everything in the outbox, in order. Called after each read and before
     /// anything else is queued to the sender (a pong, a close), so per-sender order holds.
     pub(super) fn drain_outbox(&mut self) {
-        self.keep_for_history();
+        let (stored, acks) = (std::mem::take(&mut self.outbox.stored), std::mem::take(&mut self.outbox.acks));
+        self.history.append(stored, acks);
         while !self.outbox.is_empty() {
             let mut slow = Vec::new();
             for output in self.outbox.take() {
@@ -85,57 +87,24 @@ impl Server {
                 self.drop_slow_consumer(key);
             }
         }
-        if self.store.is_none() {
-            let acks = std::mem::take(&mut self.pending_acks);
-            self.answer_acks(acks, Ok(()));
-        }
+        // Acks follow the outputs they confirm (the sender's own copy comes first).
+        self.answer_settled();
     }
 
-    /// Moves the messages the chat accepted into the store's pending batch, and the acks
-    /// they earn into the list answered after the commit. Without history, acks go now.
-    fn keep_for_history(&mut self) {
-        let acks = std::mem::take(&mut self.outbox.acks);
-        let stored = std::mem::take(&mut self.outbox.stored);
-        match &mut self.store {
-            Some(store) => {
-                stored.into_iter().for_each(|m| store.append(m));
-                self.pending_acks.extend(acks);
-            }
-            // No history: nothing to wait for, but the acks still follow the outputs they
-            // confirm (the sender's own copy comes first), so they wait for the drain's end.
-            None => self.pending_acks.extend(acks),
-        }
-    }
-
-    /// Phase 6, first step: commit this turn's messages in one transaction, then answer
-    /// the acks it earned: `ack` if stored, `error` (store_failed) if not. The relay goes
-    /// on either way; a failure is logged and counted.
+    /// Phase 6, first step: commit this turn's messages in one transaction (before any
+    /// byte of the turn leaves), then answer the acks settled so far.
     pub(super) fn commit_history(&mut self) {
-        let Some(store) = &mut self.store else { return };
-        let pending = store.pending();
-        let result = store.commit();
-        match &result {
-            Ok(n) => {
-                self.stats.stored += *n as u64;
-                self.stats.commits += u64::from(*n > 0);
-                if *n > 0 {
-                    log::trace!("history: committed {n} message(s)");
-                }
-            }
-            Err(e) => {
-                self.stats.store_errors += 1;
-                log::error!("history: commit of {pending} message(s) failed: {e}");
-            }
-        }
-        let acks = std::mem::take(&mut self.pending_acks);
-        let why = result.as_ref().err().map(ToString::to_string);
-        self.answer_acks(acks, why.as_deref().map_or(Ok(()), Err));
+        self.history.commit(&mut self.stats);
+        self.answer_settled();
     }
 
-    fn answer_acks(&mut self, acks: Vec<Ack>, stored: Result<(), &str>) {
-        for ack in acks {
+    /// Answers every settled ack: `ack` if its message is stored, `error` (store_failed)
+    /// if not.
+    fn answer_settled(&mut self) {
+        for (ack, stored) in self.history.take_settled() {
             // An ack is a few bytes: a full queue is noticed by the next broadcast.
-            self.queues().0.push(ack.conn, &Rc::new(ack.frame(stored)));
+            let frame = ack.frame(stored.as_ref().map(|_| ()).map_err(String::as_str));
+            self.queues().0.push(ack.conn, &Rc::new(frame));
         }
     }
 
@@ -148,26 +117,18 @@ impl Server {
             dirty: &mut self.dirty,
             stats: &mut self.stats,
             rings: &mut self.rings,
+            history: &mut self.history,
             limit,
         };
         (queues, &self.chat)
     }
 
-    /// Reads a page of history for a replay or a `history` request. Pending messages are
-    /// committed first, so a message routed earlier in this turn is not missed.
+    /// Reads a page of history for a replay or a `history` request. JSON clients get
+    /// text messages only: binary rows are left out in the query itself, so a page is
+    /// full and paging back always has an id to continue from.
     fn read_history(&mut self, room: &str, query: Query, json: bool) -> Vec<u8> {
-        self.commit_history();
-        let Some(store) = &mut self.store else { return Vec::new() };
-        // JSON clients get text messages only: leave binary rows out in the query itself,
-        // so a page is full and paging back always has an id to continue from.
-        match store.query(room, query, self.config.history_max, json) {
-            Ok(page) => history_frames(room, &page, json),
-            Err(e) => {
-                self.stats.store_errors += 1;
-                log::error!("history: reading {room} failed: {e}");
-                Vec::new()
-            }
-        }
+        let page = self.history.read(room, query, self.config.history_max, json, &mut self.stats);
+        page.map_or_else(Vec::new, |page| history_frames(room, &page, json))
     }
 
     /// A client whose queue would pass `--max-queue`: it cannot keep up, and holding
@@ -196,6 +157,7 @@ struct Queues<'a> {
     dirty: &'a mut Vec<usize>,     // clients to flush this turn
     stats: &'a mut Stats,          // bytes written early count as sent
     rings: &'a mut RingPool,       // spare queue rings
+    history: &'a mut History,      // committed before an early write lets bytes out
     limit: usize,                  // the effective --max-queue
 }
 
@@ -211,8 +173,10 @@ impl Queues<'_> {
     fn push(&mut self, key: usize, chunk: &Shared) -> bool {
         let Some(client) = self.clients.get_mut(key).filter(|c| !c.sealed) else { return true };
         if client.queue.len() + chunk.len() > self.limit {
-            // The rare path: one early write. A write error also means "cannot take more";
-            // the close that follows and the next read will tell the rest.
+            // The rare path: one early write. Nothing leaves before it is stored, so commit
+            // first. A write error also means "cannot take more"; the close that follows
+            // and the next read will tell the rest.
+            self.history.commit(self.stats);
             let taken = client.queue.write_to(&mut client.stream, self.rings);
             self.stats.bytes_out += *taken.as_ref().unwrap_or(&0) as u64;
             if taken.is_err() || (!client.queue.is_empty() && client.queue.len() + chunk.len() > self.limit) {

@@ -21,6 +21,7 @@
 
 mod broadcast;
 mod client;
+mod history;
 pub mod http;
 mod nb;
 mod write_queue;
@@ -37,13 +38,14 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use crate::chat::names::{percent_decode, NameError};
-use crate::chat::{Ack, Arrival, Chat, Outbox};
+use crate::chat::{Arrival, Chat, Outbox};
 use crate::config::{Config, Mode};
 use crate::proto::close::CloseCode;
 use crate::proto::handshake::{self, Rejection, Request, Status, Upgrade, SUBPROTOCOL_JSON};
 use crate::proto::session::{Event, Phase, Session};
 use crate::store::sqlite::SqliteStore;
 use client::Client;
+use history::History;
 use http::{Gauges, Stats};
 use nb::{out_of_fds, retrying};
 use write_queue::{RingPool, Shared};
@@ -73,8 +75,7 @@ pub struct Server {
     clients: Slab<Client>,                // every client socket; key = Token
     chat: Chat,                           // users, names, rooms: what messages mean
     outbox: Outbox,                       // frames the chat produced this read, not yet queued
-    store: Option<SqliteStore>,           // message history; None with --no-history
-    pending_acks: Vec<Ack>,               // acks owed to JSON senders once this turn commits
+    history: History,                     // the store and the acks waiting on its commit
     scratch: Vec<u8>,                     // one read buffer shared by all clients
     rings: RingPool,                      // empty write-queue rings, reused so a push allocates nothing
     dirty: Vec<usize>,                    // clients with bytes to flush this turn
@@ -96,8 +97,9 @@ impl Server {
             Some(path) => Some(SqliteStore::open(path, config.history_keep).map_err(io::Error::other)?),
             None => None,
         };
+        let history = History::new(store);
         let mut chat = Chat::new(config.chat_limits());
-        chat.set_last_id(store.as_ref().map_or(0, SqliteStore::last_id));
+        chat.set_last_id(history.last_id());
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind(config.listen)?;
         let local_addr = listener.local_addr()?;
@@ -107,8 +109,7 @@ impl Server {
         let now = Instant::now();
         Ok(Server {
             chat,
-            store,
-            pending_acks: Vec::new(),
+            history,
             config,
             poll,
             listener: Some(listener),
