@@ -6,7 +6,8 @@
 //! Messages are stored in *segments*: all the messages of one room committed in one
 //! turn go into one row, encoded back to back in a blob. A busy turn then costs one
 //! B-tree insert per room instead of one per message, and reads walk a room's segments
-//! newest or oldest first through the `(room, last_id)` index. Measured on this box with
+//! newest or oldest first through the `(room, last_id)` index. Retention deletes whole
+//! segments and hides the older part of the one its cut falls in. Measured on this box with
 //! `commit_cost_probe` below (64-byte messages, 64 per commit, --history-keep 1000):
 //! 1.9 µs per message as one row each, 1.2-1.6 µs in segments (1.0 µs without
 //! trimming); a commit of one message costs about 20 µs.
@@ -48,7 +49,8 @@ pub struct SqliteStore {
     db: Connection,                 // the one connection, held by the loop thread
     keep: usize,                    // messages kept per room (`--history-keep`)
     pending: Vec<StoredMessage>,    // appended this turn, committed before the flush
-    counts: HashMap<String, usize>, // messages per room, learnt lazily, to know when to trim
+    counts: HashMap<String, usize>, // messages stored per room, learnt lazily, to know when to trim
+    cuts: HashMap<String, u64>,     // per room, the last id retention made invisible (cache of `rooms`)
     last_id: u64,                   // highest id stored or pending
 }
 
@@ -69,7 +71,14 @@ impl SqliteStore {
         }
         let last_id: Option<i64> =
             db.query_row("SELECT max(last_id) FROM segments", [], |row| row.get(0)).map_err(describe)?;
-        Ok(SqliteStore { db, keep, pending: Vec::new(), counts: HashMap::new(), last_id: last_id.unwrap_or(0) as u64 })
+        Ok(SqliteStore {
+            db,
+            keep,
+            pending: Vec::new(),
+            counts: HashMap::new(),
+            cuts: HashMap::new(),
+            last_id: last_id.unwrap_or(0) as u64,
+        })
     }
 
     /// The highest message id ever stored: new ids continue after it.
@@ -114,6 +123,7 @@ impl SqliteStore {
                 insert.execute(params![s.first_id as i64, s.room, s.last_id as i64, s.count as i64, s.data])?;
             }
         }
+        let mut cuts = Vec::new();
         for s in &segments {
             let count = match self.counts.get(s.room) {
                 Some(&known) => known + s.count,
@@ -123,11 +133,24 @@ impl SqliteStore {
                     })? as usize
                 }
             };
+            // `count` is what is stored, visible or not; trimming starts once that passes
+            // keep + keep/16, so visible messages never exceed it either.
             let over = count > self.keep + self.keep / TRIM_SLACK_DIVISOR;
-            let count = if over { trim(&tx, s.room, count, self.keep)? } else { count };
+            let count = match over {
+                true => {
+                    let (stored, cut) = trim(&tx, s.room, count, self.keep)?;
+                    cuts.push((s.room, cut));
+                    stored
+                }
+                false => count,
+            };
             self.counts.insert(s.room.to_owned(), count);
         }
         tx.commit()?;
+        for (room, cut) in cuts {
+            let through = self.cuts.entry(room.to_owned()).or_default();
+            *through = (*through).max(cut);
+        }
         Ok(batch.len())
     }
 
@@ -137,14 +160,16 @@ impl SqliteStore {
     /// count only what is returned.
     pub fn query(&mut self, room: &str, query: Query, cap: usize, text_only: bool) -> Result<Page, StoreError> {
         let cap = cap.max(1);
+        let floor = self.trimmed_through(room)?; // retention: nothing at or below is visible
         let (sql, key, n, newest_first) = match query {
-            Query::Last(n) => ("room = ?1 AND last_id > ?2 ORDER BY last_id DESC", 0, n, true),
+            Query::Last(n) => ("room = ?1 AND last_id > ?2 ORDER BY last_id DESC", floor, n, true),
             Query::Before { before, n } => ("room = ?1 AND first_id < ?2 ORDER BY last_id DESC", before, n, true),
             Query::Since(since) => ("room = ?1 AND last_id > ?2 ORDER BY last_id ASC", since, cap, false),
         };
         let n = n.min(cap);
         let wanted = |m: &StoredMessage| {
             !(text_only && m.binary)
+                && m.id > floor
                 && match query {
                     Query::Last(_) => true,
                     Query::Before { before, .. } => m.id < before,
@@ -170,17 +195,22 @@ impl SqliteStore {
             messages.reverse();
         }
         let recovered = match query {
-            Query::Since(since) => Some(!more && self.trimmed_through(room)? <= since),
+            Query::Since(since) => Some(!more && floor <= since),
             _ => None,
         };
         Ok(Page { messages, more, recovered })
     }
 
-    /// The highest id retention has deleted from `room` (0 if none).
-    fn trimmed_through(&self, room: &str) -> Result<u64, StoreError> {
+    /// The highest id retention has taken from `room` (0 if none).
+    fn trimmed_through(&mut self, room: &str) -> Result<u64, StoreError> {
+        if let Some(&through) = self.cuts.get(room) {
+            return Ok(through);
+        }
         let sql = "SELECT trimmed_through FROM rooms WHERE room = ?1";
         let through: Option<i64> = self.db.prepare_cached(sql)?.query_row([room], |row| row.get(0)).optional()?;
-        Ok(through.unwrap_or(0) as u64)
+        let through = through.unwrap_or(0) as u64;
+        self.cuts.insert(room.to_owned(), through);
+        Ok(through)
     }
 }
 
@@ -287,11 +317,13 @@ fn decode(mut data: &[u8], room: &str) -> Result<Vec<StoredMessage>, StoreError>
     Ok(messages)
 }
 
-/// Deletes the oldest messages of `room` until exactly `keep` are left: whole segments
-/// while they fit, then the front of the boundary segment (its bytes shifted, not decoded). Records the cut
-/// so recovery can tell a client it missed something. Returns the messages left.
-fn trim(tx: &rusqlite::Transaction, room: &str, count: usize, keep: usize) -> Result<usize, StoreError> {
+/// Retention: makes only the newest `keep` messages of `room` visible. Whole segments
+/// older than the cut are deleted; the cut itself (the last invisible id) is recorded as
+/// the room's `trimmed_through`, which every read honours and recovery reports. Returns
+/// the messages still stored (`keep`, plus the invisible front of one segment) and the cut.
+fn trim(tx: &rusqlite::Transaction, room: &str, count: usize, keep: usize) -> Result<(usize, u64), StoreError> {
     let mut excess = count.saturating_sub(keep);
+    let mut stored = count;
     let mut cut = 0u64;
     // Only the ids and counts are read (the index and the row heads); the blob is read
     // for the one boundary segment.
@@ -307,6 +339,7 @@ fn trim(tx: &rusqlite::Transaction, room: &str, count: usize, keep: usize) -> Re
             if n as usize <= excess {
                 whole.push(first);
                 excess -= n as usize;
+                stored -= n as usize;
                 cut = last as u64;
             } else {
                 boundary = Some(first);
@@ -318,17 +351,12 @@ fn trim(tx: &rusqlite::Transaction, room: &str, count: usize, keep: usize) -> Re
         delete.execute([first])?;
     }
     if let Some(first) = boundary {
-        // Cut the front of the boundary segment: skip `excess` messages in the blob and
-        // keep the rest as it is, under the id of the first message kept.
-        let sql = "SELECT data, count FROM segments WHERE first_id = ?1";
-        let (data, count): (Vec<u8>, i64) =
-            tx.prepare_cached(sql)?.query_row([first], |row| Ok((row.get(0)?, row.get(1)?)))?;
-        let (offset, last_dropped) = skip_messages(&data, excess)?;
-        let kept = &data[offset..];
-        let new_first = u64::from_le_bytes(kept.get(..8).and_then(|b| b.try_into().ok()).ok_or_else(truncated)?);
-        cut = last_dropped;
-        tx.prepare_cached("UPDATE segments SET first_id = ?1, count = ?2, data = ?3 WHERE first_id = ?4")?
-            .execute(params![new_first as i64, count - excess as i64, kept, first])?;
+        // The cut falls inside this segment: its older messages become invisible (reads
+        // skip ids up to `trimmed_through`) and go when the whole segment does, so the
+        // segment is read, never rewritten.
+        let sql = "SELECT data FROM segments WHERE first_id = ?1";
+        let data: Vec<u8> = tx.prepare_cached(sql)?.query_row([first], |row| row.get(0))?;
+        cut = skip_messages(&data, excess)?.1;
     }
     if cut > 0 {
         tx.prepare_cached(
@@ -337,7 +365,7 @@ fn trim(tx: &rusqlite::Transaction, room: &str, count: usize, keep: usize) -> Re
         )?
         .execute(params![room, cut as i64])?;
     }
-    Ok(keep.min(count))
+    Ok((stored, cut))
 }
 
 /// WAL mode, durability level, the exclusive lock, then migrations. Returns the
