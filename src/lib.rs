@@ -42,10 +42,26 @@
 //! assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
 //! ```
 //!
-//! ## 4. The shell: [`server`]
+//! ## 4. What messages mean: [`chat`]
+//!
+//! Names, rooms, `/commands` for raw clients and `pollcast.v1` JSON envelopes, as pure
+//! code with time passed in. Its output is an outbox of framed bytes addressed to a
+//! connection or to a room; the shell turns each room entry into one shared chunk per
+//! codec, so fan-out stays encode-once.
+//!
+//! ## 5. History: [`store`]
+//!
+//! SQLite, one segment row per room per loop turn, committed before that turn's bytes
+//! leave, so what any client received survives `kill -9`.
+//!
+//! ## 6. The shell: [`server`]
 //!
 //! The loop's phases are listed at the top of `server/mod.rs` and `run()` performs them
 //! in that order. Run with `RUST_LOG=pollcast=trace` to watch every turn narrated.
+//!
+//! ## 7. The load generator: [`bench`]
+//!
+//! `pollcast bench` drives many client connections from one `mio` loop, the same way.
 
 pub mod bench;
 pub mod chat;

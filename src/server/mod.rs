@@ -61,6 +61,8 @@ const SCRATCH_LEN: usize = 64 << 10;
 /// Timers are swept at most this often: one pass over all clients costs O(clients), so
 /// deadlines are coalesced to this resolution instead of waking once per deadline.
 const TIMER_RESOLUTION: Duration = Duration::from_millis(100);
+/// With no deadline anywhere (no clients), the loop still wakes this often.
+const QUIET_WAKE: Duration = Duration::from_secs(3600);
 /// After `accept` fails for lack of file descriptors, wait this long before retrying,
 /// so a full fd table cannot make the loop spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -412,13 +414,13 @@ impl Server {
                 self.flush_session(key);
                 Some(input.len())
             }
-            Ok(Some((Request::Http { path }, used))) => {
+            Ok(Some((Request::Http { path }, _))) => {
                 self.stats.http_requests += 1;
                 let response = http::answer(&path, &self.stats, self.gauges());
                 let client = &mut self.clients[key];
                 client.session.respond_http(response, now);
                 self.flush_session(key);
-                Some(used.max(input.len()))
+                Some(input.len()) // one request per connection: anything pipelined after it is dropped
             }
             Ok(Some((Request::Upgrade(upgrade), used))) => {
                 if let Err(rejection) = self.admit_user(key, &upgrade) {
@@ -543,7 +545,7 @@ impl Server {
             return;
         }
         let now = self.now;
-        let mut nearest = now + Duration::from_secs(3600);
+        let mut nearest = now + QUIET_WAKE;
         let keys: Vec<usize> = self.clients.iter().map(|(key, _)| key).collect();
         for key in keys {
             let client = &mut self.clients[key];
