@@ -151,6 +151,7 @@ fn assert_fails_with(bytes: &[u8], code: u16) {
     assert!(session.next(&mut rest, at(1.0)).is_none(), "nothing is decoded after a failure");
     assert_eq!(session.phase(), Phase::Closed { deadline: at(1.0) + CLOSE_TIMEOUT });
     assert_eq!(session.close_code(), Some(CloseCode(code)));
+    assert_eq!(session.violation().map(|v| v.code), Some(CloseCode(code)), "the failure is recorded");
     let out = session.take_outbound().expect("a Close frame");
     assert_eq!(out[0], 0x88, "a final Close frame");
     assert_eq!(u16::from_be_bytes([out[2], out[3]]), code, "{bytes:02x?}");
@@ -341,6 +342,7 @@ mod open {
         assert_eq!(session.phase(), Phase::Closed { deadline: at(1.0) + CLOSE_TIMEOUT });
         assert_eq!(session.take_outbound(), Some(server_close(4000, "")));
         assert_eq!(session.close_code(), Some(CloseCode(4000)));
+        assert_eq!(session.violation(), None, "echoing a peer's close is not a protocol error");
     }
 
     #[test]

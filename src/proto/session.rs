@@ -78,6 +78,7 @@ pub struct Session {
     last_ping: Option<Instant>,    // when we last pinged, if since `last_heard`
     outbound: Vec<u8>,             // control frames and HTTP answers to send to this peer
     close_code: Option<CloseCode>, // the code of the Close we sent or echoed, for logs and tests
+    violation: Option<Violation>,  // the rule the peer broke, if that is why the connection failed
 }
 
 impl Session {
@@ -92,6 +93,7 @@ impl Session {
             last_ping: None,
             outbound: Vec::new(),
             close_code: None,
+            violation: None,
         }
     }
 
@@ -110,6 +112,11 @@ impl Session {
     /// The code of the Close frame we sent, if we sent one.
     pub fn close_code(&self) -> Option<CloseCode> {
         self.close_code
+    }
+
+    /// The rule the peer broke, if the connection failed for that (RFC 6455 §7.1.7).
+    pub fn violation(&self) -> Option<Violation> {
+        self.violation
     }
 
     /// Bytes held for a fragmented message in flight (for memory accounting).
@@ -161,6 +168,7 @@ impl Session {
     /// then go straight to CLOSED without waiting for an answer.
     fn fail(&mut self, violation: Violation, now: Instant) -> Event<'static> {
         log::debug!("conn {}: failing: {violation}", self.id);
+        self.violation = Some(violation);
         if self.phase == Phase::Open {
             self.send_close(violation.code, violation.reason);
         }

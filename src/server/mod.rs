@@ -473,8 +473,9 @@ impl Server {
     /// The session left OPEN on its own (the peer closed, or broke a rule).
     fn on_closed(&mut self, key: usize) {
         let client = &self.clients[key];
-        if client.session.close_code().is_some_and(|c| c != CloseCode::NORMAL && c.0 >= 1002) {
+        if let Some(violation) = client.session.violation() {
             self.stats.protocol_errors += 1;
+            log::debug!("conn {key}: {} broke the protocol: {violation}", client.peer);
         }
         self.part(key);
     }
