@@ -44,18 +44,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port=""
-for _ in $(seq 100); do
-  port=$(sed -n 's|.*pollcast listening on ws://127\.0\.0\.1:\([0-9][0-9]*\)/.*|\1|p' "$log" | head -n1)
-  [ -n "$port" ] && break
-  kill -0 "$server" 2>/dev/null || break
-  sleep 0.1
-done
-if [ -z "$port" ]; then
-  echo "browser-test: the server did not start:" >&2
-  cat "$log" >&2
-  exit 1
-fi
+source "$root/scripts/lib.sh"
+addr="$(listening_addr "$log" "$server")"
+port="${addr##*:}"
 
 mkdir -p "$root/test-artifacts"
 status=0

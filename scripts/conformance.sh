@@ -25,14 +25,9 @@ LOG="$(mktemp)"
 PID=$!
 trap 'kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; rm -f "$LOG"' EXIT
 
-URL=""
-for _ in $(seq 1 100); do
-  URL="$(grep -o 'ws://127.0.0.1:[0-9]*/' "$LOG" | head -n 1 || true)"
-  [[ -n "$URL" ]] && break
-  kill -0 "$PID" 2>/dev/null || { cat "$LOG" >&2; echo "conformance: server exited" >&2; exit 2; }
-  sleep 0.1
-done
-[[ -n "$URL" ]] || { echo "conformance: server did not report its port" >&2; exit 2; }
+source "$ROOT/scripts/lib.sh"
+ADDR="$(listening_addr "$LOG" "$PID")" || exit 2
+URL="ws://$ADDR/"
 
 echo "conformance: pollcast (pid $PID) on $URL, selection $SELECTION"
 AUTOBAHN_AGENT=pollcast "$AUTOBAHN_DIR/run.sh" "$URL" "$SELECTION" "$OUTDIR"

@@ -1,5 +1,6 @@
-# Shared by the websocat scripts (sourced, not run): --help from the script's header,
-# the websocat check, and a scratch directory plus the PIDs to stop on exit.
+# Shared by the scripts (sourced, not run): --help from the script's header, the websocat
+# check, a scratch directory plus the PIDs to stop on exit, and the address a server
+# started with --listen 127.0.0.1:0 reports.
 
 # Prints the script's header comment (up to `set -euo pipefail`) on -h/--help and exits.
 usage_if_help() {
@@ -18,11 +19,27 @@ need_websocat() {
 with_cleanup() {
   DIR="$(mktemp -d)"
   PIDS=()
-  trap cleanup EXIT
+  trap stop_tracked EXIT
 }
 
-cleanup() {
+stop_tracked() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   rm -rf "$DIR"
+}
+
+# Waits (up to 10 s) for a pollcast started with `--listen 127.0.0.1:0 2>LOG` as PID to
+# log where it listens, and prints that address (127.0.0.1:PORT). Fails, showing the log,
+# if the server exits or never says.
+listening_addr() {
+  local log=$1 pid=$2 addr=""
+  for _ in $(seq 1 100); do
+    addr="$(sed -n 's|.*pollcast listening on ws://\(127\.0\.0\.1:[0-9][0-9]*\)/.*|\1|p' "$log" | head -n 1)"
+    [[ -n "$addr" ]] && { echo "$addr"; return 0; }
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "$(basename "$0"): the server did not start:" >&2
+  cat "$log" >&2
+  return 1
 }

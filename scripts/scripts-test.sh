@@ -13,13 +13,8 @@ LOG="$(mktemp)"
 target/release/pollcast --listen 127.0.0.1:0 --no-history 2>"$LOG" &
 SERVER=$!
 trap 'kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; rm -f "$LOG"' EXIT
-ADDR=""
-for _ in $(seq 1 100); do
-  ADDR="$(grep -o '127\.0\.0\.1:[0-9]*' "$LOG" | head -n 1 || true)"
-  [[ -n "$ADDR" ]] && break
-  sleep 0.1
-done
-[[ -n "$ADDR" ]] || { cat "$LOG" >&2; echo "scripts-test: the server did not start" >&2; exit 1; }
+source scripts/lib.sh
+ADDR="$(listening_addr "$LOG" "$SERVER")"
 
 passed=0
 failed=0
