@@ -14,9 +14,9 @@ use super::nb::retrying;
 /// An encoded chunk of frames, built once and shared by every queue it is pushed to.
 pub type Shared = Rc<Vec<u8>>;
 
-/// How many chunks one `writev` call hands to the kernel. Linux accepts up to 1024
-/// (`IOV_MAX`); 64 already fills a socket buffer with small frames while keeping the
-/// slice array on the stack.
+/// How many chunks one `writev` call hands to the kernel (Linux takes up to 1024,
+/// `IOV_MAX`). 64 keeps the slice array on the stack; a longer queue simply takes another
+/// `writev` in the same flush.
 const IOVECS_PER_WRITE: usize = 64;
 
 /// Empty ring buffers kept for reuse. A queue is emptied and refilled on every turn a
