@@ -118,9 +118,33 @@ pub struct Outbox {
     outputs: Vec<Output>,           // in the order they must be delivered
     pub stored: Vec<StoredMessage>, // messages to append to history (when it is on)
     pub acks: Vec<Ack>,             // acks owed once `stored` is committed
+    spare: Vec<Vec<u8>>,            // empty buffers with capacity, for the next outputs' frames
+}
+
+/// Spare buffers the outbox keeps at most, and the capacities worth keeping: a smaller
+/// buffer saves little, a larger one is an outlier (a huge message) not worth holding.
+const SPARE_BUFFERS: usize = 16;
+const SPARE_CAPACITY: std::ops::RangeInclusive<usize> = (4 << 10)..=(256 << 10);
+
+/// Gives `frames` a spare buffer to grow into if it has none yet.
+fn reuse(spare: &mut Vec<Vec<u8>>, frames: &mut Vec<u8>) {
+    if frames.capacity() == 0 {
+        if let Some(buffer) = spare.pop() {
+            *frames = buffer;
+        }
+    }
 }
 
 impl Outbox {
+    /// Keeps a buffer whose frames have all been sent, to write later outputs into, so a
+    /// busy server reuses a few warm buffers instead of allocating one per read.
+    pub fn recycle(&mut self, mut buffer: Vec<u8>) {
+        if self.spare.len() < SPARE_BUFFERS && SPARE_CAPACITY.contains(&buffer.capacity()) {
+            buffer.clear();
+            self.spare.push(buffer);
+        }
+    }
+
     /// A frame of any data opcode for one connection (echo mode).
     pub fn send_frame(&mut self, conn: usize, opcode: OpCode, payload: &[u8]) {
         self.append_to(conn, |frames| write_frame(frames, opcode, payload));
@@ -156,9 +180,11 @@ impl Outbox {
         };
         if let Some((opcode, payload)) = raw {
             *messages += 1; // data messages always have a raw form; presence does not count
+            reuse(&mut self.spare, raw_frames);
             write_frame(raw_frames, opcode, payload);
         }
         if let Some(text) = json {
+            reuse(&mut self.spare, json_frames);
             write_frame(json_frames, OpCode::Text, text.as_bytes());
         }
     }
@@ -888,6 +914,24 @@ mod tests {
         assert_eq!(outputs.len(), 1);
         let Output::Room { messages, raw, json, .. } = &outputs[0] else { panic!() };
         assert_eq!((*messages, texts(raw).len(), texts(json).len()), (5, 5, 5));
+    }
+
+    #[test]
+    fn room_outputs_are_written_into_recycled_buffers() {
+        let (mut chat, mut out) = lobby();
+        out.recycle(vec![0; 64]); // too small to be worth keeping
+        out.recycle(vec![0; 1 << 20]); // an outlier: not held
+        out.recycle(Vec::with_capacity(64 << 10));
+        out.recycle(Vec::with_capacity(32 << 10));
+        assert_eq!(out.spare.len(), 2);
+        chat.text(1, "hello", 0, &mut out);
+        let outputs = out.take();
+        let Output::Room { raw, json, .. } = &outputs[0] else { panic!() };
+        assert_eq!(texts(raw), ["hello"], "a reused buffer starts empty");
+        let mut capacities = [raw.capacity(), json.capacity()];
+        capacities.sort_unstable();
+        assert_eq!(capacities, [32 << 10, 64 << 10], "both codecs' frames went into spares");
+        assert!(out.spare.is_empty());
     }
 
     #[test]

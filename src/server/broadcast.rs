@@ -17,7 +17,7 @@ use slab::Slab;
 use super::client::Client;
 use super::history::History;
 use super::http::Stats;
-use super::write_queue::{RingPool, Shared};
+use super::write_queue::{Shared, Spares};
 use super::Server;
 use crate::chat::{history_frames, Chat, Output};
 use crate::config::Mode;
@@ -68,6 +68,9 @@ impl Server {
                                 false => slow.push(member.conn),
                             }
                         }
+                        for unshared in [raw, json].into_iter().filter_map(|chunk| Rc::try_unwrap(chunk).ok()) {
+                            self.outbox.recycle(unshared); // nobody took it (or a codec nobody speaks)
+                        }
                         self.stats.deliveries += recipients * messages;
                         if messages > 0 {
                             let name = self.chat.room_name(room);
@@ -116,7 +119,7 @@ impl Server {
             clients: &mut self.clients,
             dirty: &mut self.dirty,
             stats: &mut self.stats,
-            rings: &mut self.rings,
+            spares: &mut self.spares,
             history: &mut self.history,
             limit,
         };
@@ -144,7 +147,7 @@ impl Server {
             self.config.effective_max_queue()
         );
         self.stats.slow_consumers += 1;
-        client.queue.truncate_unstarted(&mut self.rings);
+        client.queue.truncate_unstarted(&mut self.spares);
         client.session.close(CloseCode::POLICY, "slow consumer", now);
         self.flush_session(key);
         self.part(key);
@@ -156,7 +159,7 @@ struct Queues<'a> {
     clients: &'a mut Slab<Client>, // the slots
     dirty: &'a mut Vec<usize>,     // clients to flush this turn
     stats: &'a mut Stats,          // bytes written early count as sent
-    rings: &'a mut RingPool,       // spare queue rings
+    spares: &'a mut Spares,        // spare rings and chunk buffers
     history: &'a mut History,      // committed before an early write lets bytes out
     limit: usize,                  // the effective --max-queue
 }
@@ -177,13 +180,13 @@ impl Queues<'_> {
             // first. A write error also means "cannot take more"; the close that follows
             // and the next read will tell the rest.
             self.history.commit(self.stats);
-            let taken = client.queue.write_to(&mut client.stream, self.rings);
+            let taken = client.queue.write_to(&mut client.stream, self.spares);
             self.stats.bytes_out += *taken.as_ref().unwrap_or(&0) as u64;
             if taken.is_err() || (!client.queue.is_empty() && client.queue.len() + chunk.len() > self.limit) {
                 return false;
             }
         }
-        client.queue.push(Rc::clone(chunk), self.rings);
+        client.queue.push(Rc::clone(chunk), self.spares);
         if !client.dirty {
             client.dirty = true;
             self.dirty.push(key);

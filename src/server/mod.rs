@@ -48,7 +48,7 @@ use client::Client;
 use history::History;
 use http::{Gauges, Stats};
 use nb::{out_of_fds, retrying};
-use write_queue::{RingPool, Shared};
+use write_queue::{Shared, Spares};
 
 /// The listening socket's token; client tokens are slab keys, far below it.
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -79,7 +79,7 @@ pub struct Server {
     outbox: Outbox,                       // frames the chat produced this read, not yet queued
     history: History,                     // the store and the acks waiting on its commit
     scratch: Vec<u8>,                     // one read buffer shared by all clients
-    rings: RingPool,                      // empty write-queue rings, reused so a push allocates nothing
+    spares: Spares,                       // empty queue rings and sent chunks' buffers, reused
     dirty: Vec<usize>,                    // clients with bytes to flush this turn
     unfinished: Vec<usize>,               // clients whose read budget ran out before WouldBlock
     gone: Vec<usize>,                     // clients to remove after this turn
@@ -120,7 +120,7 @@ impl Server {
             clients: Slab::new(),
             outbox: Outbox::default(),
             scratch: vec![0; SCRATCH_LEN],
-            rings: RingPool::default(),
+            spares: Spares::default(),
             dirty: Vec::new(),
             unfinished: Vec::new(),
             gone: Vec::new(),
@@ -484,7 +484,7 @@ impl Server {
 
     /// Queues bytes meant for this client alone (a 101, a pong, a close).
     fn send_own(&mut self, key: usize, bytes: Vec<u8>) {
-        self.clients[key].queue.push(Shared::new(bytes), &mut self.rings);
+        self.clients[key].queue.push(Shared::new(bytes), &mut self.spares);
         self.mark_dirty(key);
     }
 
@@ -518,7 +518,7 @@ impl Server {
         for key in std::mem::take(&mut self.dirty) {
             let Some(client) = self.clients.get_mut(key) else { continue };
             client.dirty = false;
-            match client.queue.write_to(&mut client.stream, &mut self.rings) {
+            match client.queue.write_to(&mut client.stream, &mut self.spares) {
                 Ok(written) => {
                     self.stats.bytes_out += written as u64;
                     log::trace!("conn {key}: flushed {written} bytes, {} left", client.queue.len());
@@ -534,6 +534,9 @@ impl Server {
                 log::debug!("conn {key}: reregister failed: {e}");
                 self.mark_gone(key);
             }
+        }
+        for buffer in self.spares.take_buffers() {
+            self.outbox.recycle(buffer); // the next turn's chunks are written into these
         }
     }
 
