@@ -136,10 +136,15 @@ fn reuse(spare: &mut Vec<Vec<u8>>, frames: &mut Vec<u8>) {
 }
 
 impl Outbox {
+    /// Whether a buffer of this capacity is worth recycling.
+    pub fn worth_keeping(capacity: usize) -> bool {
+        SPARE_CAPACITY.contains(&capacity)
+    }
+
     /// Keeps a buffer whose frames have all been sent, to write later outputs into, so a
     /// busy server reuses a few warm buffers instead of allocating one per read.
     pub fn recycle(&mut self, mut buffer: Vec<u8>) {
-        if self.spare.len() < SPARE_BUFFERS && SPARE_CAPACITY.contains(&buffer.capacity()) {
+        if self.spare.len() < SPARE_BUFFERS && Outbox::worth_keeping(buffer.capacity()) {
             buffer.clear();
             self.spare.push(buffer);
         }

@@ -10,6 +10,7 @@ use std::io::{self, IoSlice, Write};
 use std::rc::Rc;
 
 use super::nb::retrying;
+use crate::chat::Outbox;
 
 /// An encoded chunk of frames, built once and shared by every queue it is pushed to.
 pub type Shared = Rc<Vec<u8>>;
@@ -55,11 +56,13 @@ impl Spares {
         }
     }
 
-    /// A chunk leaves a queue: if this was its last reference, keep its buffer.
+    /// A chunk leaves a queue: if this was its last reference and the outbox would
+    /// reuse it (not a pong's few bytes), keep its buffer.
     fn give_chunk(&mut self, chunk: Shared) {
         if self.buffers.len() < BUFFERS_MAX {
-            if let Ok(buffer) = Rc::try_unwrap(chunk) {
-                self.buffers.push(buffer);
+            match Rc::try_unwrap(chunk) {
+                Ok(buffer) if Outbox::worth_keeping(buffer.capacity()) => self.buffers.push(buffer),
+                _ => {}
             }
         }
     }
@@ -222,7 +225,9 @@ mod tests {
     #[test]
     fn a_chunk_sent_to_everyone_leaves_its_buffer() {
         let mut spares = Spares::default();
-        let chunk = shared(b"frames");
+        let mut frames = Vec::with_capacity(8 << 10);
+        frames.extend_from_slice(b"frames");
+        let chunk = Rc::new(frames);
         let (mut a, mut b) = (WriteQueue::default(), WriteQueue::default());
         a.push(Rc::clone(&chunk), &mut spares);
         b.push(chunk, &mut spares);
@@ -232,6 +237,9 @@ mod tests {
         b.write_to(&mut sink, &mut spares).unwrap();
         let buffers: Vec<_> = spares.take_buffers().collect();
         assert_eq!(buffers, vec![b"frames".to_vec()], "the last reference gave its buffer back");
+        a.push(shared(b"pong"), &mut spares);
+        a.write_to(&mut sink, &mut spares).unwrap();
+        assert_eq!(spares.take_buffers().count(), 0, "a few bytes' buffer is not worth keeping");
     }
 
     #[test]
