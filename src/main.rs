@@ -9,7 +9,8 @@ use std::time::Duration;
 use clap::Parser;
 
 use pollcast::config::{parse_duration, parse_size, Config, Mode};
-use pollcast::server::{raise_fd_limit, Server};
+use pollcast::server::Server;
+use pollcast::sys::raise_fd_limit;
 
 /// A WebSocket chat and broadcast server on one mio poll loop.
 ///

@@ -180,7 +180,7 @@ impl Bench {
         if let Some(pid) = common.server_pid {
             sys::process_cpu(pid).map_err(|e| BenchError::Usage(format!("--server-pid: {e}")))?;
         }
-        let fd_limit = sys::raise_fd_limit();
+        let fd_limit = crate::sys::raise_fd_limit();
         if connections + SPARE_FDS > fd_limit {
             return Err(BenchError::Usage(format!(
                 "{connections} connections need {} open files but the limit is {fd_limit} \

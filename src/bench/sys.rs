@@ -81,11 +81,6 @@ fn parse_port_range(text: &str) -> Option<u32> {
     (high >= low).then(|| high - low + 1)
 }
 
-/// The open-file limit after raising the soft limit to the hard one.
-pub fn raise_fd_limit() -> u64 {
-    crate::server::raise_fd_limit()
-}
-
 /// splitmix64: a tiny, fast generator for masking keys and handshake nonces. These
 /// need to be unpredictable to an attacker only in browsers (RFC 6455 §10.3); for a
 /// load generator, varied is enough.

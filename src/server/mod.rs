@@ -23,7 +23,6 @@ mod broadcast;
 mod client;
 mod history;
 pub mod http;
-mod nb;
 mod write_queue;
 
 use std::fs::File;
@@ -47,7 +46,7 @@ use crate::store::sqlite::SqliteStore;
 use client::Client;
 use history::History;
 use http::{Gauges, Stats};
-use nb::{out_of_fds, retrying};
+use crate::sys::nb::{out_of_fds, retrying};
 use write_queue::{Shared, Spares};
 
 /// The listening socket's token; client tokens are slab keys, far below it.
@@ -645,23 +644,4 @@ impl Server {
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 fn wall_clock_ms() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Raises the open-file soft limit to the hard limit, so `--max-connections` is not cut
-/// short by a default of 1024. Returns the limit in force.
-pub fn raise_fd_limit() -> u64 {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return 0;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                limit = raised;
-            }
-        }
-    }
-    limit.rlim_cur
 }

@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 use std::rc::Rc;
 
-use super::nb::retrying;
+use crate::sys::nb::retrying;
 use crate::chat::Outbox;
 
 /// An encoded chunk of frames, built once and shared by every queue it is pushed to.

@@ -1,0 +1,26 @@
+//! What the process asks of the operating system besides sockets, shared by the server
+//! and the bench: the open-file limit, and (`nb`) the one seam where `WouldBlock` and
+//! `Interrupted` become values.
+//!
+//! Owns: process-wide settings made once at start. Must not touch: sockets, the loop.
+
+pub mod nb;
+
+/// Raises the open-file soft limit to the hard limit, so `--max-connections` is not cut
+/// short by a default of 1024. Returns the limit in force.
+pub fn raise_fd_limit() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    limit.rlim_cur
+}
