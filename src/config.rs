@@ -1,10 +1,11 @@
 //! Every limit and setting of the server in one struct, each with its unit and default.
 //!
-//! `main.rs` fills it from the command line (clap, with `POLLCAST_*` environment
-//! variables); tests build it directly. Nothing here does IO.
+//! Each field's clap attributes are its flag, its environment variable, its default and
+//! its help: `main.rs` parses the command line into this struct, tests start from
+//! `Config::default()`. Nothing here does IO.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::chat::ChatLimits;
@@ -20,69 +21,153 @@ pub enum Mode {
     Echo,
 }
 
-/// The server's settings. Defaults are in `Config::default()`, and `--help` prints them.
-#[derive(Clone, Debug)]
+/// The server's settings: the command line (clap reads each field's attributes, and
+/// every flag has a `POLLCAST_*` environment variable) and the only place any default is
+/// written. `Config::default()` is the command line with no flags.
+#[derive(Clone, Debug, clap::Args)]
 pub struct Config {
-    pub listen: SocketAddr,     // where to accept; port 0 picks a free port (default 127.0.0.1:8080)
-    pub mode: Mode,             // relay (default) or echo
-    pub max_connections: usize, // open client sockets; beyond it new clients get 503 (default 10,000)
-    pub max_message: usize,     // bytes in one message, after assembly; 1009 beyond (default 64 KiB)
-    pub max_queue: usize,       // unsent bytes queued for one client; 1008 beyond (default 1 MiB)
-    pub max_request: usize,     // bytes in an HTTP request head; 431 beyond (default 8 KiB)
-    pub max_headers: usize,     // header lines in a request head; 431 beyond (default 64)
-    pub handshake_timeout: Duration, // accept → complete request head; 408 after (default 10 s)
-    pub ping_interval: Duration, // quiet time before we ping a client (default 25 s)
-    pub idle_timeout: Duration, // silence before we close 1001 (default 2 × ping interval)
-    pub close_timeout: Duration, // wait for the peer's Close, and linger after ours (default 2 s)
-    pub shutdown_timeout: Duration, // on SIGINT/SIGTERM, how long to flush before exiting (default 2 s)
-    pub read_budget: usize,     // bytes read from one client per loop turn, so none starves the rest (default 256 KiB)
-    pub allow_origins: Vec<String>, // browser Origins allowed to upgrade; empty = any (default empty)
-    pub max_rooms_per_client: usize, // rooms one JSON client may be in at once (default 32)
-    pub max_text: usize,        // bytes of text in a chat send, dm or /msg; too_large beyond (default 8 KiB)
-    pub db: Option<PathBuf>,    // history database; None = no history (default pollcast.db)
-    pub history_keep: usize,    // messages kept per room (default 1000)
-    pub history_max: usize,     // most messages one replay or page carries (default 500)
-    pub history_default: usize, // messages a JSON client gets on joining a room (default 50)
-    pub max_rate: u32,          // chat messages per second per client, bursts of 2x; 0 = unlimited (default 0)
+    /// Address to listen on; port 0 picks a free port (logged).
+    #[arg(long, env = "POLLCAST_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// relay: each message goes to every other client of its room; echo: back to its sender.
+    #[arg(long, env = "POLLCAST_MODE", value_enum, default_value = "relay")]
+    pub mode: Mode,
+
+    /// Most client connections held at once; more are answered 503.
+    #[arg(long, env = "POLLCAST_MAX_CONNECTIONS", default_value = "10000")]
+    pub max_connections: usize,
+
+    /// Largest message accepted (after reassembly); larger ones close the sender with 1009.
+    #[arg(long, env = "POLLCAST_MAX_MESSAGE", default_value = "64KiB", value_parser = parse_size)]
+    pub max_message: usize,
+
+    /// Unsent bytes held per client; a client past it is a slow consumer, closed with 1008.
+    /// Never below one maximal message (raised, with a warning).
+    #[arg(long, env = "POLLCAST_MAX_QUEUE", default_value = "1MiB", value_parser = parse_size)]
+    pub max_queue: usize,
+
+    /// Largest HTTP request head; larger ones are answered 431.
+    #[arg(long, env = "POLLCAST_MAX_REQUEST", default_value = "8KiB", value_parser = parse_size)]
+    pub max_request: usize,
+
+    /// Most header lines in a request head; more are answered 431.
+    #[arg(long, env = "POLLCAST_MAX_HEADERS", default_value = "64")]
+    pub max_headers: usize,
+
+    /// Time from accept to a complete request head; slower clients get 408.
+    #[arg(long, env = "POLLCAST_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Quiet time after which the server pings a client.
+    #[arg(long, env = "POLLCAST_PING_INTERVAL", default_value = "25s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+
+    /// Silence after which a client is closed with 1001 [default: 2 × ping interval].
+    #[arg(long = "idle-timeout", env = "POLLCAST_IDLE_TIMEOUT", value_parser = parse_duration)]
+    pub idle_timeout_flag: Option<Duration>,
+
+    /// How long to wait for a client's Close answer, and to linger after ours.
+    #[arg(long, env = "POLLCAST_CLOSE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub close_timeout: Duration,
+
+    /// On SIGINT/SIGTERM, how long to flush the 1001 closes before exiting.
+    #[arg(long, env = "POLLCAST_SHUTDOWN_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Bytes read from one client per loop turn before the others get their turn.
+    #[arg(long, env = "POLLCAST_READ_BUDGET", default_value = "256KiB", value_parser = parse_nonzero_size)]
+    pub read_budget: usize,
+
+    /// Browser Origin allowed to upgrade (repeatable, or comma-separated in the env var);
+    /// when given, others get 403.
+    #[arg(long = "allow-origin", env = "POLLCAST_ALLOW_ORIGIN", value_delimiter = ',')]
+    pub allow_origins: Vec<String>,
+
+    /// Rooms one pollcast.v1 client may be in at once.
+    #[arg(long, env = "POLLCAST_MAX_ROOMS_PER_CLIENT", default_value = "32", value_parser = at_least_one)]
+    pub max_rooms_per_client: usize,
+
+    /// Longest text in a chat send, dm or /msg; longer ones get error too_large.
+    #[arg(long, env = "POLLCAST_MAX_TEXT", default_value = "8KiB", value_parser = parse_size)]
+    pub max_text: usize,
+
+    /// SQLite file keeping message history (created if missing; WAL mode).
+    #[arg(long, env = "POLLCAST_DB", default_value = "pollcast.db")]
+    pub db: PathBuf,
+
+    /// Keep no history: nothing is stored, no replay. (The variable takes 1/0,
+    /// true/false, yes/no, on/off.)
+    #[arg(long, env = "POLLCAST_NO_HISTORY", value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_history: bool,
+
+    /// Messages kept per room; older ones are trimmed.
+    #[arg(long, env = "POLLCAST_HISTORY_KEEP", default_value = "1000", value_parser = at_least_one)]
+    pub history_keep: usize,
+
+    /// Most messages one replay (?history=N, join) or history page carries.
+    #[arg(long, env = "POLLCAST_HISTORY_MAX", default_value = "500", value_parser = at_least_one)]
+    pub history_max: usize,
+
+    /// Messages a pollcast.v1 client is sent when it joins a room without asking for a
+    /// count (at most --history-max).
+    #[arg(long, env = "POLLCAST_HISTORY_DEFAULT", default_value = "50")]
+    pub history_default: usize,
+
+    /// Messages per second one client may send (bursts of twice that); more are dropped
+    /// and answered rate_limited. 0: no limit (the relay is also a load-test target).
+    #[arg(long, env = "POLLCAST_MAX_RATE", default_value = "0")]
+    pub max_rate: u32,
 }
 
 impl Default for Config {
+    /// The command line with no flags and no environment: every clap default.
     fn default() -> Config {
-        let ping_interval = Duration::from_secs(25);
-        Config {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            mode: Mode::Relay,
-            max_connections: 10_000,
-            max_message: 64 << 10,
-            max_queue: 1 << 20,
-            max_request: 8 << 10,
-            max_headers: 64,
-            handshake_timeout: Duration::from_secs(10),
-            ping_interval,
-            idle_timeout: 2 * ping_interval,
-            close_timeout: Duration::from_secs(2),
-            shutdown_timeout: Duration::from_secs(2),
-            read_budget: 256 << 10,
-            allow_origins: Vec::new(),
-            max_rooms_per_client: 32,
-            max_text: 8 << 10,
-            db: Some(PathBuf::from("pollcast.db")),
-            history_keep: 1000,
-            history_max: 500,
-            history_default: 50,
-            max_rate: 0,
-        }
+        use clap::{Args, FromArgMatches};
+        let command = Config::augment_args(clap::Command::new("pollcast")).mut_args(|arg| arg.env(None::<&str>));
+        let matches = command.get_matches_from(["pollcast"]);
+        Config::from_arg_matches(&matches).expect("the built-in defaults parse")
     }
 }
 
 impl Config {
+    /// Silence before a client is closed: `--idle-timeout`, else twice the ping interval.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout_flag.unwrap_or(2 * self.ping_interval)
+    }
+
+    /// The history database, or `None` with `--no-history`.
+    pub fn history_db(&self) -> Option<&Path> {
+        (!self.no_history).then_some(self.db.as_path())
+    }
+
+    /// Warnings about values the server will not use as given (logged at start).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.effective_max_queue() > self.max_queue {
+            warnings.push(format!(
+                "--max-queue {} raised to {}: a queue must hold one maximal message (--max-message {})",
+                human_bytes(self.max_queue),
+                human_bytes(self.effective_max_queue()),
+                human_bytes(self.max_message)
+            ));
+        }
+        if self.history_default > self.history_max {
+            warnings.push(format!(
+                "--history-default {} lowered to --history-max {}",
+                self.history_default, self.history_max
+            ));
+        }
+        warnings
+    }
+
     /// The per-connection part, handed to every `Session`.
     pub fn session_limits(&self) -> Limits {
         Limits {
             max_message: self.max_message,
             handshake_timeout: self.handshake_timeout,
             ping_interval: self.ping_interval,
-            idle_timeout: self.idle_timeout,
+            idle_timeout: self.idle_timeout(),
             close_timeout: self.close_timeout,
         }
     }
@@ -92,7 +177,7 @@ impl Config {
         ChatLimits {
             max_rooms_per_client: self.max_rooms_per_client,
             max_text: self.max_text,
-            history: self.db.is_some(),
+            history: !self.no_history,
             history_default: self.history_default.min(self.history_max),
             history_max: self.history_max,
             max_rate: self.max_rate,
@@ -122,11 +207,11 @@ impl Config {
             self.max_headers,
             self.handshake_timeout,
             self.ping_interval,
-            self.idle_timeout,
+            self.idle_timeout(),
             self.close_timeout,
             self.mode,
             if self.allow_origins.is_empty() { "any".to_owned() } else { self.allow_origins.join(",") },
-            match &self.db {
+            match self.history_db() {
                 Some(path) => format!("{} (keep {} per room)", path.display(), self.history_keep),
                 None => "off".to_owned(),
             },
@@ -148,6 +233,23 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
         other => return Err(format!("unknown size unit '{other}' (use B, KiB, MiB or GiB)")),
     };
     number.checked_mul(1 << shift).ok_or_else(|| format!("'{text}' is too large"))
+}
+
+/// A size of at least one byte.
+pub fn parse_nonzero_size(text: &str) -> Result<usize, String> {
+    match parse_size(text)? {
+        0 => Err("must be at least 1 byte".to_owned()),
+        n => Ok(n),
+    }
+}
+
+/// A count of at least one.
+pub fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("'{text}' is not a count")),
+    }
 }
 
 /// Parses a duration: `25` (seconds), `25s`, `500ms`, `2m`.
@@ -202,9 +304,21 @@ mod tests {
     }
 
     #[test]
+    fn defaults_come_from_the_flags() {
+        let config = Config::default();
+        assert_eq!(config.listen, SocketAddr::from(([127, 0, 0, 1], 8080)));
+        assert_eq!((config.max_connections, config.max_message, config.max_queue), (10_000, 64 << 10, 1 << 20));
+        assert_eq!(config.idle_timeout(), Duration::from_secs(50), "twice the ping interval");
+        assert_eq!(config.history_db(), Some(Path::new("pollcast.db")));
+        assert!(config.warnings().is_empty());
+        assert!(at_least_one("0").is_err() && parse_nonzero_size("0").is_err());
+    }
+
+    #[test]
     fn queue_fits_one_maximal_message() {
         let config = Config { max_message: 16 << 20, ..Config::default() };
         assert!(config.effective_max_queue() >= (16 << 20) + 10);
+        assert_eq!(config.warnings().len(), 1, "the raise is said");
         assert_eq!(Config::default().effective_max_queue(), 1 << 20);
     }
 }

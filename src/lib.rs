@@ -64,6 +64,7 @@
 //! `pollcast bench` drives many client connections from one `mio` loop, the same way.
 
 pub mod bench;
+pub mod buffers;
 pub mod chat;
 pub mod config;
 pub mod proto;

@@ -107,12 +107,16 @@ use Got::{Closed, Progress};
 fn feed(session: &mut Session, bytes: &[u8], now: Instant) -> Option<(Got, usize)> {
     let mut input = bytes.to_vec();
     let (event, used) = session.next(&mut input, now)?;
-    let got = match event {
-        Event::Message(kind, data) => Got::Message(kind, data.into_owned()),
+    Some((got(event), used))
+}
+
+/// An event as an owned `Got`.
+fn got(event: Event) -> Got {
+    match event {
+        Event::Message(message) => Got::Message(message.kind(), message.as_bytes().to_vec()),
         Event::Progress => Progress,
         Event::Closed => Closed,
-    };
-    Some((got, used))
+    }
 }
 
 /// Feeds `bytes` frame by frame until they are all consumed; returns every event.
@@ -124,11 +128,7 @@ fn feed_all(session: &mut Session, bytes: &[u8], now: Instant) -> Vec<Got> {
         let Some((event, n)) = session.next(&mut input[used..], now) else {
             panic!("frames left incomplete at byte {used}");
         };
-        events.push(match event {
-            Event::Message(kind, data) => Got::Message(kind, data.into_owned()),
-            Event::Progress => Progress,
-            Event::Closed => Closed,
-        });
+        events.push(got(event));
         used += n;
     }
     events

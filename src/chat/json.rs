@@ -10,6 +10,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::reply::{DmView, Reply};
+
 /// A client → server request.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
@@ -93,7 +95,7 @@ pub fn parse(text: &str) -> (Option<Value>, Result<Request, BadRequest>) {
 }
 
 /// A room and its member count, in a `rooms` reply.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize)]
 pub struct RoomCount<'a> {
     pub room: &'a str,
     pub members: usize,
@@ -156,6 +158,29 @@ impl Envelope<'_> {
         // Serialising these types cannot fail: every key is a string, no map has non-string keys.
         serde_json::to_string(self).expect("envelopes always serialise")
     }
+}
+
+/// Spells a reply as its envelope (at most one; a JSON client hears nothing of `Help`).
+pub fn render(reply: &Reply, mut emit: impl FnMut(&str)) {
+    let dm = |dm: &DmView| Envelope::Dm { id: dm.id, from: dm.from, to: dm.to, text: dm.text, ts: dm.ts }.to_json();
+    let text = match reply {
+        Reply::Welcome { you, rooms } => Envelope::Welcome { you, rooms: rooms.clone() }.to_json(),
+        Reply::Joined { room, members } => Envelope::Joined { room, members: members.clone() }.to_json(),
+        Reply::Left { room } => Envelope::Left { room }.to_json(),
+        Reply::Who { room, members } => Envelope::Who { room, members: members.clone() }.to_json(),
+        Reply::Rooms { rooms } => Envelope::Rooms { rooms: rooms.clone() }.to_json(),
+        Reply::Nick { old, you } => Envelope::Nick { old, you }.to_json(),
+        Reply::Stats { users, rooms, messages } => {
+            Envelope::Stats { users: *users, rooms: *rooms, messages: *messages }.to_json()
+        }
+        Reply::Dm(view) => dm(view),
+        Reply::DmSent { to_self: true, .. } | Reply::Help => return,
+        Reply::DmSent { dm: view, to_self: false } => dm(view),
+        Reply::Failure { code, message, reference } => {
+            Envelope::Error { code, message, reference: reference.unwrap_or(&Value::Null) }.to_json()
+        }
+    };
+    emit(&text);
 }
 
 #[cfg(test)]

@@ -1,12 +1,33 @@
 //! Room membership: which users share a room.
 //!
-//! Owns: room names and ids, member lists, and each membership's index in its list, so
-//! joining and leaving are O(1). Must not touch: sockets, queues, message content.
+//! Owns: what a valid room name is and which room a URL path names, room ids, member
+//! lists, and each membership's index in its list, so joining and leaving are O(1).
+//! Must not touch: sockets, queues, message content.
 //!
 //! Room ids are never reused (a counter, not a slab key), so an id held in an outbox
 //! cannot come to mean another room after its room emptied.
 
 use std::collections::{BTreeMap, HashMap};
+
+/// The room a client joins when it upgrades on `/`.
+pub const DEFAULT_ROOM: &str = "lobby";
+/// Longest room name (`[A-Za-z0-9_.-]{1,64}`).
+const MAX_ROOM_LEN: usize = 64;
+
+/// `/` → `lobby`; `/{room}` → `room` when it is a valid room name.
+pub fn room_from_path(path: &str) -> Option<&str> {
+    let name = path.strip_prefix('/')?;
+    if name.is_empty() {
+        return Some(DEFAULT_ROOM);
+    }
+    valid_room_name(name).then_some(name)
+}
+
+/// Room names match `[A-Za-z0-9_.-]{1,64}`: safe in a URL path, a log line and a key.
+pub fn valid_room_name(name: &str) -> bool {
+    let valid_char = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-');
+    (1..=MAX_ROOM_LEN).contains(&name.len()) && name.bytes().all(valid_char)
+}
 
 /// A room's id, unique for the life of the server.
 pub type RoomId = u64;
@@ -116,6 +137,17 @@ mod tests {
 
     fn raw(conn: usize) -> Member {
         Member { conn, json: false }
+    }
+
+    #[test]
+    fn rooms_from_paths() {
+        assert_eq!(room_from_path("/"), Some("lobby"));
+        assert_eq!(room_from_path("/a.b_c-9"), Some("a.b_c-9"));
+        assert_eq!(room_from_path("/a/b"), None);
+        assert_eq!(room_from_path(""), None);
+        assert_eq!(room_from_path("/bad%20room"), None);
+        assert_eq!(room_from_path(&format!("/{}", "r".repeat(65))), None);
+        assert_eq!(room_from_path(&format!("/{}", "r".repeat(64))).map(str::len), Some(64));
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! else is relayed verbatim. Every reply is one line whose first word is a fixed tag:
 //! `ok`, `err`, `who`, `rooms`, `dm`, `stats`, `help`, so `grep` and `awk` can sort them.
 
+use super::reply::Reply;
+
 /// A parsed text line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Line<'a> {
@@ -86,6 +88,33 @@ pub fn parse(text: &str) -> Line<'_> {
 /// `err CODE message`
 pub fn err(code: &str, message: &str) -> String {
     format!("err {code} {message}")
+}
+
+/// Spells a reply as tagged lines (none for what a raw client is not told unasked).
+pub fn render(reply: &Reply, mut emit: impl FnMut(&str)) {
+    let line = match reply {
+        Reply::Welcome { .. } => return, // a raw client is sent nothing it did not ask for
+        Reply::Joined { room, .. } => format!("ok join {room}"),
+        Reply::Left { room } => format!("ok leave {room}"),
+        Reply::Who { room, members } => format!("who {room} {}", members.join(" ")).trim_end().to_owned(),
+        Reply::Rooms { rooms } => {
+            let list: Vec<String> = rooms.iter().map(|r| format!("{}:{}", r.room, r.members)).collect();
+            format!("rooms {}", list.join(" ")).trim_end().to_owned()
+        }
+        Reply::Nick { you, .. } => format!("ok nick {you}"),
+        Reply::Stats { users, rooms, messages } => format!("stats users={users} rooms={rooms} messages={messages}"),
+        Reply::Dm(dm) => format!("dm {} {}", dm.from, dm.text),
+        Reply::DmSent { dm, .. } => format!("ok msg {} {}", dm.to, dm.id),
+        Reply::Help => return HELP.iter().for_each(|line| emit(line)),
+        Reply::Failure { code, message, .. } => err(code, message),
+    };
+    emit(&line);
+}
+
+/// A raw client's text as JSON clients see it: websocat sends each line with its
+/// newline, the envelope carries the line. (Raw members get the bytes unchanged.)
+pub fn line_text(text: &str) -> &str {
+    text.strip_suffix('\n').map_or(text, |t| t.strip_suffix('\r').unwrap_or(t))
 }
 
 #[cfg(test)]

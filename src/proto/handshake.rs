@@ -20,10 +20,6 @@ const KEY_NONCE_LEN: usize = 16;
 pub const WS_VERSION: &str = "13";
 /// The JSON chat subprotocol.
 pub const SUBPROTOCOL_JSON: &str = "pollcast.v1";
-/// The room a client joins when it upgrades on `/`.
-pub const DEFAULT_ROOM: &str = "lobby";
-/// Longest room name (`[A-Za-z0-9_.-]{1,64}`).
-const MAX_ROOM_LEN: usize = 64;
 
 /// Limits on a request, from `Config`.
 #[derive(Clone, Debug)]
@@ -36,7 +32,7 @@ pub struct RequestLimits {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
     Ok,                 // 200
-    BadRequest,         // 400: malformed request or WebSocket headers, bad room name
+    BadRequest,         // 400: malformed request or WebSocket headers (or a bad room name, judged by chat)
     Unauthorized,       // 401 (auth comes later)
     Forbidden,          // 403: Origin not allowed
     NotFound,           // 404: no such endpoint
@@ -117,7 +113,7 @@ pub enum Request {
 /// What a valid upgrade asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Upgrade {
-    pub room: String,             // from the path: `/` is `lobby`
+    pub path: String,             // the request target before `?` (which room it names is chat's rule)
     pub query: String,            // after `?`, undecoded ("" when absent)
     pub accept: String,           // our Sec-WebSocket-Accept value
     pub protocol: Option<String>, // the subprotocol we choose, if the client offered one we speak
@@ -213,31 +209,21 @@ fn check_request(req: &httparse::Request, allowed_origins: &[String]) -> Result<
     if !allowed_origins.is_empty() && !origin.as_ref().is_some_and(|o| allowed_origins.iter().any(|a| a == o)) {
         return Err(Rejection::new(Status::Forbidden, "Origin not allowed"));
     }
-    let room = room_from_path(path).ok_or(Rejection::new(Status::BadRequest, "invalid room name"))?;
     let offered = req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("Sec-WebSocket-Protocol"));
     let protocol =
         offered.into_iter().any(|h| has_token(h.value, SUBPROTOCOL_JSON)).then(|| SUBPROTOCOL_JSON.to_owned());
-    Ok(Request::Upgrade(Upgrade { room, query: query.to_owned(), accept: accept_key(key), protocol, origin }))
+    Ok(Request::Upgrade(Upgrade {
+        path: path.to_owned(),
+        query: query.to_owned(),
+        accept: accept_key(key),
+        protocol,
+        origin,
+    }))
 }
 
 /// Does a comma-separated header value contain `token` (ASCII case-insensitive)?
 fn has_token(value: &[u8], token: &str) -> bool {
     value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-}
-
-/// `/` → `lobby`; `/{room}` → `room` when it is a valid room name.
-pub fn room_from_path(path: &str) -> Option<String> {
-    let name = path.strip_prefix('/')?;
-    if name.is_empty() {
-        return Some(DEFAULT_ROOM.to_owned());
-    }
-    valid_room_name(name).then(|| name.to_owned())
-}
-
-/// Room names match `[A-Za-z0-9_.-]{1,64}`.
-pub fn valid_room_name(name: &str) -> bool {
-    let valid_char = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-');
-    (1..=MAX_ROOM_LEN).contains(&name.len()) && name.bytes().all(valid_char)
 }
 
 /// RFC 6455 §4.2.2: base64(SHA-1(key + GUID)).
@@ -311,7 +297,7 @@ mod tests {
         let (req, used) = parse(GOOD).unwrap().unwrap();
         assert_eq!(used, GOOD.len());
         let Request::Upgrade(up) = req else { panic!() };
-        assert_eq!(up.room, "games");
+        assert_eq!(up.path, "/games");
         assert_eq!(up.query_param("history"), Some("5"));
         assert_eq!(up.accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         assert_eq!(up.protocol, None);
@@ -362,8 +348,6 @@ mod tests {
         assert_eq!(status_of(&GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "!!!")), Status::BadRequest);
         assert_eq!(status_of(&GOOD.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "")), Status::BadRequest);
         assert_eq!(status_of(&GOOD.replace("Version: 13", "Version: 8")), Status::UpgradeRequired);
-        assert_eq!(status_of(&GOOD.replace("/games", "/bad%20room")), Status::BadRequest);
-        assert_eq!(status_of(&GOOD.replace("/games", &format!("/{}", "r".repeat(65)))), Status::BadRequest);
         assert_eq!(status_of("GET / HTTP/1.1\r\nHost\r\n\r\n"), Status::BadRequest);
     }
 
@@ -391,13 +375,5 @@ mod tests {
         assert_eq!(err.status, Status::Forbidden);
         assert_eq!(parse_request(GOOD.as_bytes(), &LIMITS, &allowed).unwrap_err().status, Status::Forbidden);
         assert!(parse_request(GOOD.as_bytes(), &LIMITS, &[]).is_ok(), "no list: every origin");
-    }
-
-    #[test]
-    fn rooms() {
-        assert_eq!(room_from_path("/").as_deref(), Some("lobby"));
-        assert_eq!(room_from_path("/a.b_c-9").as_deref(), Some("a.b_c-9"));
-        assert_eq!(room_from_path("/a/b"), None);
-        assert_eq!(room_from_path(""), None);
     }
 }

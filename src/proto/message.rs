@@ -33,6 +33,54 @@ impl DataKind {
     }
 }
 
+/// A complete data message, its kind proven: a `Text` has been validated as UTF-8 here,
+/// once, so no later layer checks it again (the `str` type carries the fact).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Message<'a> {
+    Text(Cow<'a, str>),    // valid UTF-8
+    Binary(Cow<'a, [u8]>), // any bytes
+}
+
+impl Message<'_> {
+    /// The opcode this message is sent with.
+    pub fn opcode(&self) -> OpCode {
+        match self {
+            Message::Text(_) => OpCode::Text,
+            Message::Binary(_) => OpCode::Binary,
+        }
+    }
+
+    /// Which kind of data message this is.
+    pub fn kind(&self) -> DataKind {
+        match self {
+            Message::Text(_) => DataKind::Text,
+            Message::Binary(_) => DataKind::Binary,
+        }
+    }
+
+    /// The payload as bytes, whatever the kind.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Message::Text(text) => text.as_bytes(),
+            Message::Binary(data) => data,
+        }
+    }
+}
+
+/// A frame header that `check_header` accepted, with what `push` needs of it. Only
+/// `check_header` makes one, so a header is judged once per frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Checked {
+    opcode: OpCode, // a known opcode, legal at this point of the stream
+    fin: bool,      // the frame ends its message
+}
+
+impl Checked {
+    pub fn opcode(self) -> OpCode {
+        self.opcode
+    }
+}
+
 /// A broken rule: the connection fails with `code` (RFC 6455 §7.1.7).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Violation {
@@ -67,7 +115,7 @@ const BAD_UTF8: Violation = Violation { code: CloseCode::INVALID_PAYLOAD, reason
 pub enum Assembled<'a> {
     /// A whole data message. Borrowed straight from the frame when it came unfragmented,
     /// owned when it was assembled from fragments.
-    Message(DataKind, Cow<'a, [u8]>),
+    Message(Message<'a>),
     /// A fragment was taken in; the message is not complete yet.
     Partial,
     /// A control frame, checked but not acted on (the session does that).
@@ -119,8 +167,8 @@ impl Assembler {
     }
 
     /// Judges a header before its payload is read, so that an oversized or illegal frame
-    /// is refused without buffering it.
-    pub fn check_header(&self, header: &FrameHeader) -> Result<OpCode, Violation> {
+    /// is refused without buffering it. The `Checked` it returns is what `push` takes.
+    pub fn check_header(&self, header: &FrameHeader) -> Result<Checked, Violation> {
         // RFC 6455 §5.1: "The server MUST close the connection upon receiving a frame
         // that is not masked."
         if header.mask.is_none() {
@@ -142,7 +190,7 @@ impl Assembler {
             if !header.fin {
                 return Err(CONTROL_FRAGMENTED);
             }
-            return Ok(opcode);
+            return Ok(Checked { opcode, fin: true });
         }
         // RFC 6455 §5.4: fragments of one message are a start frame then continuations;
         // control frames may be injected between them, data frames may not.
@@ -155,7 +203,7 @@ impl Assembler {
         if total > self.max_message as u64 {
             return Err(TOO_BIG);
         }
-        Ok(opcode)
+        Ok(Checked { opcode, fin: header.fin })
     }
 
     /// Checks the part of a text frame's payload that has arrived so far (`arrived`,
@@ -200,19 +248,20 @@ impl Assembler {
         Ok(())
     }
 
-    /// Takes one complete, already unmasked frame whose header passed `check_header`.
-    pub fn push<'a>(&mut self, header: &FrameHeader, payload: &'a [u8]) -> Result<Assembled<'a>, Violation> {
+    /// Takes one complete, already unmasked frame whose header passed `check_header`
+    /// (nothing can change the verdict between the two: the frame is the same).
+    pub fn push<'a>(&mut self, checked: Checked, payload: &'a [u8]) -> Result<Assembled<'a>, Violation> {
         self.partial.started = false; // the next partial check is about a new frame
-        let opcode = self.check_header(header)?;
-        match (opcode, header.fin) {
+        let Checked { opcode, fin } = checked;
+        match (opcode, fin) {
             // A control frame: checked above, acted on by the session.
             (OpCode::Close | OpCode::Ping | OpCode::Pong, _) => Ok(Assembled::Control(opcode, payload)),
             // The common case: a whole message in one frame. No copy; validate in one go.
             (OpCode::Text, true) => match std::str::from_utf8(payload) {
-                Ok(_) => Ok(Assembled::Message(DataKind::Text, Cow::Borrowed(payload))),
+                Ok(text) => Ok(Assembled::Message(Message::Text(Cow::Borrowed(text)))),
                 Err(_) => Err(BAD_UTF8),
             },
-            (OpCode::Binary, true) => Ok(Assembled::Message(DataKind::Binary, Cow::Borrowed(payload))),
+            (OpCode::Binary, true) => Ok(Assembled::Message(Message::Binary(Cow::Borrowed(payload)))),
             // The first fragment of a message.
             (OpCode::Text | OpCode::Binary, false) => {
                 let kind = if opcode == OpCode::Text { DataKind::Text } else { DataKind::Binary };
@@ -230,7 +279,10 @@ impl Assembler {
                 self.append(payload, true)?;
                 let fragments = std::mem::take(&mut self.fragments);
                 let kind = fragments.kind.expect("check_header admits a final continuation only mid-message");
-                Ok(Assembled::Message(kind, Cow::Owned(fragments.buf)))
+                Ok(Assembled::Message(match kind {
+                    DataKind::Text => Message::Text(Cow::Owned(proven_text(fragments.buf))),
+                    DataKind::Binary => Message::Binary(Cow::Owned(fragments.buf)),
+                }))
             }
         }
     }
@@ -254,6 +306,15 @@ impl Assembler {
     }
 }
 
+/// The assembled text of a fragmented message as a `String`, without validating it a
+/// second time.
+fn proven_text(buf: Vec<u8>) -> String {
+    debug_assert!(std::str::from_utf8(&buf).is_ok());
+    // SAFETY: `append` validated every byte of `buf` as it arrived, and with `last` set it
+    // accepts only a buffer that ends on a whole character: `buf` is valid UTF-8.
+    unsafe { String::from_utf8_unchecked(buf) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,14 +324,15 @@ mod tests {
     }
 
     fn push<'a>(a: &mut Assembler, fin: bool, opcode_bits: u8, payload: &'a [u8]) -> Result<Assembled<'a>, Violation> {
-        a.push(&header(fin, opcode_bits, payload.len()), payload)
+        let checked = a.check_header(&header(fin, opcode_bits, payload.len()))?;
+        a.push(checked, payload)
     }
 
     #[test]
     fn single_frame_text_is_borrowed() {
         let mut a = Assembler::new(100);
         match push(&mut a, true, 0x1, b"hi").unwrap() {
-            Assembled::Message(DataKind::Text, Cow::Borrowed(b)) => assert_eq!(b, b"hi"),
+            Assembled::Message(Message::Text(Cow::Borrowed(b))) => assert_eq!(b, "hi"),
             other => panic!("{other:?}"),
         }
     }
@@ -282,7 +344,7 @@ mod tests {
         assert_eq!(push(&mut a, true, 0x9, b"p").unwrap(), Assembled::Control(OpCode::Ping, b"p"));
         assert_eq!(push(&mut a, false, 0x0, b"l").unwrap(), Assembled::Partial);
         let msg = push(&mut a, true, 0x0, b"o").unwrap();
-        assert_eq!(msg, Assembled::Message(DataKind::Text, Cow::Owned(b"Hello".to_vec())));
+        assert_eq!(msg, Assembled::Message(Message::Text(Cow::Owned("Hello".to_owned()))));
         assert!(!a.in_message());
         assert_eq!(a.buffered_capacity(), 0, "buffer is handed over, not kept");
     }
@@ -302,8 +364,8 @@ mod tests {
         assert_eq!(a.check_header(&header(false, 0x9, 1)), Err(CONTROL_FRAGMENTED));
         assert_eq!(a.check_header(&header(true, 0x0, 1)), Err(STRAY_CONTINUATION));
         assert_eq!(a.check_header(&header(true, 0x2, 11)), Err(TOO_BIG));
-        assert_eq!(a.check_header(&header(true, 0x2, 10)), Ok(OpCode::Binary));
-        assert_eq!(a.check_header(&header(true, 0x9, 125)), Ok(OpCode::Ping));
+        assert_eq!(a.check_header(&header(true, 0x2, 10)).map(Checked::opcode), Ok(OpCode::Binary));
+        assert_eq!(a.check_header(&header(true, 0x9, 125)).map(Checked::opcode), Ok(OpCode::Ping));
     }
 
     #[test]
@@ -330,7 +392,7 @@ mod tests {
             assert_eq!(push(&mut a, false, 0x0, &chunk).unwrap(), Assembled::Partial);
         }
         match push(&mut a, true, 0x0, &chunk).unwrap() {
-            Assembled::Message(DataKind::Text, m) => assert_eq!(m.len(), limit),
+            Assembled::Message(Message::Text(m)) => assert_eq!(m.len(), limit),
             other => panic!("{other:?}"),
         }
         push(&mut a, false, 0x2, &[0; 64]).unwrap();
@@ -347,7 +409,8 @@ mod tests {
             let mut a = Assembler::new(100);
             push(&mut a, false, 0x1, &text[..cut]).unwrap();
             let msg = push(&mut a, true, 0x0, &text[cut..]).unwrap();
-            assert_eq!(msg, Assembled::Message(DataKind::Text, Cow::Owned(text.to_vec())), "cut {cut}");
+            let expected = Message::Text(Cow::Owned(String::from_utf8(text.to_vec()).unwrap()));
+            assert_eq!(msg, Assembled::Message(expected), "cut {cut}");
         }
     }
 
@@ -416,6 +479,6 @@ mod tests {
     fn binary_is_not_utf8_checked() {
         let mut a = Assembler::new(100);
         push(&mut a, false, 0x2, &[0xff]).unwrap();
-        assert!(matches!(push(&mut a, true, 0x0, &[0xfe]).unwrap(), Assembled::Message(DataKind::Binary, _)));
+        assert!(matches!(push(&mut a, true, 0x0, &[0xfe]).unwrap(), Assembled::Message(Message::Binary(_))));
     }
 }

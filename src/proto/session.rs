@@ -7,17 +7,17 @@
 //!
 //! Input goes in through `next()` (one frame at a time, `None` = need more bytes) and
 //! `handle_timeout()`; bytes that must go to this peer come out of `take_outbound()`;
-//! the next deadline comes out of `poll_timeout()`. The shell calls them in that order
-//! every loop turn.
+//! the next deadline comes out of `poll_timeout()`. The shell calls `next()` when bytes
+//! arrive, `handle_timeout()` when a deadline it learned from `poll_timeout()` is due,
+//! and `take_outbound()` after either.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::time::{Duration, Instant};
 
 use super::close::{close_body, parse_close_body, CloseCode};
 use super::frame::{apply_mask, write_frame, FrameHeader, OpCode};
 use super::handshake::{rejection_response, Rejection, Status};
-use super::message::{Assembled, Assembler, DataKind, Violation};
+use super::message::{Assembled, Assembler, Message, Violation};
 
 /// The per-connection limits and timeouts, from `Config`.
 #[derive(Clone, Debug)]
@@ -58,8 +58,8 @@ impl fmt::Display for Phase {
 /// What one call to `next()` produced.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event<'a> {
-    /// A complete data message from the peer.
-    Message(DataKind, Cow<'a, [u8]>),
+    /// A complete data message from the peer (text already proven UTF-8).
+    Message(Message<'a>),
     /// A frame was taken in that needs nothing from the shell but sending `take_outbound()`
     /// (a fragment, a ping, a pong, data arriving while we wait for a Close).
     Progress,
@@ -203,9 +203,10 @@ impl Session {
         };
         // Judge the header before waiting for the payload, so an oversized frame is refused
         // at once instead of being buffered.
-        if let Err(violation) = self.assembler.check_header(&header) {
-            return Some((self.fail(violation, now), everything));
-        }
+        let checked = match self.assembler.check_header(&header) {
+            Ok(checked) => checked,
+            Err(violation) => return Some((self.fail(violation, now), everything)),
+        };
         let frame_len = header_len as u64 + header.payload_len;
         if (input.len() as u64) < frame_len {
             // Not all here yet; but text that is already invalid fails now (fail fast).
@@ -221,7 +222,7 @@ impl Session {
         if let Some(mask) = header.mask {
             apply_mask(payload, mask, 0);
         }
-        let event = match self.assembler.push(&header, payload) {
+        let event = match self.assembler.push(checked, payload) {
             Err(violation) => self.fail(violation, now),
             Ok(assembled) => self.on_assembled(assembled, now),
         };
@@ -233,7 +234,7 @@ impl Session {
         let closing = matches!(self.phase, Phase::Closing { .. });
         match (assembled, closing) {
             // OPEN: a message for the shell to route.
-            (Assembled::Message(kind, data), false) => Event::Message(kind, data),
+            (Assembled::Message(message), false) => Event::Message(message),
             // CLOSING: we said goodbye; data still in flight from the peer is dropped.
             (Assembled::Message(..), true) => Event::Progress,
             (Assembled::Partial, _) => Event::Progress,

@@ -1,8 +1,8 @@
 //! One slot of the slab: a client socket and everything the loop keeps for it.
 //!
-//! Owns: the socket, its protocol `Session`, unconsumed input, the write queue, room
-//! membership, and the readiness interest derived from those. Must not touch: other
-//! clients (routing is `broadcast.rs`), the poll loop's order of phases (`mod.rs`).
+//! Owns: the socket, its protocol `Session`, unconsumed input, the write queue, and the
+//! readiness interest derived from those. Must not touch: other clients (routing is
+//! `broadcast.rs`), rooms and names (`chat`), the poll loop's order of phases (`mod.rs`).
 
 use std::net::{Shutdown, SocketAddr};
 use std::time::Instant;
@@ -11,7 +11,8 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
 use super::write_queue::WriteQueue;
-use crate::proto::session::Session;
+use crate::chat::Outbox;
+use crate::proto::session::{Phase, Session};
 
 /// A connected client: the Rust form of one entry of PHP's `$clients` array plus its
 /// `$handshake[$i]` flag (now `session.phase()`) and read buffer.
@@ -49,6 +50,19 @@ impl Client {
             Interest::READABLE
         } else {
             Interest::READABLE | Interest::WRITABLE
+        }
+    }
+
+    /// Moves what the session must send (a 101 is queued by the shell; this is a pong, a
+    /// Close, an HTTP answer) into the outbox, in order with everything else bound for
+    /// queues. Once the session is CLOSING or CLOSED these are its last words, and the
+    /// queue is sealed behind them when they are routed.
+    pub fn session_output_to(&mut self, key: usize, outbox: &mut Outbox) {
+        let last = matches!(self.session.phase(), Phase::Closing { .. } | Phase::Closed { .. });
+        match self.session.take_outbound() {
+            Some(bytes) => outbox.own(key, bytes, last),
+            None if last && !self.sealed => outbox.own(key, Vec::new(), true),
+            None => {}
         }
     }
 

@@ -1,41 +1,44 @@
 //! The loop's side of message history: the store, and the acks that wait on it.
 //!
-//! Owns: when messages are committed (before any byte that could carry them leaves) and
-//! which acks each commit settles. Must not touch: sockets or queues (the acks it settles
-//! are sent by `broadcast.rs`), what is stored (`chat`), how (`store`).
+//! Owns: the commit (`commit()`, the one function that makes records durable), which
+//! acks each commit settles, and reads of history pages. Must not touch: sockets or
+//! queues (`broadcast.rs` sends the acks it settles), what is recorded (`chat`), how
+//! (`store`: any `impl Store`).
 //!
 //! The rule it keeps: no byte of a message is written to a socket before the message is
-//! committed. The end-of-turn flush commits first; so does the early write a full queue
-//! makes mid-turn (`broadcast.rs`), through `commit()` here.
+//! committed. The commit phase of every turn runs before the flush; the early write a
+//! full queue forces mid-turn (`broadcast.rs`) commits first; and a history read commits
+//! first, so a page includes what was routed earlier in the same turn.
 
 use super::http::Stats;
+use crate::chat::record::{Page, Query, Record};
 use crate::chat::Ack;
-use crate::store::sqlite::SqliteStore;
-use crate::store::{Page, Query, StoreError, StoredMessage};
+use crate::store::{Store, StoreError};
 
 /// The store (if history is on) and the acks in flight.
 pub struct History {
-    store: Option<SqliteStore>,              // None with --no-history
-    waiting: Vec<Ack>,                       // acks for messages appended but not committed
+    store: Option<Box<dyn Store>>,           // None with --no-history
+    page_cap: usize,                         // most records one page carries (--history-max)
+    waiting: Vec<Ack>,                       // acks for records appended but not committed
     settled: Vec<(Ack, Result<(), String>)>, // acks whose commit is done, to be answered
 }
 
 impl History {
-    pub fn new(store: Option<SqliteStore>) -> History {
-        History { store, waiting: Vec::new(), settled: Vec::new() }
+    pub fn new(store: Option<Box<dyn Store>>, page_cap: usize) -> History {
+        History { store, page_cap, waiting: Vec::new(), settled: Vec::new() }
     }
 
     /// The highest id the store has seen (0 without history).
     pub fn last_id(&self) -> u64 {
-        self.store.as_ref().map_or(0, SqliteStore::last_id)
+        self.store.as_ref().map_or(0, |store| store.last_id())
     }
 
-    /// Messages the chat accepted, and the acks they earn. Without a store there is
+    /// Records the chat accepted, and the acks they earn. Without a store there is
     /// nothing to wait for: the acks are settled at once.
-    pub fn append(&mut self, stored: Vec<StoredMessage>, acks: Vec<Ack>) {
+    pub fn append(&mut self, records: Vec<Record>, acks: Vec<Ack>) {
         match &mut self.store {
             Some(store) => {
-                stored.into_iter().for_each(|m| store.append(m));
+                records.into_iter().for_each(|record| store.append(record));
                 self.waiting.extend(acks);
             }
             None => self.settled.extend(acks.into_iter().map(|ack| (ack, Ok(())))),
@@ -69,12 +72,14 @@ impl History {
         std::mem::take(&mut self.settled)
     }
 
-    /// Reads a page, after committing what is pending (so a message routed earlier in
-    /// this turn is not missed). `None` without history.
-    pub fn read(&mut self, room: &str, query: Query, cap: usize, text_only: bool, stats: &mut Stats) -> Option<Page> {
+    /// Reads a page (at most `--history-max` records), after committing what is
+    /// pending. JSON clients get text records only: binary ones are left out in the query
+    /// itself, so a page is full and paging back always has an id to continue from.
+    /// `None` without history, or when the read failed (logged and counted).
+    pub fn read(&mut self, room: &str, query: Query, text_only: bool, stats: &mut Stats) -> Option<Page> {
         self.commit(stats);
         let store = self.store.as_mut()?;
-        match store.query(room, query, cap, text_only) {
+        match store.query(room, query, self.page_cap, text_only) {
             Ok(page) => Some(page),
             Err(StoreError(e)) => {
                 stats.store_errors += 1;

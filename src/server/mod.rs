@@ -1,53 +1,66 @@
 //! The IO shell: one `mio::Poll` loop over the listener, the signal pipe and every
 //! client socket. Everything that touches a socket or the clock lives under `server/`.
 //!
-//! One turn of the loop, in the order `run()` performs it (libuv-style phases):
+//! One turn of the loop, in the order `run()` performs it (libuv-style phases), each
+//! phase one method and one line of `run()`:
 //!
-//! 1. **Wait**: `poll(timeout)`, where the timeout is the nearest deadline (a timer
-//!    sweep, an accept pause, the shutdown deadline), or zero when a client still has
-//!    unread input from the last turn.
-//! 2. **Now**: read the clock once; every deadline this turn is judged against it.
-//! 3. **Dispatch** each event: the listener accepts until WouldBlock; a signal starts
-//!    the graceful shutdown; a client reads until WouldBlock (capped per turn), feeds
-//!    its `Session`, and routes complete messages (`broadcast.rs`). A WRITABLE event
-//!    only marks the client for the flush.
-//! 4. **Carry-overs**: clients whose read budget ran out last turn read again.
-//! 5. **Timers**: when the sweep is due, every session handles its deadlines (handshake
-//!    timeout, ping, idle timeout, close grace).
-//! 6. **Flush**: every client with queued bytes gets one vectored write (or a few);
-//!    WRITABLE interest is registered only where bytes remain.
-//! 7. **Reap**: clients marked gone during the turn are removed from the slab, never
-//!    mid-dispatch, so a stale event for a reused token cannot hit the wrong client.
+//! 1. **Wait** (`wait`): `poll(timeout)`, where the timeout is the nearest deadline (a
+//!    timer sweep, the end of an accept pause, the shutdown deadline), or zero when a
+//!    client still has unread input from the last turn.
+//! 2. **Now** (`tick`): read the clock once; every deadline this turn is judged against
+//!    it. The clients whose read budget ran out last turn become this turn's carry-overs.
+//! 3. **Dispatch** (`dispatch`) each event: the listener accepts until WouldBlock
+//!    (`accept_all`); a signal starts the graceful shutdown; a client reads until
+//!    WouldBlock or its budget is spent (`read_client`), feeds its `Session`, hands
+//!    complete messages to the chat, and routes the outbox into queues
+//!    (`broadcast.rs`). A WRITABLE event only marks the client for the flush.
+//! 4. **Carry-overs** (`read_carry_overs`): the clients cut short last turn read again.
+//! 5. **Accept pause** (`resume_accepting`): after EMFILE, accepting resumes when the
+//!    pause is over.
+//! 6. **Timers** (`sweep_timers`): when the sweep is due, every session handles its
+//!    deadlines (handshake timeout, ping, idle timeout, close grace).
+//! 7. **Commit** (`commit`): what timers, departures and shutdown produced is routed, then
+//!    this turn's records are committed to history in one transaction, before any byte
+//!    of the turn leaves; acks follow.
+//! 8. **Flush** (`flush`): every client with queued bytes gets one vectored write (or a
+//!    few); WRITABLE interest is registered only where bytes remain.
+//! 9. **Reap** (`reap`): clients marked gone during the turn are removed from the slab,
+//!    never mid-dispatch, so a stale event for a reused token cannot hit the wrong client.
 
 mod broadcast;
 mod client;
 mod history;
 pub mod http;
+mod listener;
 mod write_queue;
 
-use std::fs::File;
+use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use crate::chat::names::{percent_decode, NameError};
-use crate::chat::{Arrival, Chat, Outbox};
+use crate::chat::rooms::room_from_path;
+use crate::chat::{Arrival, Chat};
 use crate::config::{Config, Mode};
 use crate::proto::close::CloseCode;
 use crate::proto::handshake::{self, Rejection, Request, Status, Upgrade, SUBPROTOCOL_JSON};
+use crate::proto::message::Message;
 use crate::proto::session::{Event, Phase, Session};
 use crate::store::sqlite::SqliteStore;
+use crate::store::Store;
+use crate::sys::nb::retrying;
+use broadcast::Router;
 use client::Client;
 use history::History;
 use http::{Gauges, Stats};
-use crate::sys::nb::{out_of_fds, retrying};
-use write_queue::{Shared, Spares};
+use listener::{Accepted, Listener};
 
 /// The listening socket's token; client tokens are slab keys, far below it.
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -62,72 +75,61 @@ const SCRATCH_LEN: usize = 64 << 10;
 const TIMER_RESOLUTION: Duration = Duration::from_millis(100);
 /// With no deadline anywhere (no clients), the loop still wakes this often.
 const QUIET_WAKE: Duration = Duration::from_secs(3600);
-/// After `accept` fails for lack of file descriptors, wait this long before retrying,
-/// so a full fd table cannot make the loop spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// A running server, before or inside `run()`.
 pub struct Server {
-    config: Config,                       // every limit, fixed at start
-    poll: Poll,                           // the readiness queue: PHP's socket_select(), edge-triggered
-    listener: Option<TcpListener>,        // None once shutdown has begun
-    local_addr: SocketAddr,               // the bound address (the real port when 0 was asked for)
-    signals: Signals,                     // SIGINT/SIGTERM, delivered through a pipe on the same Poll
-    clients: Slab<Client>,                // every client socket; key = Token
-    chat: Chat,                           // users, names, rooms: what messages mean
-    outbox: Outbox,                       // frames the chat produced this read, not yet queued
-    history: History,                     // the store and the acks waiting on its commit
-    scratch: Vec<u8>,                     // one read buffer shared by all clients
-    spares: Spares,                       // empty queue rings and sent chunks' buffers, reused
-    dirty: Vec<usize>,                    // clients with bytes to flush this turn
-    unfinished: Vec<usize>,               // clients whose read budget ran out before WouldBlock
-    gone: Vec<usize>,                     // clients to remove after this turn
-    spare_fd: Option<File>,               // reserve descriptor, given up to shed a connection at EMFILE
-    now: Instant,                         // the loop's notion of now, read once per turn
-    now_ms: u64,                          // the same instant as ms since the epoch, for timestamps
-    next_sweep: Instant,                  // when timers are next checked
-    accept_paused_until: Option<Instant>, // set after EMFILE/ENFILE
-    shutdown_deadline: Option<Instant>,   // set by SIGINT/SIGTERM
-    stats: Stats,                         // counters for /metrics
+    config: Config,                     // every limit, fixed at start
+    poll: Poll,                         // the readiness queue: PHP's socket_select(), edge-triggered
+    listener: Listener,                 // PHP's $master socket, and the accept pause after EMFILE
+    signals: Signals,                   // SIGINT/SIGTERM, delivered through a pipe on the same Poll
+    clients: Slab<Client>,              // PHP's $clients array; key = Token
+    chat: Chat,                         // users, names, rooms: what messages mean
+    router: Router,                     // the outbox, routed into queues (encode once, share)
+    history: History,                   // the store, the commit, and the acks waiting on it
+    scratch: Vec<u8>,                   // one read buffer shared by all clients
+    carried: Vec<usize>,                // clients cut short last turn: read in the carry-over phase
+    unfinished: Vec<usize>,             // clients cut short this turn: carried over to the next
+    gone: Vec<usize>,                   // clients to remove after this turn
+    now: Instant,                       // the loop's notion of now, read once per turn
+    now_ms: u64,                        // the same instant as ms since the epoch, for timestamps
+    turn: u64,                          // turns so far, for trace lines
+    next_sweep: Instant,                // when timers are next checked
+    shutdown_deadline: Option<Instant>, // set by SIGINT/SIGTERM
+    stats: Stats,                       // counters for /metrics
 }
 
 impl Server {
-    /// Binds the listener and registers it and the signal pipe.
+    /// Opens the history store, binds the listener and registers it and the signal pipe.
     pub fn bind(config: Config) -> io::Result<Server> {
-        let store = match &config.db {
-            Some(path) => Some(SqliteStore::open(path, config.history_keep).map_err(io::Error::other)?),
-            None => None,
-        };
-        let history = History::new(store);
-        let mut chat = Chat::new(config.chat_limits());
-        chat.set_last_id(history.last_id());
         let poll = Poll::new()?;
-        let mut listener = TcpListener::bind(config.listen)?;
-        let local_addr = listener.local_addr()?;
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let listener = Listener::bind(config.listen, poll.registry(), LISTENER)?;
         let mut signals = Signals::new([SIGINT, SIGTERM])?;
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let store: Option<Box<dyn Store>> = match config.history_db() {
+            Some(path) => Some(Box::new(SqliteStore::open(path, config.history_keep).map_err(io::Error::other)?)),
+            None => None,
+        };
+        let history = History::new(store, config.history_max);
+        let mut chat = Chat::new(config.chat_limits());
+        chat.set_last_id(history.last_id());
         let now = Instant::now();
         Ok(Server {
             chat,
             history,
+            router: Router::new(config.effective_max_queue()),
             config,
             poll,
-            listener: Some(listener),
-            local_addr,
+            listener,
             signals,
             clients: Slab::new(),
-            outbox: Outbox::default(),
             scratch: vec![0; SCRATCH_LEN],
-            spares: Spares::default(),
-            dirty: Vec::new(),
+            carried: Vec::new(),
             unfinished: Vec::new(),
             gone: Vec::new(),
-            spare_fd: File::open("/dev/null").ok(),
             now,
             now_ms: wall_clock_ms(),
+            turn: 0,
             next_sweep: now + TIMER_RESOLUTION,
-            accept_paused_until: None,
             shutdown_deadline: None,
             stats: Stats::default(),
         })
@@ -135,56 +137,24 @@ impl Server {
 
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.listener.local_addr()
     }
 
-    /// The loop. Returns after a graceful shutdown.
+    /// The loop: the phases of the module doc, in order. Returns after a graceful
+    /// shutdown.
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(EVENTS_PER_TURN);
-        let mut turn: u64 = 0;
         while !self.finished() {
-            let timeout = self.poll_timeout();
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue; // a signal arrived; the signal pipe will report it
-                }
-                return Err(e);
-            }
-            self.now = Instant::now();
-            self.now_ms = wall_clock_ms();
-            let carried = std::mem::take(&mut self.unfinished); // last turn's, not this turn's
-            turn += 1;
-            log::trace!("turn {turn}: {} event(s) after waiting up to {timeout:?}", events.iter().count());
-            for event in events.iter() {
-                match event.token() {
-                    LISTENER => {
-                        log::trace!("listener woke: accepting until WouldBlock");
-                        self.accept_all();
-                    }
-                    SIGNALS => self.on_signals(),
-                    Token(key) => {
-                        log::trace!(
-                            "conn {key}: woke{}{}{}",
-                            if event.is_readable() { " readable" } else { "" },
-                            if event.is_writable() { " writable" } else { "" },
-                            if event.is_read_closed() || event.is_error() { " closed/error" } else { "" },
-                        );
-                        if event.is_writable() {
-                            self.mark_dirty(key);
-                        }
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.read_client(key);
-                        }
-                    }
-                }
-            }
-            self.read_unfinished(carried);
-            self.resume_accepting();
-            self.sweep_timers();
-            self.flush_dirty();
-            self.reap();
+            self.wait(&mut events)?; // 1
+            self.tick(); // 2
+            self.dispatch(&events); // 3
+            self.read_carry_overs(); // 4
+            self.resume_accepting(); // 5
+            self.sweep_timers(); // 6
+            self.commit(); // 7
+            self.flush(); // 8
+            self.reap(); // 9
         }
-        self.commit_history();
         log::info!(
             "stopped: {} accepted, {} messages in, {} deliveries, {} slow consumers dropped",
             self.stats.accepted,
@@ -198,24 +168,65 @@ impl Server {
     /// Done when shutting down and every client is gone, or the flush time is up.
     fn finished(&self) -> bool {
         match self.shutdown_deadline {
-            Some(deadline) => self.clients.is_empty() || Instant::now() >= deadline,
+            Some(deadline) => self.clients.is_empty() || self.now >= deadline,
             None => false,
         }
     }
 
-    /// Phase 1: how long `poll` may sleep.
-    fn poll_timeout(&self) -> Option<Duration> {
+    /// Phase 1: sleeps in `poll` until a socket is ready or the nearest deadline.
+    fn wait(&mut self, events: &mut Events) -> io::Result<()> {
+        let timeout = self.poll_timeout();
+        match self.poll.poll(events, Some(timeout)) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => events.clear(), // the signal pipe will report it
+            Err(e) => return Err(e),
+            Ok(()) => {}
+        }
+        self.turn += 1;
+        log::trace!("turn {}: wait: {} event(s) after waiting up to {}", self.turn, events.iter().count(), Ms(timeout));
+        Ok(())
+    }
+
+    /// How long `poll` may sleep: until the nearest deadline, judged against the last
+    /// turn's now (the sweep tolerates the few microseconds the turn itself took).
+    fn poll_timeout(&self) -> Duration {
         if !self.unfinished.is_empty() {
-            return Some(Duration::ZERO); // input is waiting that no new event will announce
+            return Duration::ZERO; // input is waiting that no new event will announce
         }
-        let mut wake = self.next_sweep;
-        if let Some(at) = self.accept_paused_until {
-            wake = wake.min(at);
+        let deadlines = [Some(self.next_sweep), self.listener.paused_until(), self.shutdown_deadline];
+        let wake = deadlines.into_iter().flatten().min().unwrap_or(self.next_sweep);
+        wake.saturating_duration_since(self.now)
+    }
+
+    /// Phase 2: the clock, read once for the whole turn; last turn's cut-short clients
+    /// become this turn's carry-overs.
+    fn tick(&mut self) {
+        self.now = Instant::now();
+        self.now_ms = wall_clock_ms();
+        self.carried = std::mem::take(&mut self.unfinished);
+    }
+
+    /// Phase 3: one handler per event.
+    fn dispatch(&mut self, events: &Events) {
+        for event in events.iter() {
+            match event.token() {
+                LISTENER => self.accept_all(),
+                SIGNALS => self.on_signals(),
+                Token(key) => {
+                    log::trace!(
+                        "conn {key}: woke{}{}{}",
+                        if event.is_readable() { " readable" } else { "" },
+                        if event.is_writable() { " writable" } else { "" },
+                        if event.is_read_closed() || event.is_error() { " closed/error" } else { "" },
+                    );
+                    if event.is_writable() {
+                        self.router.mark_dirty(&mut self.clients, key);
+                    }
+                    if event.is_readable() || event.is_read_closed() || event.is_error() {
+                        self.read_client(key);
+                    }
+                }
+            }
         }
-        if let Some(at) = self.shutdown_deadline {
-            wake = wake.min(at);
-        }
-        Some(wake.saturating_duration_since(Instant::now()))
     }
 
     // ----- accepting ---------------------------------------------------------------
@@ -223,17 +234,12 @@ impl Server {
     /// Accepts until WouldBlock (edge-triggered: a connection left in the backlog would
     /// get no second event).
     fn accept_all(&mut self) {
-        if self.accept_paused_until.is_some() {
-            return; // resume_accepting() retries when the pause ends
-        }
+        log::trace!("listener woke: accepting until WouldBlock");
         loop {
-            let Some(listener) = &self.listener else { return };
-            match retrying(|| listener.accept()) {
-                Ok(Some((stream, peer))) => self.admit(stream, peer),
-                Ok(None) => return, // backlog empty: the next connection brings a new event
-                Err(e) if out_of_fds(&e) => return self.shed_one_connection(&e),
-                // ECONNABORTED and friends: that one connection is gone, the rest wait.
-                Err(e) => log::warn!("accept failed: {e}"),
+            match self.listener.accept(self.now) {
+                Accepted::Connection(stream, peer) => self.admit(stream, peer),
+                Accepted::Drained => return,
+                Accepted::Shed => return self.stats.accept_fd_errors += 1,
             }
         }
     }
@@ -263,31 +269,18 @@ impl Server {
         // Its request may already be here; edge-triggered readiness will report it either way.
     }
 
-    /// EMFILE/ENFILE: free the spare descriptor, accept the waiting connection and close
-    /// it at once (the client sees a reset rather than a hang), take the spare back, and
-    /// pause accepting briefly instead of spinning on an error that will repeat.
-    fn shed_one_connection(&mut self, err: &io::Error) {
-        self.stats.accept_fd_errors += 1;
-        log::warn!("accept: {err}; shedding a connection and pausing accepts for {ACCEPT_BACKOFF:?}");
-        self.spare_fd = None;
-        if let Some(listener) = &self.listener {
-            drop(listener.accept());
-        }
-        self.spare_fd = File::open("/dev/null").ok();
-        self.accept_paused_until = Some(self.now + ACCEPT_BACKOFF);
-    }
-
-    /// Ends an accept pause once it is over, draining what queued up meanwhile.
+    /// Phase 5: ends an accept pause once it is over, draining what queued up meanwhile.
     fn resume_accepting(&mut self) {
-        if self.accept_paused_until.is_some_and(|until| self.now >= until) {
-            self.accept_paused_until = None;
+        if self.listener.resume_if_due(self.now) {
+            log::trace!("accept pause: over, accepting");
             self.accept_all();
         }
     }
 
     // ----- reading -------------------------------------------------------------------
 
-    /// Reads from one client until WouldBlock or its per-turn budget is spent.
+    /// Reads from one client until WouldBlock or its per-turn budget is spent, then
+    /// routes what the input produced.
     fn read_client(&mut self, key: usize) {
         let mut budget = self.config.read_budget;
         let mut scratch = std::mem::take(&mut self.scratch);
@@ -321,7 +314,11 @@ impl Server {
 
     /// Phase 4: clients that still had input when their budget ran out last turn. (Those
     /// cut short in this turn's dispatch wait for the next turn: that is the fairness.)
-    fn read_unfinished(&mut self, carried: Vec<usize>) {
+    fn read_carry_overs(&mut self) {
+        let carried = std::mem::take(&mut self.carried);
+        if !carried.is_empty() {
+            log::trace!("carry-overs: {} client(s) read again", carried.len());
+        }
         for key in carried {
             self.read_client(key);
         }
@@ -338,7 +335,8 @@ impl Server {
     }
 
     /// Feeds freshly read bytes to the client's session, together with any partial head
-    /// or frame left from before; keeps whatever is still incomplete.
+    /// or frame left from before; keeps whatever is still incomplete; then routes the
+    /// outbox (one read's messages to one room become one shared chunk).
     fn take_input(&mut self, key: usize, fresh: &mut [u8]) {
         let mut inbox = std::mem::take(&mut self.clients[key].inbox);
         let consumed = if inbox.is_empty() {
@@ -359,7 +357,7 @@ impl Server {
             client.inbox = inbox;
             self.next_sweep = self.next_sweep.min(client.session.poll_timeout());
         }
-        self.drain_outbox();
+        self.route();
     }
 
     /// Runs the session over `input` until it needs more bytes. Returns bytes consumed.
@@ -369,7 +367,7 @@ impl Server {
         while used < input.len() {
             let client = &mut self.clients[key];
             match client.session.phase() {
-                Phase::Connecting { .. } => match self.handshake(key, &input[used..]) {
+                Phase::Connecting { .. } => match self.on_request_head(key, &input[used..]) {
                     Some(head) => used += head,
                     None => break,
                 },
@@ -377,16 +375,11 @@ impl Server {
                     let Some((event, n)) = client.session.next(&mut input[used..], self.now) else { break };
                     used += n;
                     frames += 1;
-                    if let Event::Message(kind, payload) = event {
-                        self.on_message(key, kind, &payload);
-                        continue;
-                    }
-                    // A control answer (pong, close) or a state change: messages routed
-                    // before it go first, so the sender's own stream stays in order.
-                    self.drain_outbox();
-                    self.flush_session(key);
-                    if event == Event::Closed {
-                        self.on_closed(key);
+                    match event {
+                        Event::Message(message) => self.on_message(key, &message),
+                        // A pong, a Close or nothing: in order after the messages before it.
+                        Event::Progress => client.session_output_to(key, self.router.outbox()),
+                        Event::Closed => self.on_closed(key),
                     }
                 }
                 // CLOSED: we only wait for the peer's FIN; whatever else arrives is dropped.
@@ -401,42 +394,39 @@ impl Server {
 
     /// CONNECTING: tries to parse the request head. Returns the head's length once
     /// complete (the bytes after it are frames), or `None` to wait for more.
-    fn handshake(&mut self, key: usize, input: &[u8]) -> Option<usize> {
+    fn on_request_head(&mut self, key: usize, input: &[u8]) -> Option<usize> {
         let parsed = handshake::parse_request(input, &self.config.request_limits(), &self.config.allow_origins);
+        let answer = match parsed {
+            Ok(None) => return None,
+            Ok(Some((Request::Upgrade(upgrade), used))) => match self.upgrade(key, &upgrade) {
+                Ok(()) => return Some(used),
+                Err(rejection) => Err(rejection),
+            },
+            Ok(Some((Request::Http { path }, _))) => Ok(path),
+            Err(rejection) => Err(rejection),
+        };
         let client = &mut self.clients[key];
-        let now = self.now;
-        match parsed {
-            Ok(None) => None,
+        match answer {
+            Ok(path) => {
+                self.stats.http_requests += 1;
+                let gauges = gauges(&self.clients, &self.chat);
+                self.clients[key].session.respond_http(http::answer(&path, &self.stats, gauges), self.now);
+            }
             Err(rejection) => {
                 self.stats.rejected += 1;
-                client.session.reject(&rejection, now);
-                self.flush_session(key);
-                Some(input.len())
-            }
-            Ok(Some((Request::Http { path }, _))) => {
-                self.stats.http_requests += 1;
-                let response = http::answer(&path, &self.stats, self.gauges());
-                let client = &mut self.clients[key];
-                client.session.respond_http(response, now);
-                self.flush_session(key);
-                Some(input.len()) // one request per connection: anything pipelined after it is dropped
-            }
-            Ok(Some((Request::Upgrade(upgrade), used))) => {
-                if let Err(rejection) = self.admit_user(key, &upgrade) {
-                    self.stats.rejected += 1;
-                    self.clients[key].session.reject(&rejection, now);
-                    self.flush_session(key);
-                    return Some(input.len());
-                }
-                Some(used)
+                client.session.reject(&rejection, self.now);
             }
         }
+        self.clients[key].session_output_to(key, self.router.outbox());
+        Some(input.len()) // one request per connection: anything pipelined after it is dropped
     }
 
-    /// A valid upgrade: check the requested name, send the 101, and join the chat.
-    /// Raw clients learn of a bad or taken name before the upgrade (400, 409); JSON
-    /// clients are upgraded and told with an `error` envelope.
-    fn admit_user(&mut self, key: usize, upgrade: &Upgrade) -> Result<(), Rejection> {
+    /// A valid upgrade: check the room and the requested name, send the 101, and join
+    /// the chat. Raw clients learn of a bad or taken name before the upgrade (400, 409);
+    /// JSON clients are upgraded and told with an `error` envelope.
+    fn upgrade(&mut self, key: usize, upgrade: &Upgrade) -> Result<(), Rejection> {
+        let room =
+            room_from_path(&upgrade.path).ok_or(Rejection { status: Status::BadRequest, why: "invalid room name" })?;
         let json = upgrade.protocol.as_deref() == Some(SUBPROTOCOL_JSON);
         let history = match upgrade.query_param("history").map(str::parse::<usize>) {
             Some(Err(_)) => return Err(Rejection { status: Status::BadRequest, why: "history must be a count" }),
@@ -460,93 +450,52 @@ impl Server {
         self.stats.upgrades += 1;
         let client = &mut self.clients[key];
         client.session.accept(self.now);
-        log::debug!("conn {key}: {} joined room {}", client.peer, upgrade.room);
-        self.send_own(key, handshake::switching_protocols(upgrade));
+        log::debug!("conn {key}: {} joined room {room}", client.peer);
+        self.router.outbox().own(key, handshake::switching_protocols(upgrade), false);
         if self.config.mode == Mode::Relay {
-            let arrival = Arrival { conn: key, json, name: name.as_deref(), room: &upgrade.room, history };
-            self.chat.connect(arrival, self.now_ms, &mut self.outbox);
+            let arrival = Arrival { conn: key, json, name: name.as_deref(), room, history };
+            self.chat.connect(arrival, self.now_ms, self.router.outbox());
         }
         Ok(())
     }
 
+    /// A complete message from `sender`: to the chat (relay mode) or straight back to
+    /// its sender (echo mode). Its text is proven UTF-8 already (`proto::message`).
+    fn on_message(&mut self, sender: usize, message: &Message) {
+        self.stats.messages_in += 1;
+        let out = self.router.outbox();
+        match (self.config.mode, message) {
+            (Mode::Echo, message) => out.send_frame(sender, message.opcode(), message.as_bytes()),
+            (Mode::Relay, Message::Text(text)) => self.chat.text(sender, text, self.now_ms, out),
+            (Mode::Relay, Message::Binary(data)) => self.chat.binary(sender, data, self.now_ms, out),
+        }
+    }
+
     /// The session left OPEN on its own (the peer closed, or broke a rule).
     fn on_closed(&mut self, key: usize) {
-        let client = &self.clients[key];
+        let client = &mut self.clients[key];
         if let Some(violation) = client.session.violation() {
             self.stats.protocol_errors += 1;
             log::debug!("conn {key}: {} broke the protocol: {violation}", client.peer);
         }
+        client.session_output_to(key, self.router.outbox());
         self.part(key);
     }
 
-    // ----- sending -------------------------------------------------------------------
-
-    /// Queues bytes meant for this client alone (a 101, a pong, a close).
-    fn send_own(&mut self, key: usize, bytes: Vec<u8>) {
-        self.clients[key].queue.push(Shared::new(bytes), &mut self.spares);
-        self.mark_dirty(key);
+    /// Routes the outbox into queues (`broadcast.rs`).
+    fn route(&mut self) {
+        self.router.route(&mut self.clients, &mut self.chat, &mut self.history, &mut self.stats, self.now);
     }
 
-    /// Moves the session's outbound bytes to the queue.
-    /// Moves the session's outbound bytes to the queue. Once they include the session's
-    /// last words (a Close, an HTTP answer) the queue is sealed: RFC 6455 §5.5.1 allows
-    /// no data frame after a Close. Data routed *before* it (a message that preceded a
-    /// protocol error in the same read) still goes out first.
-    fn flush_session(&mut self, key: usize) {
-        let Some(client) = self.clients.get_mut(key) else { return };
-        let bytes = client.session.take_outbound();
-        client.sealed |= matches!(client.session.phase(), Phase::Closing { .. } | Phase::Closed { .. });
-        if let Some(bytes) = bytes {
-            self.send_own(key, bytes);
-        }
-    }
+    // ----- timers, commit, flush, reap ---------------------------------------------
 
-    fn mark_dirty(&mut self, key: usize) {
-        if let Some(client) = self.clients.get_mut(key) {
-            if !client.dirty {
-                client.dirty = true;
-                self.dirty.push(key);
-            }
-        }
-    }
-
-    /// Phase 6: one flush per dirty client, then interest derived from what is left.
-    fn flush_dirty(&mut self) {
-        self.drain_outbox(); // presence from timeouts, shutdown and departures
-        self.commit_history(); // before any byte of this turn leaves: what anyone receives is stored
-        for key in std::mem::take(&mut self.dirty) {
-            let Some(client) = self.clients.get_mut(key) else { continue };
-            client.dirty = false;
-            match client.queue.write_to(&mut client.stream, &mut self.spares) {
-                Ok(written) => {
-                    self.stats.bytes_out += written as u64;
-                    log::trace!("conn {key}: flushed {written} bytes, {} left", client.queue.len());
-                }
-                Err(e) => {
-                    log::debug!("conn {key}: write error: {e}");
-                    self.mark_gone(key);
-                    continue;
-                }
-            }
-            client.shut_write_if_done();
-            if let Err(e) = client.sync_interest(self.poll.registry(), Token(key)) {
-                log::debug!("conn {key}: reregister failed: {e}");
-                self.mark_gone(key);
-            }
-        }
-        for buffer in self.spares.take_buffers() {
-            self.outbox.recycle(buffer); // the next turn's chunks are written into these
-        }
-    }
-
-    // ----- timers, shutdown, reaping -----------------------------------------------
-
-    /// Phase 5: every session acts on its passed deadlines; the next sweep is set to the
+    /// Phase 6: every session acts on its passed deadlines; the next sweep is set to the
     /// nearest deadline left, no sooner than the timer resolution.
     fn sweep_timers(&mut self) {
         if self.now < self.next_sweep {
             return;
         }
+        log::trace!("timers: sweeping {} client(s)", self.clients.len());
         let now = self.now;
         let mut nearest = now + QUIET_WAKE;
         let keys: Vec<usize> = self.clients.iter().map(|(key, _)| key).collect();
@@ -563,11 +512,67 @@ impl Server {
                 continue;
             }
             nearest = nearest.min(client.session.poll_timeout());
-            self.flush_session(key);
+            client.session_output_to(key, self.router.outbox());
             self.part_unless_open(key);
         }
         self.next_sweep = nearest.max(now + TIMER_RESOLUTION);
     }
+
+    /// Phase 7: routes what timers, departures and shutdown produced, then commits this
+    /// turn's records in one transaction, before any byte of the turn leaves, and
+    /// answers the acks it settles.
+    fn commit(&mut self) {
+        self.route();
+        let started = log::log_enabled!(log::Level::Trace).then(Instant::now);
+        self.history.commit(&mut self.stats);
+        self.router.answer_acks(&mut self.clients, &mut self.history, &mut self.stats);
+        if let Some(started) = started {
+            log::trace!("commit: done in {}", Ms(started.elapsed()));
+        }
+    }
+
+    /// Phase 8: one flush per dirty client, then interest derived from what is left.
+    fn flush(&mut self) {
+        let dirty = self.router.take_dirty();
+        log::trace!("flush: {} client(s)", dirty.len());
+        for key in dirty {
+            let Some(client) = self.clients.get_mut(key) else { continue };
+            client.dirty = false;
+            match client.queue.write_to(&mut client.stream, self.router.outbox().pool()) {
+                Ok(written) => {
+                    self.stats.bytes_out += written as u64;
+                    log::trace!("conn {key}: flushed {written} bytes, {} left", client.queue.len());
+                }
+                Err(e) => {
+                    log::debug!("conn {key}: write error: {e}");
+                    self.mark_gone(key);
+                    continue;
+                }
+            }
+            client.shut_write_if_done();
+            if let Err(e) = client.sync_interest(self.poll.registry(), Token(key)) {
+                log::debug!("conn {key}: reregister failed: {e}");
+                self.mark_gone(key);
+            }
+        }
+    }
+
+    /// Phase 9: remove the clients marked gone this turn.
+    fn reap(&mut self) {
+        if !self.gone.is_empty() {
+            log::trace!("reap: {} client(s)", self.gone.len());
+        }
+        for key in std::mem::take(&mut self.gone) {
+            if !self.clients.contains(key) {
+                continue; // marked twice
+            }
+            let mut client = self.clients.remove(key);
+            let _ = self.poll.registry().deregister(&mut client.stream);
+            log::trace!("conn {key}: reaped ({})", client.peer);
+        }
+    }
+
+    // ----- shutdown and departures ---------------------------------------------------
 
     /// SIGINT/SIGTERM: stop accepting, close every open client with 1001, and give the
     /// closes `--shutdown-timeout` to go out.
@@ -577,9 +582,7 @@ impl Server {
             return;
         }
         log::info!("signal {signals:?}: shutting down, closing {} client(s)", self.clients.len());
-        if let Some(mut listener) = self.listener.take() {
-            let _ = self.poll.registry().deregister(&mut listener);
-        }
+        self.listener.close(self.poll.registry());
         self.shutdown_deadline = Some(self.now + self.config.shutdown_timeout);
         let now = self.now;
         let keys: Vec<usize> = self.clients.iter().map(|(key, _)| key).collect();
@@ -590,28 +593,18 @@ impl Server {
                 Phase::Connecting { .. } => self.mark_gone(key),
                 Phase::Closing { .. } | Phase::Closed { .. } => {}
             }
-            self.flush_session(key);
+            if let Some(client) = self.clients.get_mut(key) {
+                client.session_output_to(key, self.router.outbox());
+            }
             self.part_unless_open(key);
         }
     }
 
     /// Marks a client for removal after this turn; it leaves the chat now, so its rooms
-    /// hear of it in this turn's flush.
+    /// hear of it in this turn's commit phase.
     fn mark_gone(&mut self, key: usize) {
         self.part(key);
         self.gone.push(key);
-    }
-
-    /// Phase 7: remove the clients marked gone this turn.
-    fn reap(&mut self) {
-        for key in std::mem::take(&mut self.gone) {
-            if !self.clients.contains(key) {
-                continue; // marked twice
-            }
-            let mut client = self.clients.remove(key);
-            let _ = self.poll.registry().deregister(&mut client.stream);
-            log::trace!("conn {key}: reaped ({})", client.peer);
-        }
     }
 
     fn part_unless_open(&mut self, key: usize) {
@@ -625,23 +618,32 @@ impl Server {
     /// more messages. Idempotent.
     fn part(&mut self, key: usize) {
         if self.chat.has(key) {
-            self.chat.disconnect(key, &mut self.outbox);
+            self.chat.disconnect(key, self.router.outbox());
         }
     }
+}
 
-    /// Gauges for /metrics.
-    fn gauges(&self) -> Gauges {
-        let mut gauges = Gauges { connections: self.clients.len(), rooms: self.chat.room_count(), ..Gauges::default() };
-        for (_, client) in &self.clients {
-            gauges.open += usize::from(client.session.is_open());
-            gauges.queued_bytes += client.queue.len();
-            gauges.buffered_bytes += client.buffered_bytes();
-        }
-        gauges
+/// Gauges for /metrics, sampled when asked for.
+fn gauges(clients: &Slab<Client>, chat: &Chat) -> Gauges {
+    let mut gauges = Gauges { connections: clients.len(), rooms: chat.room_count(), ..Gauges::default() };
+    for (_, client) in clients {
+        gauges.open += usize::from(client.session.is_open());
+        gauges.queued_bytes += client.queue.len();
+        gauges.buffered_bytes += client.buffered_bytes();
     }
+    gauges
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 fn wall_clock_ms() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A duration in trace lines: `12.3ms`.
+struct Ms(Duration);
+
+impl fmt::Display for Ms {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:.1}ms", self.0.as_secs_f64() * 1000.0)
+    }
 }

@@ -7,71 +7,14 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
-use std::rc::Rc;
 
+use crate::buffers::{Pool, Shared};
 use crate::sys::nb::retrying;
-use crate::chat::Outbox;
-
-/// An encoded chunk of frames, built once and shared by every queue it is pushed to.
-pub type Shared = Rc<Vec<u8>>;
 
 /// How many chunks one `writev` call hands to the kernel (Linux takes up to 1024,
 /// `IOV_MAX`). 64 keeps the slice array on the stack; a longer queue simply takes another
 /// `writev` in the same flush.
 const IOVECS_PER_WRITE: usize = 64;
-
-/// What drained queues leave behind, kept for reuse: empty rings, and the buffers of
-/// chunks that every recipient has been sent.
-///
-/// A queue is emptied and refilled on every turn a client gets something, so without the
-/// rings each recipient would cost a `malloc` and a `free` per turn; with them, the hot
-/// path allocates nothing per recipient, and an idle client still holds no queue memory
-/// (its empty ring is here, shared, not in its slot). The chunk buffers go back to the
-/// chat's `Outbox` once per turn, so the next turn's chunks are written into memory that
-/// is already mapped instead of growing and trimming the heap (a fresh 64 KiB chunk per
-/// read costs page faults and `brk` calls that showed up as a tenth of the server's time
-/// in the 1 KiB fan-out profile).
-#[derive(Debug, Default)]
-pub struct Spares {
-    rings: Vec<VecDeque<Shared>>, // empty rings with their capacity
-    buffers: Vec<Vec<u8>>,        // finished chunks' buffers, until the turn hands them back
-}
-
-/// Rings kept at most (each a few hundred bytes), so the spares themselves stay small.
-const RINGS_MAX: usize = 4096;
-/// A ring that grew past this many slots is freed rather than kept.
-const POOLED_CAPACITY_MAX: usize = 64;
-/// Finished chunk buffers collected per turn at most (the outbox bounds what it keeps).
-const BUFFERS_MAX: usize = 16;
-
-impl Spares {
-    fn take_ring(&mut self) -> VecDeque<Shared> {
-        self.rings.pop().unwrap_or_default()
-    }
-
-    fn give_ring(&mut self, ring: VecDeque<Shared>) {
-        if self.rings.len() < RINGS_MAX && ring.capacity() <= POOLED_CAPACITY_MAX {
-            debug_assert!(ring.is_empty());
-            self.rings.push(ring);
-        }
-    }
-
-    /// A chunk leaves a queue: if this was its last reference and the outbox would
-    /// reuse it (not a pong's few bytes), keep its buffer.
-    fn give_chunk(&mut self, chunk: Shared) {
-        if self.buffers.len() < BUFFERS_MAX {
-            match Rc::try_unwrap(chunk) {
-                Ok(buffer) if Outbox::worth_keeping(buffer.capacity()) => self.buffers.push(buffer),
-                _ => {}
-            }
-        }
-    }
-
-    /// The buffers collected since the last call.
-    pub fn take_buffers(&mut self) -> std::vec::Drain<'_, Vec<u8>> {
-        self.buffers.drain(..)
-    }
-}
 
 /// A FIFO of shared chunks plus the write offset into the first one.
 #[derive(Debug, Default)]
@@ -92,12 +35,12 @@ impl WriteQueue {
     }
 
     /// Appends a chunk; an empty one is ignored.
-    pub fn push(&mut self, chunk: Shared, spares: &mut Spares) {
+    pub fn push(&mut self, chunk: Shared, pool: &mut Pool) {
         if chunk.is_empty() {
             return;
         }
         if self.chunks.capacity() == 0 {
-            self.chunks = spares.take_ring();
+            self.chunks = pool.take_ring();
         }
         self.bytes += chunk.len();
         self.chunks.push_back(chunk);
@@ -106,18 +49,18 @@ impl WriteQueue {
     /// Drops everything not yet started, keeping a partly written head so the stream
     /// stays framed. Used when a slow consumer is cut off: its backlog goes, its Close
     /// can still follow.
-    pub fn truncate_unstarted(&mut self, spares: &mut Spares) {
+    pub fn truncate_unstarted(&mut self, pool: &mut Pool) {
         let keep = usize::from(self.head_written > 0);
         self.chunks.truncate(keep);
         self.bytes = self.chunks.front().map_or(0, |head| head.len() - self.head_written);
-        self.release_if_empty(spares);
+        self.release_if_empty(pool);
     }
 
     /// Writes as much as the socket takes, several chunks per `writev`.
     ///
     /// Returns the bytes written. Stops at WouldBlock (the caller then asks for WRITABLE
     /// readiness) or when the queue is empty.
-    pub fn write_to<W: Write>(&mut self, sink: &mut W, spares: &mut Spares) -> io::Result<usize> {
+    pub fn write_to<W: Write>(&mut self, sink: &mut W, pool: &mut Pool) -> io::Result<usize> {
         let mut total = 0;
         while !self.chunks.is_empty() {
             let mut slices = [IoSlice::new(&[]); IOVECS_PER_WRITE];
@@ -134,14 +77,14 @@ impl WriteQueue {
                 return Err(io::ErrorKind::WriteZero.into());
             }
             total += written;
-            self.consume(written, spares);
+            self.consume(written, pool);
         }
-        self.release_if_empty(spares);
+        self.release_if_empty(pool);
         Ok(total)
     }
 
     /// Advances past `written` bytes, dropping every chunk that is done.
-    fn consume(&mut self, mut written: usize, spares: &mut Spares) {
+    fn consume(&mut self, mut written: usize, pool: &mut Pool) {
         self.bytes -= written;
         while let Some(head) = self.chunks.front() {
             let left = head.len() - self.head_written;
@@ -152,16 +95,16 @@ impl WriteQueue {
             written -= left;
             self.head_written = 0;
             if let Some(done) = self.chunks.pop_front() {
-                spares.give_chunk(done);
+                pool.give_chunk(done);
             }
         }
     }
 
-    /// An idle client holds no queue allocation: give the ring back to the spares once
+    /// An idle client holds no queue allocation: give the ring back to the pool once
     /// drained.
-    fn release_if_empty(&mut self, spares: &mut Spares) {
+    fn release_if_empty(&mut self, pool: &mut Pool) {
         if self.chunks.is_empty() && self.chunks.capacity() > 0 {
-            spares.give_ring(std::mem::take(&mut self.chunks));
+            pool.give_ring(std::mem::take(&mut self.chunks));
             self.head_written = 0;
         }
     }
@@ -170,6 +113,7 @@ impl WriteQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::rc::Rc;
 
     /// A sink that takes at most `room` bytes per call, then reports WouldBlock.
     struct Trickle {
@@ -206,40 +150,40 @@ mod tests {
 
     impl WriteQueue {
         fn push_test(&mut self, chunk: Shared) {
-            self.push(chunk, &mut Spares::default());
+            self.push(chunk, &mut Pool::default());
         }
     }
 
     #[test]
     fn drained_rings_are_reused_not_reallocated() {
-        let mut spares = Spares::default();
+        let mut pool = Pool::default();
         let mut q = WriteQueue::default();
-        q.push(shared(b"x"), &mut spares);
+        q.push(shared(b"x"), &mut pool);
         let mut sink = Trickle { got: Vec::new(), room: 100, calls_left: 10 };
-        q.write_to(&mut sink, &mut spares).unwrap();
-        assert_eq!((q.chunks.capacity(), spares.rings.len()), (0, 1), "the client holds nothing, the spares the ring");
-        q.push(shared(b"y"), &mut spares);
-        assert_eq!(spares.rings.len(), 0, "taken back from the spares");
+        q.write_to(&mut sink, &mut pool).unwrap();
+        assert_eq!((q.chunks.capacity(), pool.rings()), (0, 1), "the client holds nothing, the pool the ring");
+        q.push(shared(b"y"), &mut pool);
+        assert_eq!(pool.rings(), 0, "taken back from the pool");
     }
 
     #[test]
     fn a_chunk_sent_to_everyone_leaves_its_buffer() {
-        let mut spares = Spares::default();
+        let mut pool = Pool::default();
         let mut frames = Vec::with_capacity(8 << 10);
         frames.extend_from_slice(b"frames");
         let chunk = Rc::new(frames);
         let (mut a, mut b) = (WriteQueue::default(), WriteQueue::default());
-        a.push(Rc::clone(&chunk), &mut spares);
-        b.push(chunk, &mut spares);
+        a.push(Rc::clone(&chunk), &mut pool);
+        b.push(chunk, &mut pool);
         let mut sink = Trickle { got: Vec::new(), room: 100, calls_left: 10 };
-        a.write_to(&mut sink, &mut spares).unwrap();
-        assert_eq!(spares.take_buffers().count(), 0, "b still holds the chunk");
-        b.write_to(&mut sink, &mut spares).unwrap();
-        let buffers: Vec<_> = spares.take_buffers().collect();
-        assert_eq!(buffers, vec![b"frames".to_vec()], "the last reference gave its buffer back");
-        a.push(shared(b"pong"), &mut spares);
-        a.write_to(&mut sink, &mut spares).unwrap();
-        assert_eq!(spares.take_buffers().count(), 0, "a few bytes' buffer is not worth keeping");
+        a.write_to(&mut sink, &mut pool).unwrap();
+        assert_eq!(pool.buffers(), 0, "b still holds the chunk");
+        b.write_to(&mut sink, &mut pool).unwrap();
+        assert_eq!(pool.buffers(), 1, "the last reference gave its buffer back");
+        assert_eq!(pool.take_buffer().capacity(), 8 << 10);
+        a.push(shared(b"pong"), &mut pool);
+        a.write_to(&mut sink, &mut pool).unwrap();
+        assert_eq!(pool.buffers(), 0, "a few bytes' buffer is not worth keeping");
     }
 
     #[test]
@@ -250,10 +194,10 @@ mod tests {
         q.push_test(shared(b"world"));
         assert_eq!(q.len(), 15);
         let mut sink = Trickle { got: Vec::new(), room: 4, calls_left: 2 };
-        assert_eq!(q.write_to(&mut sink, &mut Spares::default()).unwrap(), 8);
+        assert_eq!(q.write_to(&mut sink, &mut Pool::default()).unwrap(), 8);
         assert_eq!(q.len(), 7);
         sink.calls_left = 100;
-        assert_eq!(q.write_to(&mut sink, &mut Spares::default()).unwrap(), 7);
+        assert_eq!(q.write_to(&mut sink, &mut Pool::default()).unwrap(), 7);
         assert_eq!(sink.got, b"hello big world");
         assert!(q.is_empty());
         assert_eq!(q.chunks.capacity(), 0, "drained queue gives its memory back");
@@ -265,13 +209,13 @@ mod tests {
         q.push_test(shared(b"abcd"));
         q.push_test(shared(b"efgh"));
         let mut sink = Trickle { got: Vec::new(), room: 2, calls_left: 1 };
-        q.write_to(&mut sink, &mut Spares::default()).unwrap();
-        q.truncate_unstarted(&mut Spares::default());
+        q.write_to(&mut sink, &mut Pool::default()).unwrap();
+        q.truncate_unstarted(&mut Pool::default());
         assert_eq!(q.len(), 2);
         q.push_test(shared(b"Z"));
         sink.calls_left = 10;
         sink.room = 100;
-        q.write_to(&mut sink, &mut Spares::default()).unwrap();
+        q.write_to(&mut sink, &mut Pool::default()).unwrap();
         assert_eq!(sink.got, b"abcdZ");
     }
 
@@ -279,7 +223,7 @@ mod tests {
     fn truncate_unstarted_drops_all() {
         let mut q = WriteQueue::default();
         q.push_test(shared(b"abcd"));
-        q.truncate_unstarted(&mut Spares::default());
+        q.truncate_unstarted(&mut Pool::default());
         assert!(q.is_empty());
         assert_eq!(q.len(), 0);
     }
@@ -291,7 +235,7 @@ mod tests {
             q.push_test(shared(&[i]));
         }
         let mut sink = Trickle { got: Vec::new(), room: 1000, calls_left: 100 };
-        assert_eq!(q.write_to(&mut sink, &mut Spares::default()).unwrap(), 200);
+        assert_eq!(q.write_to(&mut sink, &mut Pool::default()).unwrap(), 200);
         assert_eq!(sink.got, (0..200u8).collect::<Vec<_>>());
         assert_eq!(sink.calls_left, 100 - 4, "64 chunks per writev");
     }

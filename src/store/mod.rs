@@ -1,9 +1,11 @@
-//! Message history behind one small interface: SQLite is the embedded default.
+//! Message history behind one small interface, `Store`: SQLite (`sqlite.rs`) is the
+//! embedded default; another engine (Redis, for several nodes) is one more `impl Store`.
 //!
-//! Owns: what a stored message is, the queries history answers, and (in `sqlite.rs`)
-//! the database. Must not touch: sockets, rooms, codecs.
+//! Owns: how records are kept and read back. Must not touch: sockets, rooms, codecs, or
+//! when to commit (the loop decides that: `server/history.rs`). It speaks the chat's
+//! vocabulary (`chat::record`): what a record is and what a query asks is the chat's.
 //!
-//! Durability contract with the loop: messages routed during a turn are `append`ed, and
+//! Durability contract with the loop: records routed during a turn are `append`ed, and
 //! the turn's `commit` runs in one transaction *before* the turn's queues are flushed.
 //! So any message a client has received is already committed, and a JSON sender's `ack`
 //! (sent only after the commit) promises the message is stored.
@@ -12,42 +14,25 @@ pub mod sqlite;
 
 use std::fmt;
 
-/// The pseudo-room direct messages are stored under: not a valid room name, so no
-/// client can join it or read it as a room.
-pub const DM_ROOM: &str = "@dm";
+use crate::chat::record::{Page, Query, Record};
 
-/// One relayed message as stored.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoredMessage {
-    pub id: u64,            // server-wide, strictly increasing, survives restarts
-    pub room: String,       // the room, or DM_ROOM for a direct message
-    pub from: String,       // sender's display name at the time
-    pub to: Option<String>, // recipient of a direct message
-    pub binary: bool,       // opcode: binary (true) or text
-    pub body: Vec<u8>,      // the message as relayed
-    pub ts: u64,            // ms since the Unix epoch
+/// A history engine, as the loop uses it: appends are buffered until `commit`, which
+/// makes them durable in one step; reads see everything committed.
+pub trait Store {
+    /// The highest id ever stored (0 when empty), so ids go on increasing after a restart.
+    fn last_id(&self) -> u64;
+    /// Buffers a record for the next commit.
+    fn append(&mut self, record: Record);
+    /// How many records wait for the next commit.
+    fn pending(&self) -> usize;
+    /// Makes every buffered record durable in one step; returns how many there were.
+    fn commit(&mut self) -> Result<usize, StoreError>;
+    /// Reads part of a room's history, oldest first, at most `cap` records; `text_only`
+    /// leaves binary records out in the query itself (so a page is full).
+    fn query(&mut self, room: &str, query: Query, cap: usize, text_only: bool) -> Result<Page, StoreError>;
 }
 
-/// What part of a room's history to read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Query {
-    /// The newest `n` messages.
-    Last(usize),
-    /// Up to `n` messages older than id `before` (paging back).
-    Before { before: u64, n: usize },
-    /// Everything after id `since`, for recovery after a reconnect (capped).
-    Since(u64),
-}
-
-/// The answer to a query, oldest first.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Page {
-    pub messages: Vec<StoredMessage>, // oldest first
-    pub more: bool,                   // more messages exist beyond this page
-    pub recovered: Option<bool>,      // for `Since`: true when nothing after `since` was lost
-}
-
-/// A storage failure, with SQLite's words.
+/// A storage failure, in the engine's words (never with message bodies).
 #[derive(Debug)]
 pub struct StoreError(pub String);
 
@@ -58,15 +43,3 @@ impl fmt::Display for StoreError {
 }
 
 impl std::error::Error for StoreError {}
-
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> StoreError {
-        StoreError(e.to_string())
-    }
-}
-
-impl From<rusqlite::types::FromSqlError> for StoreError {
-    fn from(e: rusqlite::types::FromSqlError) -> StoreError {
-        StoreError(format!("history: unexpected column type: {e}"))
-    }
-}

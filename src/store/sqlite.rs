@@ -20,7 +20,8 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{Page, Query, StoreError, StoredMessage};
+use super::{Store, StoreError};
+use crate::chat::record::{Page, Query, Record};
 
 /// Schema migrations, in order; `PRAGMA user_version` records how many have run.
 const MIGRATIONS: [&str; 1] = [
@@ -40,6 +41,18 @@ const MIGRATIONS: [&str; 1] = [
      );",
 ];
 
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        StoreError(e.to_string())
+    }
+}
+
+impl From<rusqlite::types::FromSqlError> for StoreError {
+    fn from(e: rusqlite::types::FromSqlError) -> StoreError {
+        StoreError(format!("history: unexpected column type: {e}"))
+    }
+}
+
 /// Retention trims a room once it holds this fraction more than `keep` (1/16), so the
 /// cost of trimming is spread over many commits.
 const TRIM_SLACK_DIVISOR: usize = 16;
@@ -48,7 +61,7 @@ const TRIM_SLACK_DIVISOR: usize = 16;
 pub struct SqliteStore {
     db: Connection,                 // the one connection, held by the loop thread
     keep: usize,                    // messages kept per room (`--history-keep`)
-    pending: Vec<StoredMessage>,    // appended this turn, committed before the flush
+    pending: Vec<Record>,           // appended this turn, committed before the flush
     counts: HashMap<String, usize>, // messages stored per room, learnt lazily, to know when to trim
     cuts: HashMap<String, u64>,     // per room, the last id retention made invisible (cache of `rooms`)
     last_id: u64,                   // highest id stored or pending
@@ -80,20 +93,22 @@ impl SqliteStore {
             last_id: last_id.unwrap_or(0) as u64,
         })
     }
+}
 
+impl Store for SqliteStore {
     /// The highest message id ever stored: new ids continue after it.
-    pub fn last_id(&self) -> u64 {
+    fn last_id(&self) -> u64 {
         self.last_id
     }
 
     /// Queues a message for this turn's commit.
-    pub fn append(&mut self, message: StoredMessage) {
+    fn append(&mut self, message: Record) {
         self.last_id = self.last_id.max(message.id);
         self.pending.push(message);
     }
 
     /// Messages appended but not committed.
-    pub fn pending(&self) -> usize {
+    fn pending(&self) -> usize {
         self.pending.len()
     }
 
@@ -101,7 +116,7 @@ impl SqliteStore {
     /// trims rooms over their retention. Returns how many messages were written. On
     /// error nothing of this batch is stored and the batch is dropped (the caller
     /// reports it; the relay goes on).
-    pub fn commit(&mut self) -> Result<usize, StoreError> {
+    fn commit(&mut self) -> Result<usize, StoreError> {
         if self.pending.is_empty() {
             return Ok(0);
         }
@@ -158,7 +173,7 @@ impl SqliteStore {
     /// commit first, so a reader never misses a message routed earlier in the same turn.
     /// `text_only`: leave binary messages out (for clients that cannot show them), and
     /// count only what is returned.
-    pub fn query(&mut self, room: &str, query: Query, cap: usize, text_only: bool) -> Result<Page, StoreError> {
+    fn query(&mut self, room: &str, query: Query, cap: usize, text_only: bool) -> Result<Page, StoreError> {
         let cap = cap.max(1);
         let floor = self.trimmed_through(room)?; // retention: nothing at or below is visible
         let (sql, key, n, newest_first) = match query {
@@ -167,7 +182,7 @@ impl SqliteStore {
             Query::Since(since) => ("room = ?1 AND last_id > ?2 ORDER BY last_id ASC", since, cap, false),
         };
         let n = n.min(cap);
-        let wanted = |m: &StoredMessage| {
+        let wanted = |m: &Record| {
             !(text_only && m.binary)
                 && m.id > floor
                 && match query {
@@ -200,7 +215,9 @@ impl SqliteStore {
         };
         Ok(Page { messages, more, recovered })
     }
+}
 
+impl SqliteStore {
     /// The highest id retention has taken from `room` (0 if none).
     fn trimmed_through(&mut self, room: &str) -> Result<u64, StoreError> {
         if let Some(&through) = self.cuts.get(room) {
@@ -224,7 +241,7 @@ struct Segment<'a> {
 }
 
 impl<'a> Segment<'a> {
-    fn new(m: &'a StoredMessage) -> Segment<'a> {
+    fn new(m: &'a Record) -> Segment<'a> {
         let mut segment = Segment { room: &m.room, first_id: m.id, last_id: m.id, count: 0, data: Vec::new() };
         segment.push(m);
         segment
@@ -233,7 +250,7 @@ impl<'a> Segment<'a> {
     /// Appends one message: id u64, ts u64, flags u8 (1 = binary, 2 = has a recipient),
     /// sender (u16 length + bytes), recipient if any (likewise), body (u32 length + bytes);
     /// all little-endian.
-    fn push(&mut self, m: &StoredMessage) {
+    fn push(&mut self, m: &Record) {
         self.last_id = m.id;
         self.count += 1;
         let data = &mut self.data;
@@ -291,7 +308,7 @@ fn skip_messages(segment: &[u8], n: usize) -> Result<(usize, u64), StoreError> {
 }
 
 /// Decodes a segment written by `Segment::push`.
-fn decode(mut data: &[u8], room: &str) -> Result<Vec<StoredMessage>, StoreError> {
+fn decode(mut data: &[u8], room: &str) -> Result<Vec<Record>, StoreError> {
     fn text(bytes: &[u8]) -> Result<String, StoreError> {
         String::from_utf8(bytes.to_vec()).map_err(|_| StoreError("history: a stored name is not UTF-8".into()))
     }
@@ -312,7 +329,7 @@ fn decode(mut data: &[u8], room: &str) -> Result<Vec<StoredMessage>, StoreError>
         };
         let len = u32::from_le_bytes(take(&mut data, 4)?.try_into().expect("4 bytes")) as usize;
         let body = take(&mut data, len)?.to_vec();
-        messages.push(StoredMessage { id, room: room.to_owned(), from, to, binary: flags & 1 != 0, body, ts });
+        messages.push(Record { id, room: room.to_owned(), from, to, binary: flags & 1 != 0, body, ts });
     }
     Ok(messages)
 }
@@ -401,8 +418,8 @@ fn migrate(db: &Connection) -> rusqlite::Result<()> {
 mod tests {
     use super::*;
 
-    fn message(id: u64, room: &str) -> StoredMessage {
-        StoredMessage {
+    fn message(id: u64, room: &str) -> Record {
+        Record {
             id,
             room: room.into(),
             from: "ann".into(),
@@ -546,19 +563,21 @@ mod tests {
     fn binary_and_dm_rows_round_trip() {
         let (_dir, path) = temp_db();
         let mut store = SqliteStore::open(&path, 10).unwrap();
-        let mut dm = message(1, super::super::DM_ROOM);
+        let mut dm = message(1, crate::chat::record::DM_ROOM);
         dm.to = Some("bo".into());
         dm.binary = true;
         dm.body = vec![0, 255];
         store.append(dm.clone());
         store.commit().unwrap();
-        assert_eq!(store.query(super::super::DM_ROOM, Query::Last(1), 10, false).unwrap().messages, vec![dm]);
+        assert_eq!(store.query(crate::chat::record::DM_ROOM, Query::Last(1), 10, false).unwrap().messages, vec![dm]);
     }
 }
 /// Not a test: how the figures in the module doc were measured.
 /// `BATCH=64 KEEP=1000 cargo test --release --lib commit_cost_probe -- --ignored --nocapture`
 #[cfg(test)]
 mod timing_probe {
+    use crate::store::Store;
+
     #[test]
     #[ignore]
     fn commit_cost_probe() {
@@ -572,7 +591,7 @@ mod timing_probe {
         for _ in 0..(128000 / batch) {
             for _ in 0..batch {
                 id += 1;
-                store.append(super::StoredMessage {
+                store.append(super::Record {
                     id,
                     room: "x".into(),
                     from: "guest-1".into(),

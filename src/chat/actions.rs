@@ -1,0 +1,272 @@
+//! The chat's actions, one function each: what a request or a command does to users and
+//! rooms, and which `Reply` it earns. No action spells a reply or asks for a codec: that
+//! is `Chat::tell`'s job.
+
+use serde_json::Value;
+
+use super::json::{Envelope, Request, RoomCount};
+use super::outbox::Outbox;
+use super::record::{Query, DM_ROOM};
+use super::reply::{DmView, Failure, Reply};
+use super::rooms::{valid_room_name, Member, Seat};
+use super::text::{line_text, Command};
+use super::{Ack, Chat, Said};
+use crate::proto::frame::OpCode;
+
+impl Chat {
+    /// A raw client's message for its current room: verbatim to raw members, as an
+    /// envelope to JSON members (text only), never back to the sender.
+    pub(super) fn say(&mut self, conn: usize, said: Said, now_ms: u64, out: &mut Outbox) -> Result<(), Failure> {
+        let Some(&seat) = self.users[&conn].seats.first() else {
+            return Err(Failure::new("not_member", "you are in no room (try /join ROOM)"));
+        };
+        let room = self.rooms.name(seat.room).to_owned();
+        let id = self.accept(conn, &room, None, said, now_ms, out);
+        let (raw, json) = match said {
+            Said::Text(text) if self.rooms.has_json_members(seat.room) => {
+                let from = &self.users[&conn].name;
+                let envelope = Envelope::Message { id, room: &room, from, text: line_text(text), ts: now_ms };
+                ((OpCode::Text, text.as_bytes()), Some(envelope.to_json()))
+            }
+            Said::Text(text) => ((OpCode::Text, text.as_bytes()), None),
+            Said::Binary(data) => ((OpCode::Binary, data), None),
+        };
+        out.to_room(seat.room, Some(conn), Some(raw), json.as_deref());
+        Ok(())
+    }
+
+    /// A JSON request.
+    pub(super) fn request(
+        &mut self,
+        conn: usize,
+        request: Request,
+        now_ms: u64,
+        out: &mut Outbox,
+    ) -> Result<(), Failure> {
+        match request {
+            Request::Join { room, since, history } => {
+                self.join(conn, &room, true, out)?;
+                let query = match (since, history) {
+                    (Some(since), _) => Query::Since(since),
+                    (None, n) => Query::Last(n.unwrap_or(self.limits.history_default)),
+                };
+                self.replay(conn, &room, Some(query), true, out);
+                Ok(())
+            }
+            Request::History { room, before, limit } => self.history(conn, &room, before, limit, out),
+            Request::Leave { room } => self.leave(conn, &room, out),
+            Request::Send { room, text, cid } => self.send(conn, &room, &text, cid, now_ms, out),
+            Request::Dm { to, text, cid } => self.dm(conn, &to, &text, cid, now_ms, out),
+            Request::Who { room } => self.who(conn, &room, out),
+            Request::Rooms {} => self.list_rooms(conn, out),
+            Request::Nick { name } => self.nick(conn, &name, out),
+            Request::Stats {} => self.stats(conn, out),
+        }
+    }
+
+    /// A raw client's command.
+    pub(super) fn command(
+        &mut self,
+        conn: usize,
+        command: Command,
+        now_ms: u64,
+        out: &mut Outbox,
+    ) -> Result<(), Failure> {
+        let current = self.users[&conn].seats.first().map(|seat| self.rooms.name(seat.room).to_owned());
+        match command {
+            Command::Nick(name) => self.nick(conn, name, out),
+            Command::Join(room) => self.join(conn, room, true, out),
+            Command::Leave(room) => match room.map(str::to_owned).or(current) {
+                Some(room) => self.leave(conn, &room, out),
+                None => Err(Failure::new("not_member", "you are in no room")),
+            },
+            Command::Msg(to, text) => self.dm(conn, to, text, None, now_ms, out),
+            Command::Who(room) => match room.map(str::to_owned).or(current) {
+                Some(room) => self.who(conn, &room, out),
+                None => Err(Failure::new("not_member", "you are in no room (try /who ROOM)")),
+            },
+            Command::Rooms => self.list_rooms(conn, out),
+            Command::Stats => self.stats(conn, out),
+            Command::Help => {
+                self.tell(conn, Reply::Help, out);
+                Ok(())
+            }
+        }
+    }
+
+    /// Joins a room. A raw client moves (it has one current room); a JSON client adds
+    /// the room to its set, up to `max_rooms_per_client`. `reply`: confirm to the user.
+    pub(super) fn join(&mut self, conn: usize, room: &str, reply: bool, out: &mut Outbox) -> Result<(), Failure> {
+        if !valid_room_name(room) {
+            return Err(Failure::new("bad_field", "room names are 1-64 of A-Z a-z 0-9 _ . -"));
+        }
+        let user = &self.users[&conn];
+        let json = user.json;
+        if let Some(id) = self.rooms.find(room).filter(|id| user.seats.iter().any(|s| s.room == *id)) {
+            self.tell(conn, Reply::Joined { room, members: self.member_names(id) }, out);
+            return Ok(());
+        }
+        if json && user.seats.len() >= self.limits.max_rooms_per_client {
+            let message = format!("at most {} rooms per client", self.limits.max_rooms_per_client);
+            return Err(Failure::new("too_many_rooms", message));
+        }
+        if let (false, Some(&seat)) = (json, user.seats.first()) {
+            self.leave_seat(conn, seat, out); // a raw client has one current room: it moves
+        }
+        let seat = self.rooms.join(room, Member { conn, json });
+        let user = self.users.get_mut(&conn).expect("callers pass connected users");
+        user.seats.push(seat);
+        let presence = Envelope::Presence { room, user: &user.name, event: "join", old: None }.to_json();
+        out.to_room(seat.room, Some(conn), None, Some(&presence));
+        if reply {
+            self.tell(conn, Reply::Joined { room, members: self.member_names(seat.room) }, out);
+        }
+        Ok(())
+    }
+
+    /// Leaves a room the user is in.
+    fn leave(&mut self, conn: usize, room: &str, out: &mut Outbox) -> Result<(), Failure> {
+        let id = self.rooms.find(room);
+        let Some(&seat) = self.users[&conn].seats.iter().find(|s| Some(s.room) == id) else {
+            return Err(Failure::new("not_member", format!("you are not in {room}")));
+        };
+        self.leave_seat(conn, seat, out);
+        self.tell(conn, Reply::Left { room }, out);
+        Ok(())
+    }
+
+    /// Takes one membership away, keeps the moved member's seat right, tells the room.
+    pub(super) fn leave_seat(&mut self, conn: usize, seat: Seat, out: &mut Outbox) {
+        let room_name = self.rooms.name(seat.room).to_owned();
+        if let Some(moved) = self.rooms.leave(seat) {
+            if let Some(other) = self.users.get_mut(&moved.conn) {
+                if let Some(s) = other.seats.iter_mut().find(|s| s.room == seat.room) {
+                    s.index = seat.index;
+                }
+            }
+        }
+        let Some(user) = self.users.get_mut(&conn) else { return };
+        user.seats.retain(|s| s.room != seat.room);
+        if self.rooms.has_json_members(seat.room) {
+            let presence = Envelope::Presence { room: &room_name, user: &user.name, event: "leave", old: None };
+            out.to_room(seat.room, Some(conn), None, Some(&presence.to_json()));
+        }
+    }
+
+    /// A JSON `send`: to every member (the sender gets its own copy as the confirmation
+    /// of order, then an `ack`).
+    fn send(
+        &mut self,
+        conn: usize,
+        room: &str,
+        text: &str,
+        cid: Option<Value>,
+        now_ms: u64,
+        out: &mut Outbox,
+    ) -> Result<(), Failure> {
+        let room_id = self.membership(conn, room)?;
+        self.check_text(text)?;
+        let id = self.accept(conn, room, None, Said::Text(text), now_ms, out);
+        let envelope = Envelope::Message { id, room, from: &self.users[&conn].name, text, ts: now_ms }.to_json();
+        out.to_room(room_id, Some(conn), Some((OpCode::Text, text.as_bytes())), Some(&envelope));
+        out.send(conn, &envelope);
+        out.acks.push(Ack { conn, cid: cid.unwrap_or(Value::Null), id });
+        Ok(())
+    }
+
+    /// A direct message: the recipient and the sender are both told (JSON: a `dm`
+    /// envelope, raw: a `dm FROM TEXT` line to the recipient, `ok msg` to the sender),
+    /// then a JSON sender gets its `ack` once the message is stored.
+    fn dm(
+        &mut self,
+        conn: usize,
+        to: &str,
+        text: &str,
+        cid: Option<Value>,
+        now_ms: u64,
+        out: &mut Outbox,
+    ) -> Result<(), Failure> {
+        let Some(&target) = self.names.get(to) else {
+            return Err(Failure::new("no_such_user", format!("{to} is not connected")));
+        };
+        self.check_text(text)?;
+        let id = self.accept(conn, DM_ROOM, Some(to), Said::Text(text), now_ms, out);
+        let sender = &self.users[&conn];
+        let dm = DmView { id, from: &sender.name, to, text, ts: now_ms };
+        self.tell(target, Reply::Dm(dm), out);
+        self.tell(conn, Reply::DmSent { dm, to_self: target == conn }, out);
+        if sender.json {
+            out.acks.push(Ack { conn, cid: cid.unwrap_or(Value::Null), id });
+        }
+        Ok(())
+    }
+
+    /// A JSON `history` request: a page of a room the user is in, older than `before`.
+    fn history(
+        &mut self,
+        conn: usize,
+        room: &str,
+        before: Option<u64>,
+        limit: Option<usize>,
+        out: &mut Outbox,
+    ) -> Result<(), Failure> {
+        self.membership(conn, room)?;
+        if !self.limits.history {
+            return Err(Failure::new("no_history", "this server keeps no history"));
+        }
+        let n = limit.unwrap_or(self.limits.history_default);
+        self.replay(conn, room, Some(Query::Before { before: before.unwrap_or(u64::MAX), n }), true, out);
+        Ok(())
+    }
+
+    /// Queues a history answer, if history is on and something was asked for.
+    pub(super) fn replay(&self, conn: usize, room: &str, query: Option<Query>, json: bool, out: &mut Outbox) {
+        let query = match query {
+            Some(Query::Last(n)) => Query::Last(n.min(self.limits.history_max)),
+            Some(Query::Before { before, n }) => Query::Before { before, n: n.min(self.limits.history_max) },
+            Some(since @ Query::Since(_)) => since,
+            None => return,
+        };
+        if self.limits.history && query != Query::Last(0) {
+            out.history(conn, room, query, json);
+        }
+    }
+
+    fn who(&mut self, conn: usize, room: &str, out: &mut Outbox) -> Result<(), Failure> {
+        let members = self.rooms.find(room).map(|id| self.member_names(id)).unwrap_or_default();
+        self.tell(conn, Reply::Who { room, members }, out);
+        Ok(())
+    }
+
+    fn list_rooms(&mut self, conn: usize, out: &mut Outbox) -> Result<(), Failure> {
+        let rooms = self.rooms.list().map(|(room, members)| RoomCount { room, members }).collect();
+        self.tell(conn, Reply::Rooms { rooms }, out);
+        Ok(())
+    }
+
+    /// Renames a user; every room it is in hears a `presence` with event `rename`.
+    fn nick(&mut self, conn: usize, name: &str, out: &mut Outbox) -> Result<(), Failure> {
+        if self.users[&conn].name == name {
+            self.tell(conn, Reply::Nick { old: name, you: name }, out);
+            return Ok(());
+        }
+        self.name_available(name)?;
+        let user = self.users.get_mut(&conn).expect("callers pass connected users");
+        let old = std::mem::replace(&mut user.name, name.to_owned());
+        self.names.remove(&old);
+        self.names.insert(name.to_owned(), conn);
+        for seat in &self.users[&conn].seats {
+            let room = self.rooms.name(seat.room);
+            let presence = Envelope::Presence { room, user: name, event: "rename", old: Some(&old) }.to_json();
+            out.to_room(seat.room, Some(conn), None, Some(&presence));
+        }
+        self.tell(conn, Reply::Nick { old: &old, you: name }, out);
+        Ok(())
+    }
+
+    fn stats(&mut self, conn: usize, out: &mut Outbox) -> Result<(), Failure> {
+        let (users, rooms, messages) = (self.users.len(), self.rooms.len(), self.messages);
+        self.tell(conn, Reply::Stats { users, rooms, messages }, out);
+        Ok(())
+    }
+}

@@ -1,0 +1,63 @@
+//! What follows a commit or a store read: `ack`s for JSON senders, and history pages
+//! framed for the codec that asked.
+//!
+//! Owns: the frames of an ack (or its `store_failed` error) and of a history answer.
+//! Must not touch: the store (the shell reads it and hands the page here), sockets.
+
+use serde_json::Value;
+
+use crate::proto::frame::{write_frame, OpCode};
+
+use super::json::Envelope;
+use super::record::Page;
+use super::text::line_text;
+
+/// A JSON `send` or `dm` accepted as message `id`: the shell sends the `ack` once the
+/// message is committed to history (or an `error` if the commit failed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    pub conn: usize, // the sender
+    pub cid: Value,  // the sender's id for the request (null if it gave none)
+    pub id: u64,     // the message id
+}
+
+impl Ack {
+    /// The frame telling the sender how it went.
+    pub fn frame(&self, stored: Result<(), &str>) -> Vec<u8> {
+        let text = match stored {
+            Ok(()) => Envelope::Ack { cid: &self.cid, id: self.id }.to_json(),
+            Err(why) => {
+                let message = format!("message {} not stored: {why}", self.id);
+                Envelope::Error { code: "store_failed", message: &message, reference: &self.cid }.to_json()
+            }
+        };
+        let mut frame = Vec::with_capacity(text.len() + 4);
+        write_frame(&mut frame, OpCode::Text, text.as_bytes());
+        frame
+    }
+}
+
+/// The frames answering a history query: raw clients get each message as its own frame
+/// (as it was relayed), JSON clients one `history` envelope (text messages only).
+pub fn history_frames(room: &str, page: &Page, json: bool) -> Vec<u8> {
+    let mut frames = Vec::new();
+    if !json {
+        for m in &page.messages {
+            write_frame(&mut frames, if m.binary { OpCode::Binary } else { OpCode::Text }, &m.body);
+        }
+        return frames;
+    }
+    let messages = page
+        .messages
+        .iter()
+        .filter(|m| !m.binary)
+        .map(|m| {
+            // Text records were valid UTF-8 when relayed; a damaged one shows as empty.
+            let text = line_text(std::str::from_utf8(&m.body).unwrap_or_default());
+            Envelope::Message { id: m.id, room, from: &m.from, text, ts: m.ts }
+        })
+        .collect();
+    let envelope = Envelope::History { room, messages, more: page.more, recovered: page.recovered };
+    write_frame(&mut frames, OpCode::Text, envelope.to_json().as_bytes());
+    frames
+}
