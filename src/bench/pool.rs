@@ -39,6 +39,7 @@ use super::timer::Timer;
 use super::url::Target;
 use super::wire::{parse_response, Frame, FrameReader, Handshake};
 use crate::proto::frame::{write_masked_frame, OpCode, MAX_CONTROL_PAYLOAD};
+use crate::sys::nb::retrying;
 
 /// The wake-up timer's token; connection tokens are slab keys, far below it.
 const TIMER: Token = Token(usize::MAX);
@@ -388,6 +389,8 @@ impl Pool {
         }
         match self.poll.poll(&mut self.events, Some(timeout)) {
             Ok(()) => {}
+            // Not `nb::retrying`: that would wait the whole timeout again. A signal ends
+            // this turn with no events, as a timeout would; the caller's loop polls again.
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
             Err(e) => return Err(e),
         }
@@ -732,19 +735,6 @@ fn connect_outcome(stream: &TcpStream) -> Result<bool, String> {
         Ok(_) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
         Err(e) => Err(io_kind(&e)),
-    }
-}
-
-/// Runs `op` again while it fails with `Interrupted`; `WouldBlock` becomes `Ok(None)`
-/// (the kernel has nothing for us now: edge-triggered readiness will say when it has).
-fn retrying<T>(mut op: impl FnMut() -> io::Result<T>) -> io::Result<Option<T>> {
-    loop {
-        match op() {
-            Ok(value) => return Ok(Some(value)),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-            Err(e) => return Err(e),
-        }
     }
 }
 
