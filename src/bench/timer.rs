@@ -56,7 +56,8 @@ impl Timer {
 
     /// Consumes the expiry so the descriptor stops being readable.
     pub fn clear(&self) {
-        let mut expirations = [0u8; 8]; // timerfd(2): the expiry count, a u64
+        // timerfd(2): a read takes the expiry count, a u64.
+        let mut expirations = [0u8; 8];
         // `Ok(None)` is WouldBlock: not expired (a spurious event), nothing to consume;
         // the next `arm` resets the count anyway. Any other failure leaves nothing to do.
         let _ = retrying(|| (&self.fd).read(&mut expirations));
