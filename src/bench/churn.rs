@@ -12,10 +12,10 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::pool::{AfterOpen, End, Errors, Handler};
-use super::report::{self, CpuCost, CpuMark, Latency};
+use super::pool::{AfterOpen, End, Handler};
+use super::report::{self, CpuCost, CpuMark, Latency, OpCost, Summary, Tail};
 use super::wire::Frame;
-use super::{check_duration, check_range, Bench, BenchError, Common, IDLE_POLL};
+use super::{check_duration, check_range, Bench, BenchError, Common, CLOSE_TIMEOUT, IDLE_POLL};
 use crate::config::parse_duration;
 
 /// Largest `--concurrency`.
@@ -39,6 +39,65 @@ pub struct ChurnArgs {
     pub duration: Duration,
 }
 
+/// Runs the scenario.
+pub fn run(args: ChurnArgs) -> Result<(), BenchError> {
+    check_range("concurrency", u64::from(args.concurrency), 1, MAX_CONCURRENCY)?;
+    check_duration("duration", args.duration, true)?;
+    let mut bench = Bench::prepare(&args.common, u64::from(args.concurrency))?;
+    let start_mark = CpuMark::take(bench.server_pid)?;
+    let t0 = bench.pool.now_ns();
+    let mut churn = Churn::new(t0 + args.duration.as_nanos() as u64);
+    bench.progress.stage("churn", args.duration.as_millis() as u64);
+    churn_until_the_end(&mut bench, &mut churn, args.concurrency as usize, t0)?;
+    let end_mark = CpuMark::take(bench.server_pid)?;
+    let measured = Duration::from_nanos(bench.pool.now_ns() - t0);
+    finish(&mut bench, &mut churn)?;
+    let cost = CpuCost::between(start_mark, end_mark, measured, churn.measured);
+    report::print(&ChurnReport::new(&args, &bench, &churn, measured, cost), args.common.json)
+}
+
+/// Keeps `concurrency` connections cycling until the end of `--duration`; gives up
+/// early when the server is clearly not there.
+fn churn_until_the_end(bench: &mut Bench, churn: &mut Churn, concurrency: usize, t0: u64) -> Result<(), BenchError> {
+    let mut next_tag: u32 = 0;
+    loop {
+        let now = bench.pool.now_ns();
+        if now >= churn.until_ns {
+            return Ok(());
+        }
+        let failures: u64 = bench.pool.errors().values().sum();
+        if churn.handshakes == 0 && failures >= GIVE_UP_AFTER_FAILURES {
+            bench.progress.finish();
+            return Err(bench.connect_failure());
+        }
+        while bench.pool.len() < concurrency {
+            if bench.pool.open(next_tag, AfterOpen::Close).is_err() {
+                break; // counted; try again next turn rather than spin on it
+            }
+            next_tag = next_tag.wrapping_add(1);
+        }
+        bench.turn(churn, Duration::from_nanos(churn.until_ns - now).min(IDLE_POLL))?;
+        let now = bench.pool.now_ns();
+        if bench.progress.due(now) {
+            let rate = churn.handshakes as f64 * 1e9 / (now - t0).max(1) as f64;
+            bench.progress.update(now, (now - t0) / 1_000_000, format!("{} handshakes/s", report::si(rate)));
+        }
+    }
+}
+
+/// Lets the connections in flight finish their cycle, then drops the stragglers; a run
+/// without a single handshake is a failure.
+fn finish(bench: &mut Bench, churn: &mut Churn) -> Result<(), BenchError> {
+    let settle_until = bench.pool.now_ns() + CLOSE_TIMEOUT.as_nanos() as u64;
+    bench.drive_until(churn, settle_until, |pool, _| pool.is_empty())?;
+    bench.close_all(churn)?;
+    bench.progress.finish();
+    if churn.handshakes == 0 {
+        return Err(bench.connect_failure());
+    }
+    Ok(())
+}
+
 /// Counts what each connection got to.
 struct Churn {
     handshakes: u64,      // upgrades that succeeded, whole run
@@ -46,6 +105,13 @@ struct Churn {
     clean_closes: u64,    // closing handshakes completed
     hist: Histogram<u64>, // connect → 101, µs
     until_ns: u64,        // the end of --duration, bench time
+}
+
+impl Churn {
+    /// Nothing counted yet; `until_ns` ends the measured interval.
+    fn new(until_ns: u64) -> Churn {
+        Churn { handshakes: 0, measured: 0, clean_closes: 0, hist: report::latency_histogram(), until_ns }
+    }
 }
 
 impl Handler for Churn {
@@ -71,111 +137,64 @@ impl Handler for Churn {
 /// Everything `churn` measured.
 #[derive(Debug, Serialize)]
 struct ChurnReport {
-    scenario: &'static str,
-    url: String,
-    params: Params,
-    measured_s: f64,
-    handshakes: u64, // within --duration
+    scenario: &'static str, // "churn"
+    url: String,            // --url
+    params: Params,         // the flags, echoed
+    measured_s: f64,        // the measured interval
+    handshakes: u64,        // within --duration
     handshakes_per_sec: f64,
-    clean_closes: u64,
+    clean_closes: u64,             // closing handshakes completed, whole run
     handshake_latency_us: Latency, // connect → 101
-    bench_cpu_share: f64,
-    bench_cpu_ns_per_handshake: f64,
-    server_cpu_share: Option<f64>,
-    server_cpu_ns_per_handshake: Option<f64>,
-    errors: Errors,
+    #[serde(flatten)]
+    tail: Tail, // CPU per handshake, errors
 }
 
+/// The parameters, echoed in the report.
 #[derive(Debug, Serialize)]
 struct Params {
-    concurrency: u32,
-    duration_s: f64,
-    sources: usize,
+    concurrency: u32, // --concurrency
+    duration_s: f64,  // --duration
+    sources: usize,   // source addresses used
 }
 
-/// Runs the scenario.
-pub fn run(args: ChurnArgs) -> Result<(), BenchError> {
-    check_range("concurrency", u64::from(args.concurrency), 1, MAX_CONCURRENCY)?;
-    check_duration("duration", args.duration, true)?;
-    let mut bench = Bench::prepare(&args.common, u64::from(args.concurrency))?;
-    let concurrency = args.concurrency as usize;
-    let start_mark = CpuMark::take(bench.server_pid)?;
-    let t0 = bench.pool.now_ns();
-    let until = t0 + args.duration.as_nanos() as u64;
-    let mut churn =
-        Churn { handshakes: 0, measured: 0, clean_closes: 0, hist: report::latency_histogram(), until_ns: until };
-    let mut next_tag: u32 = 0;
-    bench.progress.stage("churn", args.duration.as_millis() as u64);
-
-    loop {
-        let now = bench.pool.now_ns();
-        if now >= until {
-            break;
-        }
-        let failures: u64 = bench.pool.errors().values().sum();
-        if churn.handshakes == 0 && failures >= GIVE_UP_AFTER_FAILURES {
-            bench.progress.finish();
-            return Err(bench.connect_failure());
-        }
-        while bench.pool.len() < concurrency {
-            if bench.pool.open(next_tag, AfterOpen::Close).is_err() {
-                break; // counted; try again next turn rather than spin on it
-            }
-            next_tag = next_tag.wrapping_add(1);
-        }
-        bench.turn(&mut churn, Duration::from_nanos(until - now).min(IDLE_POLL))?;
-        let now = bench.pool.now_ns();
-        if bench.progress.due(now) {
-            let rate = churn.handshakes as f64 * 1e9 / (now - t0).max(1) as f64;
-            bench.progress.update(now, (now - t0) / 1_000_000, format!("{} handshakes/s", report::si(rate)));
+impl ChurnReport {
+    fn new(args: &ChurnArgs, bench: &Bench, churn: &Churn, measured: Duration, cost: CpuCost) -> ChurnReport {
+        let secs = measured.as_secs_f64().max(1e-9);
+        ChurnReport {
+            scenario: "churn",
+            url: bench.target.url.clone(),
+            params: Params {
+                concurrency: args.concurrency,
+                duration_s: args.duration.as_secs_f64(),
+                sources: bench.sources,
+            },
+            measured_s: report::round3(secs),
+            handshakes: churn.measured,
+            handshakes_per_sec: report::round1(churn.measured as f64 / secs),
+            clean_closes: churn.clean_closes,
+            handshake_latency_us: Latency::of(&churn.hist),
+            tail: Tail { cpu: Some(OpCost { cost, op: "handshake" }), errors: bench.pool.errors().clone() },
         }
     }
-    let end_mark = CpuMark::take(bench.server_pid)?;
-    let measured = Duration::from_nanos(bench.pool.now_ns() - t0);
-    // Let the connections in flight finish their cycle, then drop the stragglers.
-    let settle_until = bench.pool.now_ns() + super::CLOSE_TIMEOUT.as_nanos() as u64;
-    bench.drive_until(&mut churn, settle_until, |pool, _| pool.is_empty())?;
-    bench.close_all(&mut churn)?;
-    bench.progress.finish();
-    if churn.handshakes == 0 {
-        return Err(bench.connect_failure());
+}
+
+impl Summary for ChurnReport {
+    fn lines(&self) -> Vec<String> {
+        vec![
+            format!(
+                "churn         {} at a time on {} for {:.1}s: {} handshakes, {} handshakes/s, {} clean closes",
+                self.params.concurrency,
+                self.url,
+                self.measured_s,
+                self.handshakes,
+                report::si(self.handshakes_per_sec),
+                self.clean_closes
+            ),
+            format!("connect→101   {}", self.handshake_latency_us.human()),
+        ]
     }
 
-    let cost = CpuCost::between(start_mark, end_mark, measured, churn.measured);
-    let secs = measured.as_secs_f64().max(1e-9);
-    let report = ChurnReport {
-        scenario: "churn",
-        url: bench.target.url.clone(),
-        params: Params {
-            concurrency: args.concurrency,
-            duration_s: args.duration.as_secs_f64(),
-            sources: bench.sources,
-        },
-        measured_s: report::round3(secs),
-        handshakes: churn.measured,
-        handshakes_per_sec: report::round1(churn.measured as f64 / secs),
-        clean_closes: churn.clean_closes,
-        handshake_latency_us: Latency::of(&churn.hist),
-        bench_cpu_share: cost.bench_cpu_share,
-        bench_cpu_ns_per_handshake: cost.bench_cpu_ns_per_op,
-        server_cpu_share: cost.server_cpu_share,
-        server_cpu_ns_per_handshake: cost.server_cpu_ns_per_op,
-        errors: bench.pool.errors().clone(),
-    };
-    if args.common.json {
-        return report::print_json(&report);
+    fn tail(&self) -> &Tail {
+        &self.tail
     }
-    println!(
-        "churn         {} at a time on {} for {:.1}s: {} handshakes, {} handshakes/s, {} clean closes",
-        args.concurrency,
-        report.url,
-        secs,
-        report.handshakes,
-        report::si(report.handshakes_per_sec),
-        report.clean_closes
-    );
-    println!("connect→101   {}", report.handshake_latency_us.human());
-    println!("{}", cost.human("handshake"));
-    println!("errors        {}", report::human_errors(&report.errors));
-    Ok(())
 }

@@ -1,14 +1,18 @@
 //! Figures shared by the scenario reports, and their human forms.
 //!
-//! Owns: latency summaries from a histogram, CPU cost per operation, and number
-//! formatting. Each scenario's report struct lives with the scenario; all of them are
-//! printed either as a human summary or as exactly one JSON line.
+//! Owns: latency summaries from a histogram, CPU cost per operation, number
+//! formatting, and how a report is printed ([`print`]). Each scenario's report struct
+//! lives with the scenario and implements [`Summary`]; every report ends with the same
+//! [`Tail`] (CPU cost where measured, failures by kind) and is printed either as a
+//! human summary or as exactly one JSON line. Must not touch: the pool, the clock.
 
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
 
+use super::pool::Errors;
 use super::sys;
 use super::BenchError;
 
@@ -126,6 +130,61 @@ impl CpuCost {
     }
 }
 
+/// A scenario's report: serialized whole for `--json`, or printed as its own summary
+/// lines followed by the shared [`Tail`].
+pub trait Summary: Serialize {
+    /// The human summary's lines that belong to this scenario alone.
+    fn lines(&self) -> Vec<String>;
+
+    /// The CPU cost and error counts every summary ends with.
+    fn tail(&self) -> &Tail;
+}
+
+/// What every scenario report ends with. Flattened into the report's JSON, so its
+/// fields stand last at the top level.
+#[derive(Debug, Serialize)]
+pub struct Tail {
+    #[serde(flatten)]
+    pub cpu: Option<OpCost>, // CPU cost per operation (None: the scenario measures none)
+    pub errors: Errors, // failures by kind
+}
+
+/// A [`CpuCost`] named after the scenario's operation: its JSON fields are
+/// `bench_cpu_share`, `bench_cpu_ns_per_<op>`, `server_cpu_share`, `server_cpu_ns_per_<op>`.
+#[derive(Clone, Copy, Debug)]
+pub struct OpCost {
+    pub cost: CpuCost,    // the figures
+    pub op: &'static str, // one operation, singular: "delivery", "handshake"
+}
+
+impl Serialize for OpCost {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(4))?;
+        map.serialize_entry("bench_cpu_share", &self.cost.bench_cpu_share)?;
+        map.serialize_entry(&format!("bench_cpu_ns_per_{}", self.op), &self.cost.bench_cpu_ns_per_op)?;
+        map.serialize_entry("server_cpu_share", &self.cost.server_cpu_share)?;
+        map.serialize_entry(&format!("server_cpu_ns_per_{}", self.op), &self.cost.server_cpu_ns_per_op)?;
+        map.end()
+    }
+}
+
+/// Prints a report: with `json`, exactly one JSON line; otherwise the scenario's lines,
+/// then the CPU lines (where measured) and the errors line.
+pub fn print<R: Summary>(report: &R, json: bool) -> Result<(), BenchError> {
+    if json {
+        return print_json(report);
+    }
+    for line in report.lines() {
+        println!("{line}");
+    }
+    let tail = report.tail();
+    if let Some(cpu) = &tail.cpu {
+        println!("{}", cpu.cost.human(cpu.op));
+    }
+    println!("errors        {}", human_errors(&tail.errors));
+    Ok(())
+}
+
 /// Prints one JSON line on stdout.
 pub fn print_json<T: Serialize>(report: &T) -> Result<(), BenchError> {
     let line =
@@ -155,7 +214,7 @@ pub fn micros(us: u64) -> String {
 }
 
 /// Error counts as `refused×3, http_503×1`, or `none`.
-pub fn human_errors(errors: &super::pool::Errors) -> String {
+pub fn human_errors(errors: &Errors) -> String {
     if errors.is_empty() {
         return "none".to_owned();
     }
@@ -197,6 +256,31 @@ mod tests {
         assert_eq!(cost.bench_cpu_ns_per_op, 100.0);
         assert_eq!(cost.server_cpu_share, Some(1.0));
         assert_eq!(cost.server_cpu_ns_per_op, Some(200.0));
+    }
+
+    #[test]
+    fn the_tail_names_cpu_fields_after_the_operation() {
+        #[derive(Serialize)]
+        struct Report {
+            scenario: &'static str,
+            #[serde(flatten)]
+            tail: Tail,
+        }
+        let cost = CpuCost {
+            bench_cpu_share: 0.5,
+            bench_cpu_ns_per_op: 100.0,
+            server_cpu_share: None,
+            server_cpu_ns_per_op: None,
+        };
+        let errors = Errors::from([("refused".to_owned(), 2)]);
+        let tail = Tail { cpu: Some(OpCost { cost, op: "handshake" }), errors: errors.clone() };
+        let json = serde_json::to_string(&Report { scenario: "churn", tail }).unwrap();
+        assert_eq!(
+            json,
+            r#"{"scenario":"churn","bench_cpu_share":0.5,"bench_cpu_ns_per_handshake":100.0,"server_cpu_share":null,"server_cpu_ns_per_handshake":null,"errors":{"refused":2}}"#
+        );
+        let json = serde_json::to_string(&Report { scenario: "idle", tail: Tail { cpu: None, errors } }).unwrap();
+        assert_eq!(json, r#"{"scenario":"idle","errors":{"refused":2}}"#);
     }
 
     #[test]

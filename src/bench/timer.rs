@@ -6,7 +6,8 @@
 //! at the nanosecond asked for (give or take the kernel's timer slack, ~50 µs) and is
 //! just one more readable descriptor on the same loop: no thread, no signal.
 
-use std::io;
+use std::fs::File;
+use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
@@ -14,9 +15,11 @@ use mio::event::Source;
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 
+use crate::sys::nb::retrying;
+
 /// A one-shot timer that makes its descriptor readable when it expires.
 pub struct Timer {
-    fd: OwnedFd, // the timerfd, non-blocking
+    fd: File, // the timerfd, non-blocking; a `File` only so `read` returns an `io::Result`
 }
 
 impl Timer {
@@ -29,7 +32,7 @@ impl Timer {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` was just created and is owned by nobody else.
-        Ok(Timer { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+        Ok(Timer { fd: File::from(unsafe { OwnedFd::from_raw_fd(fd) }) })
     }
 
     /// Fires once, `after` from now (replacing any earlier arming). A zero duration
@@ -53,10 +56,11 @@ impl Timer {
 
     /// Consumes the expiry so the descriptor stops being readable.
     pub fn clear(&self) {
+        // timerfd(2): a read takes the expiry count, a u64.
         let mut expirations = [0u8; 8];
-        // SAFETY: reads at most 8 bytes into an 8-byte buffer. WouldBlock (not expired)
-        // and any other failure leave nothing to do.
-        unsafe { libc::read(self.fd.as_raw_fd(), expirations.as_mut_ptr().cast(), expirations.len()) };
+        // `Ok(None)` is WouldBlock: not expired (a spurious event), nothing to consume;
+        // the next `arm` resets the count anyway. Any other failure leaves nothing to do.
+        let _ = retrying(|| (&self.fd).read(&mut expirations));
     }
 }
 

@@ -85,39 +85,55 @@ impl FrameReader {
     where
         F: FnMut(Frame<'_>) -> ControlFlow<()>,
     {
-        if self.head_len > 0 {
-            // Complete the frame started in an earlier read, one step at a time, so
-            // exactly its own bytes are taken from `input`.
-            loop {
-                let want = self.head_want()?;
-                let have = usize::from(self.head_len);
-                if have >= want {
-                    break;
-                }
-                let take = (want - have).min(input.len());
-                self.head[have..have + take].copy_from_slice(&input[..take]);
-                self.head_len += take as u8; // ≤ HEAD_MAX = 139, fits a u8
-                input = &input[take..];
-                if take < want - have {
-                    return Ok(()); // input exhausted: wait for the next read
-                }
+        if self.head_len > 0 && self.finish_carried(&mut input, &mut on_frame)?.is_break() {
+            return Ok(());
+        }
+        self.feed_fresh(input, on_frame)
+    }
+
+    /// Completes the frame started in an earlier read, one step at a time, so exactly
+    /// its own bytes are taken from `input`, and hands it on. `Break`: stop reading
+    /// (input exhausted, or the callback said so).
+    fn finish_carried<F>(&mut self, input: &mut &[u8], on_frame: &mut F) -> Result<ControlFlow<()>, FrameError>
+    where
+        F: FnMut(Frame<'_>) -> ControlFlow<()>,
+    {
+        loop {
+            let want = self.head_want()?;
+            let have = usize::from(self.head_len);
+            if have >= want {
+                break;
             }
-            // head_want() has parsed this header already, so `None` cannot happen here.
-            let parsed = FrameHeader::parse(&self.head[..usize::from(self.head_len)]).map_err(FrameError::Header)?;
-            let Some((header, header_len)) = parsed else { return Ok(()) };
-            let prefix_len = prefix_len(header.payload_len);
-            self.head_len = 0;
-            self.skip = header.payload_len - prefix_len as u64;
-            let frame = Frame {
-                fin: header.fin,
-                opcode_bits: header.opcode_bits,
-                payload_len: header.payload_len,
-                prefix: &self.head[header_len..header_len + prefix_len],
-            };
-            if on_frame(frame).is_break() {
-                return Ok(());
+            let take = (want - have).min(input.len());
+            self.head[have..have + take].copy_from_slice(&input[..take]);
+            self.head_len += take as u8; // ≤ HEAD_MAX = 139, fits a u8
+            *input = &input[take..];
+            if take < want - have {
+                return Ok(ControlFlow::Break(())); // input exhausted: wait for the next read
             }
         }
+        // head_want() has parsed this header already, so `None` cannot happen here.
+        let parsed = FrameHeader::parse(&self.head[..usize::from(self.head_len)]).map_err(FrameError::Header)?;
+        let Some((header, header_len)) = parsed else { return Ok(ControlFlow::Break(())) };
+        let prefix_len = prefix_len(header.payload_len);
+        self.head_len = 0;
+        self.skip = header.payload_len - prefix_len as u64;
+        let frame = Frame {
+            fin: header.fin,
+            opcode_bits: header.opcode_bits,
+            payload_len: header.payload_len,
+            prefix: &self.head[header_len..header_len + prefix_len],
+        };
+        Ok(on_frame(frame))
+    }
+
+    /// Reads frames that start in `input` (after skipping the rest of a long payload);
+    /// the hot path. A frame start cut off by the end of `input` is kept in `head`.
+    #[inline]
+    fn feed_fresh<F>(&mut self, mut input: &[u8], mut on_frame: F) -> Result<(), FrameError>
+    where
+        F: FnMut(Frame<'_>) -> ControlFlow<()>,
+    {
         loop {
             if self.skip > 0 {
                 let n = self.skip.min(input.len() as u64);

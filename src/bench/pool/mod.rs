@@ -23,22 +23,26 @@
 //! Per data frame the pool does a header parse and one call; the clock is read once
 //! per `read(2)`, not per frame (every frame of one read arrived at the same moment).
 
+mod conn;
+mod socket;
+
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr};
-use std::ops::ControlFlow;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
-use socket2::{Domain, Protocol, Socket, Type};
 
 use super::sys::SplitMix;
 use super::timer::Timer;
 use super::url::Target;
-use super::wire::{parse_response, Frame, FrameReader, Handshake};
-use crate::proto::frame::{write_masked_frame, OpCode, MAX_CONTROL_PAYLOAD};
+use super::wire::{Frame, FrameReader, Handshake};
+use crate::proto::frame::{write_masked_frame, OpCode};
+use crate::sys::nb::retrying;
+use conn::{mark_dirty, queue_close, set_phase, take_input, Census, Conn, Phase, CLOSE_NORMAL};
+pub use socket::io_kind;
+use socket::{connect, connect_outcome};
 
 /// The wake-up timer's token; connection tokens are slab keys, far below it.
 const TIMER: Token = Token(usize::MAX);
@@ -54,11 +58,6 @@ const EVENTS_PER_TURN: usize = 64;
 const READ_BUDGET: usize = 1 << 20;
 /// How often deadlines (handshake, close) are checked while any are pending.
 const SWEEP_EVERY: Duration = Duration::from_millis(50);
-/// RFC 6455 §7.4.1: 1000, normal closure.
-const CLOSE_NORMAL: [u8; 2] = [0x03, 0xe8];
-/// RFC 6455 §7.4.1: 1005, "no status code was actually present" (never sent).
-const CLOSE_NO_STATUS: u16 = 1005;
-
 /// What a scenario learns from the pool, called in the middle of its turn.
 pub trait Handler {
     /// The start of a text or binary frame arrived at connection `tag` at `now_ns`.
@@ -96,62 +95,6 @@ pub struct PoolConfig {
     pub sources: Vec<Option<IpAddr>>, // source addresses, used in turn (None: the kernel's choice)
     pub handshake_timeout: Duration,  // connect + upgrade, per connection
     pub close_timeout: Duration,      // our Close to the server's answer
-}
-
-/// A connection's place in its life (RFC 6455 §4 and §7 states, client side).
-#[derive(Debug)]
-enum Phase {
-    /// TCP connect in progress; the upgrade request waits in the outbox.
-    Connecting,
-    /// Request sent; collecting the response head (only when split across reads).
-    Handshaking { response: Vec<u8> },
-    /// OPEN: frames flow both ways.
-    Open,
-    /// CLOSING: our Close is sent. RFC 6455 §7.1.1: the server answers with a Close
-    /// (`answered`) and then "SHOULD close the TCP connection first", so we wait for the
-    /// end of the stream until the deadline; that way TIME_WAIT stays on the server's
-    /// side instead of using up our ephemeral ports.
-    Closing { deadline_ns: u64, answered: bool },
-    /// CLOSED: finished; the socket is dropped after this turn's flush.
-    Done,
-}
-
-/// How many connections are in each phase, kept by [`set_phase`].
-#[derive(Clone, Copy, Debug, Default)]
-struct Census {
-    connecting: usize,  // Phase::Connecting
-    handshaking: usize, // Phase::Handshaking
-    open: usize,        // Phase::Open
-    closing: usize,     // Phase::Closing
-}
-
-impl Census {
-    fn slot(&mut self, phase: &Phase) -> Option<&mut usize> {
-        match phase {
-            Phase::Connecting => Some(&mut self.connecting),
-            Phase::Handshaking { .. } => Some(&mut self.handshaking),
-            Phase::Open => Some(&mut self.open),
-            Phase::Closing { .. } => Some(&mut self.closing),
-            Phase::Done => None,
-        }
-    }
-}
-
-/// One client connection.
-struct Conn {
-    stream: TcpStream,     // the non-blocking socket
-    phase: Phase,          // see `Phase`
-    reader: FrameReader,   // carries an incomplete frame between reads
-    outbox: Vec<u8>,       // bytes queued for the server
-    written: usize,        // bytes at the front of `outbox` already written
-    mask: [u8; 4],         // this connection's masking key (RFC 6455 §5.3)
-    accept: String,        // the Sec-WebSocket-Accept value the server must send
-    tag: u32,              // the scenario's name for this connection
-    after_open: AfterOpen, // hold or close once upgraded
-    opened_ns: u64,        // when the connect started
-    deadline_ns: u64,      // connect + upgrade must be done by then
-    dirty: bool,           // listed in `Pool::dirty`
-    blocked: bool,         // the last write hit WouldBlock: wait for WRITABLE
 }
 
 /// Many client connections on one poll loop.
@@ -388,6 +331,8 @@ impl Pool {
         }
         match self.poll.poll(&mut self.events, Some(timeout)) {
             Ok(()) => {}
+            // Not `nb::retrying`: that would wait the whole timeout again. A signal ends
+            // this turn with no events, as a timeout would; the caller's loop polls again.
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
             Err(e) => return Err(e),
         }
@@ -546,219 +491,4 @@ impl Pool {
         *self.errors.entry(kind.clone()).or_default() += 1;
         kind
     }
-}
-
-/// What one read did to a connection.
-#[derive(Default)]
-struct Outcome {
-    wrote: bool,      // bytes were queued (a pong, a close): flush this connection
-    end: Option<End>, // the connection is finished
-}
-
-/// Feeds freshly read bytes to one connection: the upgrade response first, then frames.
-fn take_input<H: Handler>(
-    conn: &mut Conn,
-    bytes: &[u8],
-    now_ns: u64,
-    close_timeout_ns: u64,
-    census: &mut Census,
-    handler: &mut H,
-) -> Outcome {
-    let mut outcome = Outcome::default();
-    let mut carried = Vec::new(); // frames that followed a split response head
-    let mut frames = bytes;
-    if let Phase::Handshaking { response } = &mut conn.phase {
-        // Usually the whole head is in one read and is parsed in place.
-        let parsed = if response.is_empty() {
-            parse_response(bytes, &conn.accept).map(|done| done.map(|used| (used, false)))
-        } else {
-            response.extend_from_slice(bytes);
-            parse_response(response, &conn.accept).map(|done| done.map(|used| (used, true)))
-        };
-        match parsed {
-            Ok(None) => {
-                if response.is_empty() {
-                    response.extend_from_slice(bytes);
-                }
-                return outcome;
-            }
-            Err(e) => {
-                outcome.end = Some(End::Failed(e.kind()));
-                return outcome;
-            }
-            Ok(Some((used, false))) => frames = &bytes[used..],
-            Ok(Some((used, true))) => {
-                carried = response.split_off(used);
-                frames = &[];
-            }
-        }
-        set_phase(census, conn, Phase::Open);
-        conn.accept = String::new();
-        handler.on_open(conn.tag, conn.opened_ns, now_ns);
-        if conn.after_open == AfterOpen::Close {
-            queue_close(conn, &CLOSE_NORMAL);
-            set_phase(census, conn, Phase::Closing { deadline_ns: now_ns + close_timeout_ns, answered: false });
-            outcome.wrote = true;
-        }
-        if !carried.is_empty() {
-            frames = &carried;
-        }
-    }
-    if frames.is_empty() {
-        return outcome;
-    }
-    let Conn { reader, outbox, mask, phase, tag, .. } = conn;
-    let tag = *tag;
-    let fed = reader.feed(frames, |frame| {
-        match frame.opcode_bits {
-            // Text, Binary: the hot path.
-            0x1 | 0x2 => handler.on_data(tag, &frame, now_ns),
-            // Continuation: the stamp came with the message's first fragment.
-            0x0 => {}
-            // RFC 6455 §5.5: control frames are ≤ 125 bytes and never fragmented.
-            0x8..=0xA if frame.payload_len > MAX_CONTROL_PAYLOAD as u64 || !frame.fin => {
-                outcome.end = Some(End::Failed("protocol_error".to_owned()));
-                return ControlFlow::Break(());
-            }
-            // RFC 6455 §5.5.2: a Ping is answered with a Pong carrying its payload.
-            0x9 => {
-                write_masked_frame(outbox, true, OpCode::Pong.bits(), frame.prefix, *mask);
-                outcome.wrote = true;
-            }
-            // An unsolicited Pong needs no answer (RFC 6455 §5.5.3).
-            0xA => {}
-            // Close: RFC 6455 §5.5.1, the answer to our Close ends the handshake; a
-            // Close of the server's own must be answered with a Close, then we are done.
-            0x8 => {
-                match phase {
-                    Phase::Closing { answered, .. } => *answered = true, // now wait for the TCP close
-                    _ => {
-                        let code = match frame.prefix {
-                            [hi, lo, ..] => u16::from_be_bytes([*hi, *lo]),
-                            _ => CLOSE_NO_STATUS,
-                        };
-                        let echo = if frame.prefix.len() >= 2 { &frame.prefix[..2] } else { &[][..] };
-                        write_masked_frame(outbox, true, OpCode::Close.bits(), echo, *mask);
-                        outcome.wrote = true;
-                        outcome.end = Some(End::Failed(format!("server_close_{code}")));
-                    }
-                }
-                return ControlFlow::Break(());
-            }
-            // RFC 6455 §5.2: a reserved opcode fails the connection.
-            _ => {
-                outcome.end = Some(End::Failed("protocol_error".to_owned()));
-                return ControlFlow::Break(());
-            }
-        }
-        ControlFlow::Continue(())
-    });
-    if fed.is_err() {
-        outcome.end = Some(End::Failed("protocol_error".to_owned()));
-    }
-    // A Close or an error ends the connection: `Pool::end` moves it to Done.
-    outcome
-}
-
-/// The one place a connection's phase changes, keeping the census in step.
-fn set_phase(census: &mut Census, conn: &mut Conn, phase: Phase) {
-    if let Some(count) = census.slot(&conn.phase) {
-        *count = count.saturating_sub(1);
-    }
-    if let Some(count) = census.slot(&phase) {
-        *count += 1;
-    }
-    conn.phase = phase;
-}
-
-/// Lists a connection for the next flush (once).
-#[inline]
-fn mark_dirty(dirty: &mut Vec<usize>, key: usize, conn: &mut Conn) {
-    if !conn.dirty {
-        conn.dirty = true;
-        dirty.push(key);
-    }
-}
-
-/// Queues our Close frame with `payload` (a status code).
-fn queue_close(conn: &mut Conn, payload: &[u8]) {
-    write_masked_frame(&mut conn.outbox, true, OpCode::Close.bits(), payload, conn.mask);
-}
-
-/// Opens a non-blocking TCP connection to `addr`, from `source` when given.
-fn connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_nonblocking(true)?;
-    // Our writes are whole batches of frames; waiting to coalesce would only add latency.
-    socket.set_nodelay(true)?;
-    if let Some(ip) = source {
-        bind_address_no_port(&socket);
-        socket.bind(&SocketAddr::new(ip, 0).into())?;
-    }
-    match socket.connect(&addr.into()) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return Err(e),
-    }
-    Ok(TcpStream::from_std(socket.into()))
-}
-
-/// Linux `IP_BIND_ADDRESS_NO_PORT`: bind only the address now and pick the port at
-/// connect time, so the port need only be unique per destination. Without it, `bind`
-/// would reserve a port per socket and one address could hold far fewer connections.
-fn bind_address_no_port(socket: &Socket) {
-    use std::os::fd::AsRawFd;
-    let on: libc::c_int = 1;
-    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a valid pointer; failure
-    // (an old kernel) only means fewer connections per source address.
-    unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-}
-
-/// After a readiness event on a connecting socket (mio's recipe): `Ok(true)` connected,
-/// `Ok(false)` not yet (a spurious event), `Err(kind)` failed.
-fn connect_outcome(stream: &TcpStream) -> Result<bool, String> {
-    if let Ok(Some(e)) | Err(e) = stream.take_error() {
-        return Err(io_kind(&e));
-    }
-    match stream.peer_addr() {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
-        Err(e) => Err(io_kind(&e)),
-    }
-}
-
-/// Runs `op` again while it fails with `Interrupted`; `WouldBlock` becomes `Ok(None)`
-/// (the kernel has nothing for us now: edge-triggered readiness will say when it has).
-fn retrying<T>(mut op: impl FnMut() -> io::Result<T>) -> io::Result<Option<T>> {
-    loop {
-        match op() {
-            Ok(value) => return Ok(Some(value)),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// A stable snake_case name for a socket error, for the error counts.
-pub fn io_kind(err: &io::Error) -> String {
-    let name = match err.raw_os_error() {
-        Some(libc::ECONNREFUSED) => "refused",
-        Some(libc::ECONNRESET) => "reset",
-        Some(libc::EPIPE) => "broken_pipe",
-        Some(libc::ETIMEDOUT) => "timed_out",
-        Some(libc::EADDRNOTAVAIL) => "no_source_port",
-        Some(libc::EMFILE) | Some(libc::ENFILE) => "out_of_fds",
-        Some(libc::ENETUNREACH) | Some(libc::EHOSTUNREACH) => "unreachable",
-        _ => return format!("io_{:?}", err.kind()).to_ascii_lowercase(),
-    };
-    name.to_owned()
 }
