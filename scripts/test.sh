@@ -15,3 +15,4 @@ fi
 cargo test --doc --quiet
 scripts/browser-test.sh
 scripts/scripts-test.sh
+scripts/nginx-test.sh
