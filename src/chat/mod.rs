@@ -12,6 +12,7 @@
 //! Both kinds share rooms: a raw line reaches JSON members as a `message` envelope, a
 //! JSON `send` reaches raw members as its plain text.
 
+pub mod auth;
 pub mod json;
 pub mod names;
 pub mod rooms;
