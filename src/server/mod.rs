@@ -24,6 +24,7 @@ mod client;
 mod history;
 pub mod http;
 mod nb;
+pub mod peers;
 mod write_queue;
 
 use std::fs::File;
