@@ -69,3 +69,4 @@ pub mod config;
 pub mod proto;
 pub mod server;
 pub mod store;
+pub mod token;

@@ -29,6 +29,8 @@ struct Cli {
 enum Command {
     /// Load-test a WebSocket relay (this one or any other): fanout, idle, churn.
     Bench(pollcast::bench::BenchArgs),
+    /// Mint an HS256 token with the server's JWT secret (for trying auth out and scripts).
+    Token(pollcast::token::TokenArgs),
 }
 
 /// The server's flags (the default command).
@@ -159,6 +161,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Bench(args)) = cli.command {
         return pollcast::bench::run(args);
+    }
+    if let Some(Command::Token(args)) = cli.command {
+        return pollcast::token::run(args);
     }
     let config = cli.serve.into_config();
     let fd_limit = raise_fd_limit();
