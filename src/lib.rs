@@ -71,3 +71,4 @@ pub mod proto;
 pub mod server;
 pub mod store;
 pub mod sys;
+pub mod token;

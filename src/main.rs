@@ -28,13 +28,17 @@ struct Cli {
 enum Command {
     /// Load-test a WebSocket relay (this one or any other): fanout, idle, churn.
     Bench(pollcast::bench::BenchArgs),
+    /// Mint an HS256 token with the server's JWT secret (for trying auth out and scripts).
+    Token(pollcast::token::TokenArgs),
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
-    if let Some(Command::Bench(args)) = cli.command {
-        return pollcast::bench::run(args);
+    match cli.command {
+        Some(Command::Bench(args)) => return pollcast::bench::run(args),
+        Some(Command::Token(args)) => return pollcast::token::run(args),
+        None => {}
     }
     let config = cli.serve;
     for warning in config.warnings() {

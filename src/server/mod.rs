@@ -32,6 +32,7 @@ mod client;
 mod history;
 pub mod http;
 mod listener;
+pub mod peers;
 mod write_queue;
 
 use std::fmt;
