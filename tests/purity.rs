@@ -1,5 +1,5 @@
-//! The pure-core rule, checked: nothing under `src/proto/` may name sockets, the clock,
-//! or the slab.
+//! The pure-core rule, checked: nothing under `src/proto/` or `src/chat/` may name
+//! sockets, the clock, or the slab, and the chat names neither the shell nor the store.
 //!
 //! Why: `proto/` is the WebSocket protocol as plain code over bytes, with time passed in
 //! as `Instant` values (sans-IO, like quinn-proto and httparse). That is what lets its
@@ -79,12 +79,24 @@ fn mentions(code: &str, word: &str) -> bool {
     })
 }
 
+/// What the chat core must not mention besides: it says what to store and what to send
+/// in its own words (`chat::record`, `chat::Outbox`), and the shell does the rest.
+const FORBIDDEN_IN_CHAT: &[(&str, &str)] = &[
+    ("crate::server", "the chat returns values; the shell acts on them"),
+    ("crate::store", "the chat speaks its own types (chat::record); only the shell talks to a store"),
+];
+
 /// Every violation in one file's text, as `file:line: code  (forbidden: why)`.
 fn violations(name: &str, text: &str) -> Vec<String> {
+    violations_of(name, text, FORBIDDEN)
+}
+
+/// Every mention in `text` of a word in `forbidden`.
+fn violations_of(name: &str, text: &str, forbidden: &[(&str, &str)]) -> Vec<String> {
     let mut found = Vec::new();
     for (number, line) in text.lines().enumerate() {
         let code = code_part(line);
-        for (word, why) in FORBIDDEN {
+        for (word, why) in forbidden {
             if mentions(code, word) {
                 found.push(format!("{name}:{}: {}  (`{word}`: {why})", number + 1, line.trim()));
             }
@@ -93,18 +105,31 @@ fn violations(name: &str, text: &str) -> Vec<String> {
     found
 }
 
-#[test]
-fn the_core_uses_no_sockets_no_clock_and_no_slab() {
-    let proto = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/proto");
-    let files = rust_files(&proto);
-    assert!(files.len() >= 5, "expected the core's modules under {}, found {files:?}", proto.display());
+/// Every violation under `src/{dir}`, of `FORBIDDEN` and of `extra`.
+fn scan(dir: &str, at_least: usize, extra: &[(&str, &str)]) -> Vec<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(dir);
+    let files = rust_files(&root);
+    assert!(files.len() >= at_least, "expected the modules under {}, found {files:?}", root.display());
     let mut found = Vec::new();
     for file in &files {
         let text = fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         let name = file.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap_or(file).display().to_string();
         found.extend(violations(&name, &text));
+        found.extend(violations_of(&name, &text, extra));
     }
+    found
+}
+
+#[test]
+fn the_core_uses_no_sockets_no_clock_and_no_slab() {
+    let found = scan("proto", 5, &[]);
     assert!(found.is_empty(), "src/proto/ must stay pure (see tests/purity.rs):\n{}", found.join("\n"));
+}
+
+#[test]
+fn the_chat_uses_no_sockets_no_clock_no_shell_and_no_store() {
+    let found = scan("chat", 10, FORBIDDEN_IN_CHAT);
+    assert!(found.is_empty(), "src/chat/ must stay pure (see tests/purity.rs):\n{}", found.join("\n"));
 }
 
 /// The scanner itself: it must catch what it is meant to, and only that.
@@ -123,6 +148,9 @@ fn the_scanner_catches_each_forbidden_name() {
     ];
     for line in bad {
         assert!(!violations("x.rs", line).is_empty(), "missed: {line}");
+    }
+    for line in ["use crate::store::Query;", "use crate::server::http::Stats;"] {
+        assert!(!violations_of("x.rs", line, FORBIDDEN_IN_CHAT).is_empty(), "missed: {line}");
     }
     let fine = [
         "// a comment about mio and Instant::now()",

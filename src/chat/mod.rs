@@ -21,6 +21,7 @@
 //! `record.rs` (what history keeps), `replay.rs` (acks and history pages).
 
 mod actions;
+pub mod admission;
 pub mod auth;
 pub mod json;
 pub mod names;

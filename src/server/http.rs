@@ -5,6 +5,10 @@
 
 use std::fmt::Write as _;
 
+use slab::Slab;
+
+use super::client::Client;
+use crate::chat::Chat;
 use crate::proto::handshake::{http_response, Status};
 
 /// The page served on `GET /`, embedded in the binary.
@@ -39,6 +43,17 @@ pub struct Gauges {
     pub rooms: usize,          // rooms with members
     pub queued_bytes: usize,   // unsent bytes over all write queues
     pub buffered_bytes: usize, // partial input and fragment buffers over all clients
+}
+
+/// Gauges for /metrics, sampled when asked for.
+pub fn gauges(clients: &Slab<Client>, chat: &Chat) -> Gauges {
+    let mut gauges = Gauges { connections: clients.len(), rooms: chat.room_count(), ..Gauges::default() };
+    for (_, client) in clients {
+        gauges.open += usize::from(client.session.is_open());
+        gauges.queued_bytes += client.queue.len();
+        gauges.buffered_bytes += client.buffered_bytes();
+    }
+    gauges
 }
 
 /// The response to a plain `GET path`.

@@ -46,8 +46,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
-use crate::chat::names::{percent_decode, NameError};
-use crate::chat::rooms::room_from_path;
+use crate::chat::admission::{Admission, Refusal};
 use crate::chat::{Arrival, Chat};
 use crate::config::{Config, Mode};
 use crate::proto::close::CloseCode;
@@ -60,7 +59,7 @@ use crate::sys::nb::retrying;
 use broadcast::Router;
 use client::Client;
 use history::History;
-use http::{Gauges, Stats};
+use http::Stats;
 use listener::{Accepted, Listener};
 
 /// The listening socket's token; client tokens are slab keys, far below it.
@@ -410,7 +409,7 @@ impl Server {
         match answer {
             Ok(path) => {
                 self.stats.http_requests += 1;
-                let gauges = gauges(&self.clients, &self.chat);
+                let gauges = http::gauges(&self.clients, &self.chat);
                 self.clients[key].session.respond_http(http::answer(&path, &self.stats, gauges), self.now);
             }
             Err(rejection) => {
@@ -422,39 +421,20 @@ impl Server {
         Some(input.len()) // one request per connection: anything pipelined after it is dropped
     }
 
-    /// A valid upgrade: check the room and the requested name, send the 101, and join
-    /// the chat. Raw clients learn of a bad or taken name before the upgrade (400, 409);
-    /// JSON clients are upgraded and told with an `error` envelope.
+    /// A valid upgrade: the chat judges the room and the requested name (a raw client
+    /// learns of a bad or taken name before the upgrade: 400, 409; a JSON client is
+    /// upgraded and told with an `error` envelope), then the 101, then the chat.
     fn upgrade(&mut self, key: usize, upgrade: &Upgrade) -> Result<(), Rejection> {
-        let room =
-            room_from_path(&upgrade.path).ok_or(Rejection { status: Status::BadRequest, why: "invalid room name" })?;
         let json = upgrade.protocol.as_deref() == Some(SUBPROTOCOL_JSON);
-        let history = match upgrade.query_param("history").map(str::parse::<usize>) {
-            Some(Err(_)) => return Err(Rejection { status: Status::BadRequest, why: "history must be a count" }),
-            Some(Ok(n)) => Some(n),
-            None => None,
-        };
-        let name = match upgrade.query_param("name").map(percent_decode) {
-            Some(None) => {
-                return Err(Rejection { status: Status::BadRequest, why: "name is not valid percent-encoding" })
-            }
-            Some(Some(name)) => Some(name),
-            None => None,
-        };
-        if let (Some(name), false) = (&name, json) {
-            match self.chat.name_available(name) {
-                Err(NameError::Invalid) => return Err(Rejection { status: Status::BadRequest, why: "invalid name" }),
-                Err(NameError::Taken) => return Err(Rejection { status: Status::Conflict, why: "name taken" }),
-                Ok(()) => {}
-            }
-        }
+        let admission = self.chat.admit(&upgrade.path, &upgrade.query, json).map_err(rejection)?;
         self.stats.upgrades += 1;
         let client = &mut self.clients[key];
         client.session.accept(self.now);
-        log::debug!("conn {key}: {} joined room {room}", client.peer);
+        log::debug!("conn {key}: {} joined room {}", client.peer, admission.room);
         self.router.outbox().own(key, handshake::switching_protocols(upgrade), false);
         if self.config.mode == Mode::Relay {
-            let arrival = Arrival { conn: key, json, name: name.as_deref(), room, history };
+            let Admission { room, json, name, history } = &admission;
+            let arrival = Arrival { conn: key, json: *json, name: name.as_deref(), room, history: *history };
             self.chat.connect(arrival, self.now_ms, self.router.outbox());
         }
         Ok(())
@@ -624,15 +604,12 @@ impl Server {
     }
 }
 
-/// Gauges for /metrics, sampled when asked for.
-fn gauges(clients: &Slab<Client>, chat: &Chat) -> Gauges {
-    let mut gauges = Gauges { connections: clients.len(), rooms: chat.room_count(), ..Gauges::default() };
-    for (_, client) in clients {
-        gauges.open += usize::from(client.session.is_open());
-        gauges.queued_bytes += client.queue.len();
-        gauges.buffered_bytes += client.buffered_bytes();
+/// The HTTP answer to a refusal of the chat's.
+fn rejection(refusal: Refusal) -> Rejection {
+    match refusal {
+        Refusal::Invalid(why) => Rejection { status: Status::BadRequest, why },
+        Refusal::NameTaken => Rejection { status: Status::Conflict, why: "name taken" },
     }
-    gauges
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).

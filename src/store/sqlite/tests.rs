@@ -1,0 +1,157 @@
+//! Tests of `sqlite.rs`.
+
+use super::*;
+
+fn message(id: u64, room: &str) -> Record {
+    Record {
+        id,
+        room: room.into(),
+        from: "ann".into(),
+        to: None,
+        binary: false,
+        body: format!("m{id}").into_bytes(),
+        ts: id * 10,
+    }
+}
+
+fn temp_db() -> (tempdir::Dir, std::path::PathBuf) {
+    let dir = tempdir::Dir::new();
+    let path = dir.0.join("history.db");
+    (dir, path)
+}
+
+/// A throwaway directory under the system temp dir, removed on drop.
+mod tempdir {
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn new() -> Dir {
+            use std::sync::atomic::{AtomicU32, Ordering};
+            static N: AtomicU32 = AtomicU32::new(0);
+            let n = N.fetch_add(1, Ordering::Relaxed);
+            let path = std::env::temp_dir().join(format!("pollcast-store-{}-{n}", std::process::id()));
+            std::fs::create_dir_all(&path).unwrap();
+            Dir(path)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn ids(page: &Page) -> Vec<u64> {
+    page.messages.iter().map(|m| m.id).collect()
+}
+
+#[test]
+fn commit_query_and_ids_across_reopen() {
+    let (_dir, path) = temp_db();
+    let mut store = SqliteStore::open(&path, 100).unwrap();
+    for id in 1..=10 {
+        store.append(message(id, if id % 2 == 0 { "even" } else { "odd" }));
+    }
+    assert_eq!(store.commit().unwrap(), 10);
+    assert_eq!(ids(&store.query("even", Query::Last(3), 500, false).unwrap()), vec![6, 8, 10]);
+    let page = store.query("even", Query::Before { before: 6, n: 10 }, 500, false).unwrap();
+    assert_eq!((ids(&page), page.more), (vec![2, 4], false));
+    let page = store.query("odd", Query::Last(2), 500, false).unwrap();
+    assert_eq!((ids(&page), page.more), (vec![7, 9], true));
+    drop(store);
+    let store = SqliteStore::open(&path, 100).unwrap();
+    assert_eq!(store.last_id(), 10, "ids continue after a restart");
+}
+
+#[test]
+fn retention_keeps_the_newest_and_recovery_reports_gaps() {
+    let (_dir, path) = temp_db();
+    let mut store = SqliteStore::open(&path, 16).unwrap();
+    for id in 1..=100 {
+        store.append(message(id, "r"));
+        store.commit().unwrap();
+    }
+    let all = store.query("r", Query::Last(500), 500, false).unwrap();
+    assert!(all.messages.len() >= 16 && all.messages.len() <= 17, "{}", all.messages.len());
+    assert_eq!(all.messages.last().unwrap().id, 100);
+    let recent = store.query("r", Query::Since(95), 500, false).unwrap();
+    assert_eq!((ids(&recent), recent.recovered), (vec![96, 97, 98, 99, 100], Some(true)));
+    let old = store.query("r", Query::Since(10), 500, false).unwrap();
+    assert_eq!(old.recovered, Some(false), "messages after 10 were trimmed");
+    let capped = store.query("r", Query::Since(90), 3, false).unwrap();
+    assert_eq!((ids(&capped), capped.more, capped.recovered), (vec![91, 92, 93], true, Some(false)));
+}
+
+#[test]
+fn big_commits_are_trimmed_exactly_even_inside_a_segment() {
+    let (_dir, path) = temp_db();
+    let mut store = SqliteStore::open(&path, 10).unwrap();
+    // 7 + 7 messages in two commits (segments), then 3 more: 17 > 10 + 10/16, so
+    // trimming drops the first segment whole and the front of the second.
+    for range in [1..=7, 8..=14, 15..=17] {
+        range.for_each(|id| store.append(message(id, "r")));
+        store.commit().unwrap();
+    }
+    let page = store.query("r", Query::Last(100), 100, false).unwrap();
+    assert_eq!(ids(&page), (8..=17).collect::<Vec<_>>());
+    assert_eq!(store.query("r", Query::Since(7), 100, false).unwrap().recovered, Some(true));
+    assert_eq!(store.query("r", Query::Since(6), 100, false).unwrap().recovered, Some(false));
+}
+
+#[test]
+fn one_commit_many_rooms_and_paging_inside_segments() {
+    let (_dir, path) = temp_db();
+    let mut store = SqliteStore::open(&path, 1000).unwrap();
+    for id in 1..=40 {
+        let mut m = message(id, if id % 3 == 0 { "b" } else { "a" });
+        m.binary = id % 5 == 0;
+        store.append(m);
+    }
+    store.commit().unwrap();
+    let b: Vec<u64> = (1..=40).filter(|id| id % 3 == 0).collect();
+    assert_eq!(ids(&store.query("b", Query::Last(100), 100, false).unwrap()), b);
+    // Paging back through text-only history, 4 at a time, finds every text message once.
+    let text: Vec<u64> = (1..=40).filter(|id| id % 3 != 0 && id % 5 != 0).collect();
+    let (mut seen, mut before) = (Vec::new(), u64::MAX);
+    loop {
+        let page = store.query("a", Query::Before { before, n: 4 }, 100, true).unwrap();
+        let got = ids(&page);
+        seen.splice(0..0, got.iter().copied());
+        match (got.first(), page.more) {
+            (Some(&oldest), true) => before = oldest,
+            _ => break,
+        }
+    }
+    assert_eq!(seen, text);
+    let since = store.query("a", Query::Since(30), 3, false).unwrap();
+    assert_eq!((ids(&since), since.more), (vec![31, 32, 34], true));
+}
+
+#[test]
+fn a_second_process_is_refused() {
+    let (_dir, path) = temp_db();
+    let _first = SqliteStore::open(&path, 10).unwrap();
+    let second = SqliteStore::open(&path, 10);
+    let err = second.err().expect("a second open must fail");
+    assert!(err.0.contains("in use"), "{err}");
+}
+
+#[test]
+fn a_corrupt_file_is_a_clear_error() {
+    let (_dir, path) = temp_db();
+    std::fs::write(&path, b"this is not a database, just some text padded out to look like one").unwrap();
+    let err = SqliteStore::open(&path, 10).err().expect("must fail");
+    assert!(err.0.contains("history.db"), "{err}");
+}
+
+#[test]
+fn binary_and_dm_rows_round_trip() {
+    let (_dir, path) = temp_db();
+    let mut store = SqliteStore::open(&path, 10).unwrap();
+    let mut dm = message(1, crate::chat::record::DM_ROOM);
+    dm.to = Some("bo".into());
+    dm.binary = true;
+    dm.body = vec![0, 255];
+    store.append(dm.clone());
+    store.commit().unwrap();
+    assert_eq!(store.query(crate::chat::record::DM_ROOM, Query::Last(1), 10, false).unwrap().messages, vec![dm]);
+}
