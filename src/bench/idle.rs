@@ -11,7 +11,7 @@
 //! system), so new connections reuse it and `RssAnon` grows by less than they cost, or
 //! by nothing or less than nothing. No figure the bench can read from outside tells
 //! reused memory from new, so the figures are reported as measured, and when `RssAnon`
-//! grew by less than [`MIN_PLAUSIBLE_BYTES_PER_CONN`] per connection the summary says
+//! grew by less than `MIN_PLAUSIBLE_BYTES_PER_CONN` per connection the summary says
 //! why they are not a cost per connection (the JSON has `server_memory_reused: true`):
 //! measure a freshly started server.
 //!

@@ -1,7 +1,7 @@
 //! Figures shared by the scenario reports, and their human forms.
 //!
 //! Owns: latency summaries from a histogram, CPU cost per operation, number
-//! formatting, and how a report is printed ([`print`]). Each scenario's report struct
+//! formatting, and how a report is printed ([`print`](fn@print)). Each scenario's report struct
 //! lives with the scenario and implements [`Summary`]; every report ends with the same
 //! [`Tail`] (CPU cost where measured, failures by kind) and is printed either as a
 //! human summary or as exactly one JSON line. Must not touch: the pool, the clock.

@@ -58,18 +58,11 @@ impl Chat {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chat::{Arrival, ChatLimits, Outbox};
+    use crate::chat::tests::LIMITS;
+    use crate::chat::{Arrival, Outbox};
 
     fn chat_with_ann() -> Chat {
-        let limits = ChatLimits {
-            max_rooms_per_client: 2,
-            max_text: 16,
-            history: false,
-            history_default: 50,
-            history_max: 500,
-            max_rate: 0,
-        };
-        let mut chat = Chat::new(limits);
+        let mut chat = Chat::new(LIMITS);
         let arrival = Arrival { conn: 1, json: false, name: Some("ann"), room: "lobby", history: None };
         chat.connect(arrival, 0, &mut Outbox::default());
         chat

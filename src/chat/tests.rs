@@ -5,7 +5,8 @@ use serde_json::Value;
 use super::*;
 use crate::proto::frame::FrameHeader;
 
-const LIMITS: ChatLimits = ChatLimits {
+/// Small limits for tests (shared with the other chat modules' tests).
+pub(super) const LIMITS: ChatLimits = ChatLimits {
     max_rooms_per_client: 2,
     max_text: 16,
     history: false,

@@ -22,8 +22,8 @@
 //! *sent* in it, whenever it arrived; loss is counted over the whole run after the drain.
 //!
 //! Reading order: this file (the flags and the timeline, step by step), then
-//! [`members`] (the receive side and its hot path), [`senders`] (the sending side) and
-//! [`summary`] (the report).
+//! `members` (the receive side and its hot path), `senders` (the sending side) and
+//! `summary` (the report).
 
 mod members;
 mod senders;
