@@ -178,8 +178,7 @@ pub fn write_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
 }
 
 /// Appends a whole masked frame, as a client sends it (used by tests and the bench).
-/// `opcode_bits` is raw so tests can send reserved opcodes; `first_byte_extra` can set
-/// RSV bits.
+/// `opcode_bits` is raw so tests can send reserved opcodes (RSV bits are always 0 here).
 pub fn write_masked_frame(out: &mut Vec<u8>, fin: bool, opcode_bits: u8, payload: &[u8], mask: [u8; 4]) {
     write_header_raw(out, fin, opcode_bits, payload.len(), Some(mask));
     let start = out.len();

@@ -26,6 +26,11 @@
 //!    few); WRITABLE interest is registered only where bytes remain.
 //! 9. **Reap** (`reap`): clients marked gone during the turn are removed from the slab,
 //!    never mid-dispatch, so a stale event for a reused token cannot hit the wrong client.
+//!
+//! This file is longer than the others (about 600 lines) on purpose: it is the loop and
+//! the read path, kept together so a reader follows a turn top to bottom in one place.
+//! Routing (`broadcast.rs`), the listener, the history commit and the write queues are
+//! parts with their own data beside it.
 
 mod broadcast;
 mod client;
@@ -182,7 +187,7 @@ impl Server {
             Ok(()) => {}
         }
         self.turn += 1;
-        log::trace!("turn {}: wait: {} event(s) after waiting up to {}", self.turn, events.iter().count(), Ms(timeout));
+        log::trace!("turn {}: wait: woke, timeout was {}", self.turn, Ms(timeout));
         Ok(())
     }
 
@@ -200,13 +205,16 @@ impl Server {
     /// Phase 2: the clock, read once for the whole turn; last turn's cut-short clients
     /// become this turn's carry-overs.
     fn tick(&mut self) {
+        let last = self.now;
         self.now = Instant::now();
+        log::trace!("now: {} since the last turn's", Ms(self.now - last));
         self.now_ms = wall_clock_ms();
         self.carried = std::mem::take(&mut self.unfinished);
     }
 
     /// Phase 3: one handler per event.
     fn dispatch(&mut self, events: &Events) {
+        log::trace!("dispatch: {} event(s)", events.iter().count());
         for event in events.iter() {
             match event.token() {
                 LISTENER => self.accept_all(),
@@ -617,11 +625,14 @@ fn wall_clock_ms() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// A duration in trace lines: `12.3ms`.
+/// A duration in trace lines: `12.3ms`, or `3.5s` from a second up.
 struct Ms(Duration);
 
 impl fmt::Display for Ms {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:.1}ms", self.0.as_secs_f64() * 1000.0)
+        match self.0.as_secs_f64() {
+            secs if secs >= 1.0 => write!(f, "{secs:.1}s"),
+            secs => write!(f, "{:.1}ms", secs * 1000.0),
+        }
     }
 }
