@@ -4,7 +4,8 @@
 # Prints a Markdown table (and keeps every JSON result in the work directory).
 #
 # usage: scripts/bench.sh [SERVER...]
-#   SERVER: pollcast (no history), pollcast-history (SQLite on), tt (tokio-tungstenite,
+#   SERVER: pollcast (no history), pollcast-history (SQLite on), pollcast-auth (no history,
+#           JWT tokens on: every bench connection carries one), tt (tokio-tungstenite,
 #           1 worker), node (Node ws). Default: pollcast pollcast-history tt node
 # env:    BENCH_WORK   where peers are built and results kept (default /tmp/pollcast-bench)
 #         SCENARIOS    space-separated subset of: fanout100 fanout1000 paced1000 tenbyten
@@ -53,6 +54,8 @@ start_server() { # NAME: starts it on $PORT pinned to CPU 0, sets SERVER_PID
   ulimit -n "$(ulimit -Hn)"
   case "$name" in
     pollcast) taskset -c 0 "$BIN" --listen "127.0.0.1:$PORT" --no-history 2>"$WORK/$name.log" & ;;
+    pollcast-auth)
+      taskset -c 0 "$BIN" --listen "127.0.0.1:$PORT" --no-history --jwt-secret-file "$WORK/jwt-secret" 2>"$WORK/$name.log" & ;;
     pollcast-history)
       rm -f "$WORK"/history.db*
       taskset -c 0 "$BIN" --listen "127.0.0.1:$PORT" --db "$WORK/history.db" 2>"$WORK/$name.log" & ;;
@@ -94,8 +97,16 @@ scenario_args() {
   esac
 }
 
+# pollcast-auth: a secret, and a token every bench connection presents (?token=).
+if [[ " ${SERVERS[*]} " == *" pollcast-auth "* ]]; then
+  head -c 48 /dev/urandom | base64 > "$WORK/jwt-secret"
+  TOKEN="$("$BIN" token --sub bench --ttl 2h --jwt-secret-file "$WORK/jwt-secret")"
+fi
+
 for server in "${SERVERS[@]}"; do
   build_peer "$server"
+  QUERY=""
+  [[ "$server" != pollcast-auth ]] || QUERY="?token=$TOKEN"
   for scenario in $SCENARIOS; do
     for run in $(seq 1 "$REPEAT"); do
       start_server "$server"
@@ -103,7 +114,7 @@ for server in "${SERVERS[@]}"; do
       echo "bench: $server $scenario (run $run of $REPEAT)" >&2
       out="$WORK/$server.$scenario.$run.json"
       # shellcheck disable=SC2046
-      taskset -c 1 "$BIN" bench $(scenario_args "$scenario") --url "ws://127.0.0.1:$PORT/bench" \
+      taskset -c 1 "$BIN" bench $(scenario_args "$scenario") --url "ws://127.0.0.1:$PORT/bench$QUERY" \
         --server-pid "$SERVER_PID" --json > "$out" || echo '{"error":"bench failed"}' > "$out"
       stop_server
     done

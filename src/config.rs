@@ -2,15 +2,19 @@
 //!
 //! Each field's clap attributes are its flag, its environment variable, its default and
 //! its help: `main.rs` parses the command line into this struct, tests start from
-//! `Config::default()`. Nothing here does IO.
+//! `Config::default()`. The one IO here is `access()`, which reads the key file a flag
+//! names.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::chat::admission::Access;
+use crate::chat::auth::{AuthConfig, Patterns};
 use crate::chat::ChatLimits;
 use crate::proto::handshake::RequestLimits;
 use crate::proto::session::Limits;
+use crate::server::peers::Cidr;
 
 /// What the server does with a data message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -115,10 +119,78 @@ pub struct Config {
     pub history_default: usize,
 
     /// Messages per second one client may send (bursts of twice that); more are dropped
-    /// and answered rate_limited. 0: no limit (the relay is also a load-test target).
-    #[arg(long, env = "POLLCAST_MAX_RATE", default_value = "0")]
-    pub max_rate: u32,
+    /// and answered rate_limited; 0: no limit. Clients on loopback are exempt unless
+    /// this is given (local tools and load tests) [default: 100].
+    #[arg(long, env = "POLLCAST_MAX_RATE")]
+    pub max_rate: Option<u32>,
+
+    /// Open connections one client address may hold; more are answered 429. Loopback
+    /// addresses are exempt unless this or --max-upgrade-rate is given [default: 256].
+    #[arg(long, env = "POLLCAST_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<u32>,
+
+    /// New connections per second one client address may open (bursts of twice that);
+    /// more are answered 429. Loopback is exempt as above [default: 20].
+    #[arg(long, env = "POLLCAST_MAX_UPGRADE_RATE")]
+    pub max_upgrade_rate: Option<u32>,
+
+    /// A reverse proxy's address or range (repeatable, or comma-separated in the env var):
+    /// only from these peers is the client address taken from X-Forwarded-For/Forwarded.
+    #[arg(long = "trust-proxy", env = "POLLCAST_TRUST_PROXY", value_delimiter = ',', value_parser = Cidr::parse)]
+    pub trust_proxy: Vec<Cidr>,
+
+    /// Turns on tokens: an HS256 shared secret in this file (one trailing newline is not
+    /// part of it). Every upgrade then needs a valid JWT.
+    #[arg(long, env = "POLLCAST_JWT_SECRET_FILE", conflicts_with = "jwt_public_key_file")]
+    pub jwt_secret_file: Option<PathBuf>,
+
+    /// Turns on tokens: a PEM public key (RSA: RS256, EC P-256: ES256, Ed25519: EdDSA).
+    #[arg(long, env = "POLLCAST_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// Clock skew tolerated on a token's exp and nbf.
+    #[arg(long, env = "POLLCAST_JWT_LEEWAY", default_value = "30s", value_parser = parse_duration)]
+    pub jwt_leeway: Duration,
+
+    /// When given, a token's iss must be exactly this.
+    #[arg(long, env = "POLLCAST_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// When given, a token's aud must be (or contain) this.
+    #[arg(long, env = "POLLCAST_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Accept tokens without exp (they never expire), as some backends mint them.
+    #[arg(long, env = "POLLCAST_JWT_ALLOW_NO_EXP", value_parser = clap::builder::BoolishValueParser::new())]
+    pub jwt_allow_no_exp: bool,
+
+    /// The claim holding the user id (e.g. user_id for tokens minted by a PHP backend).
+    #[arg(long, env = "POLLCAST_JWT_USER_CLAIM", default_value = "sub")]
+    pub jwt_user_claim: String,
+
+    /// The claim holding the display name (falls back to the user id).
+    #[arg(long, env = "POLLCAST_JWT_NAME_CLAIM", default_value = "name")]
+    pub jwt_name_claim: String,
+
+    /// With tokens on: let clients without a token in, as guest-N, into --guest-rooms only.
+    #[arg(long, env = "POLLCAST_ALLOW_GUESTS", value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_guests: bool,
+
+    /// Rooms guests may join and send to (repeatable; names, prefixes ending in *, or *).
+    #[arg(long = "guest-rooms", env = "POLLCAST_GUEST_ROOMS", value_delimiter = ',', default_value = "lobby")]
+    pub guest_rooms: Vec<String>,
 }
+
+/// Per-address limits when their flags are not given: enough for a household or an
+/// office behind one address, far below --max-connections, so one address cannot take
+/// every slot; loopback (local tools, load tests, a proxy on the same box) is exempt.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: u32 = 256;
+/// Messages per second per client by default (bursts of twice that): far above what a
+/// person types or a well-behaved bot sends, far below a flood.
+pub const DEFAULT_MAX_RATE: u32 = 100;
+/// New connections per second per address by default (bursts of twice that): a page
+/// reload storm passes, a connect loop from one address does not.
+pub const DEFAULT_MAX_UPGRADE_RATE: u32 = 20;
 
 impl Default for Config {
     /// The command line with no flags and no environment: every clap default.
@@ -161,6 +233,51 @@ impl Config {
         warnings
     }
 
+    /// Who may come in: the JWT key (read from its file) and its rules, and the guests.
+    /// Errors name the file and what is wrong, never the key.
+    pub fn access(&self) -> Result<Access, String> {
+        let read = |path: &Path| std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()));
+        let auth = match (&self.jwt_secret_file, &self.jwt_public_key_file) {
+            (Some(path), _) => {
+                Some(AuthConfig::from_secret(&read(path)?).map_err(|e| format!("{}: {e}", path.display()))?)
+            }
+            (None, Some(path)) => {
+                Some(AuthConfig::from_public_key_pem(&read(path)?).map_err(|e| format!("{}: {e}", path.display()))?)
+            }
+            (None, None) => None,
+        };
+        let auth = auth.map(|mut auth| {
+            auth.leeway_secs = self.jwt_leeway.as_secs();
+            auth.issuer = self.jwt_issuer.clone();
+            auth.audience = self.jwt_audience.clone();
+            auth.allow_no_exp = self.jwt_allow_no_exp;
+            auth.user_claim = self.jwt_user_claim.clone();
+            auth.name_claim = self.jwt_name_claim.clone();
+            auth
+        });
+        if auth.is_none() && self.allow_guests {
+            return Err("--allow-guests needs --jwt-secret-file or --jwt-public-key-file".to_owned());
+        }
+        let guest_rooms = Patterns::from_items(&self.guest_rooms).map_err(|e| format!("--guest-rooms: {e}"))?;
+        Ok(Access { auth, allow_guests: self.allow_guests, guest_rooms })
+    }
+
+    /// Per-address limits in force: (connections, new connections per second, whether
+    /// loopback addresses are exempt because neither flag was given).
+    pub fn peer_limits(&self) -> (u32, u32, bool) {
+        (
+            self.max_connections_per_ip.unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_IP),
+            self.max_upgrade_rate.unwrap_or(DEFAULT_MAX_UPGRADE_RATE),
+            self.max_connections_per_ip.is_none() && self.max_upgrade_rate.is_none(),
+        )
+    }
+
+    /// Does `--max-rate` apply to a client at `addr`? Loopback is exempt unless the flag
+    /// was given.
+    pub fn rate_limited(&self, addr: std::net::IpAddr) -> bool {
+        self.max_rate.is_some() || !addr.is_loopback()
+    }
+
     /// The per-connection part, handed to every `Session`.
     pub fn session_limits(&self) -> Limits {
         Limits {
@@ -180,7 +297,7 @@ impl Config {
             history: !self.no_history,
             history_default: self.history_default.min(self.history_max),
             history_max: self.history_max,
-            max_rate: self.max_rate,
+            max_rate: self.max_rate.unwrap_or(DEFAULT_MAX_RATE),
         }
     }
 
@@ -199,7 +316,8 @@ impl Config {
     pub fn limits_line(&self) -> String {
         format!(
             "limits: connections={} message={} queue={} request={} headers={} handshake-timeout={:?} \
-             ping-interval={:?} idle-timeout={:?} close-timeout={:?} mode={:?} origins={} history={}",
+             ping-interval={:?} idle-timeout={:?} close-timeout={:?} mode={:?} origins={} history={} \
+             per-ip={} auth={}",
             self.max_connections,
             human_bytes(self.max_message),
             human_bytes(self.effective_max_queue()),
@@ -214,6 +332,15 @@ impl Config {
             match self.history_db() {
                 Some(path) => format!("{} (keep {} per room)", path.display(), self.history_keep),
                 None => "off".to_owned(),
+            },
+            {
+                let (conns, rate, exempt) = self.peer_limits();
+                format!("{conns}conn,{rate}/s{}", if exempt { ",loopback-exempt" } else { "" })
+            },
+            match (&self.jwt_secret_file, &self.jwt_public_key_file, self.allow_guests) {
+                (None, None, _) => "off",
+                (_, _, true) => "jwt+guests",
+                _ => "jwt",
             },
         )
     }

@@ -406,9 +406,9 @@ fn commands_typed_as_websocat_lines() {
     assert_eq!(ann.ask("/join games\n"), "ok join games", "joining the current room again is fine");
 
     ann.type_line("/help\n");
-    let help: Vec<String> = (0..9).map(|_| ann.recv()).collect();
+    let help: Vec<String> = (0..10).map(|_| ann.recv()).collect();
     assert!(help.iter().all(|l| l.starts_with("help ")), "{help:?}");
-    for command in ["/nick", "/join", "/leave", "/msg", "/who", "/rooms", "/stats", "//"] {
+    for command in ["/nick", "/join", "/leave", "/msg", "/who", "/rooms", "/stats", "/token", "//"] {
         assert!(help.iter().any(|l| l.contains(command)), "/help does not mention {command}: {help:?}");
     }
 

@@ -4,6 +4,7 @@
 
 use serde_json::Value;
 
+use super::auth::verify;
 use super::json::{Envelope, Request, RoomCount};
 use super::outbox::Outbox;
 use super::record::{Query, DM_ROOM};
@@ -21,6 +22,7 @@ impl Chat {
             return Err(Failure::new("not_member", "you are in no room (try /join ROOM)"));
         };
         let room = self.rooms.name(seat.room).to_owned();
+        self.may_publish(conn, &room)?;
         let id = self.accept(conn, &room, None, said, now_ms, out);
         let (raw, json) = match said {
             Said::Text(text) if self.rooms.has_json_members(seat.room) => {
@@ -61,6 +63,7 @@ impl Chat {
             Request::Rooms {} => self.list_rooms(conn, out),
             Request::Nick { name } => self.nick(conn, &name, out),
             Request::Stats {} => self.stats(conn, out),
+            Request::Refresh { token } => self.refresh(conn, &token, now_ms, out),
         }
     }
 
@@ -87,6 +90,7 @@ impl Chat {
             },
             Command::Rooms => self.list_rooms(conn, out),
             Command::Stats => self.stats(conn, out),
+            Command::Token(token) => self.refresh(conn, token, now_ms, out),
             Command::Help => {
                 self.tell(conn, Reply::Help, out);
                 Ok(())
@@ -100,6 +104,7 @@ impl Chat {
         if !valid_room_name(room) {
             return Err(Failure::new("bad_field", "room names are 1-64 of A-Z a-z 0-9 _ . -"));
         }
+        self.may_join(conn, room)?;
         let user = &self.users[&conn];
         let json = user.json;
         if let Some(id) = self.rooms.find(room).filter(|id| user.seats.iter().any(|s| s.room == *id)) {
@@ -114,10 +119,13 @@ impl Chat {
             self.leave_seat(conn, seat, out); // a raw client has one current room: it moves
         }
         let seat = self.rooms.join(room, Member { conn, json });
+        let already_there = self.present_elsewhere(conn, seat.room); // this user, on another connection
         let user = self.users.get_mut(&conn).expect("callers pass connected users");
         user.seats.push(seat);
-        let presence = Envelope::Presence { room, user: &user.name, event: "join", old: None }.to_json();
-        out.to_room(seat.room, Some(conn), None, Some(&presence));
+        if !already_there {
+            let presence = Envelope::Presence { room, user: &user.name, event: "join", old: None }.to_json();
+            out.to_room(seat.room, Some(conn), None, Some(&presence));
+        }
         if reply {
             self.tell(conn, Reply::Joined { room, members: self.member_names(seat.room) }, out);
         }
@@ -147,7 +155,8 @@ impl Chat {
         }
         let Some(user) = self.users.get_mut(&conn) else { return };
         user.seats.retain(|s| s.room != seat.room);
-        if self.rooms.has_json_members(seat.room) {
+        let user = &self.users[&conn];
+        if self.rooms.has_json_members(seat.room) && !self.present_elsewhere(conn, seat.room) {
             let presence = Envelope::Presence { room: &room_name, user: &user.name, event: "leave", old: None };
             out.to_room(seat.room, Some(conn), None, Some(&presence.to_json()));
         }
@@ -165,6 +174,7 @@ impl Chat {
         out: &mut Outbox,
     ) -> Result<(), Failure> {
         let room_id = self.membership(conn, room)?;
+        self.may_publish(conn, room)?;
         self.check_text(text)?;
         let id = self.accept(conn, room, None, Said::Text(text), now_ms, out);
         let envelope = Envelope::Message { id, room, from: &self.users[&conn].name, text, ts: now_ms }.to_json();
@@ -186,15 +196,17 @@ impl Chat {
         now_ms: u64,
         out: &mut Outbox,
     ) -> Result<(), Failure> {
-        let Some(&target) = self.names.get(to) else {
+        let Some(targets) = self.names.get(to).cloned() else {
             return Err(Failure::new("no_such_user", format!("{to} is not connected")));
         };
         self.check_text(text)?;
         let id = self.accept(conn, DM_ROOM, Some(to), Said::Text(text), now_ms, out);
         let sender = &self.users[&conn];
         let dm = DmView { id, from: &sender.name, to, text, ts: now_ms };
-        self.tell(target, Reply::Dm(dm), out);
-        self.tell(conn, Reply::DmSent { dm, to_self: target == conn }, out);
+        for &target in &targets {
+            self.tell(target, Reply::Dm(dm), out); // every connection of the recipient
+        }
+        self.tell(conn, Reply::DmSent { dm, to_self: targets.contains(&conn) }, out);
         if sender.json {
             out.acks.push(Ack { conn, cid: cid.unwrap_or(Value::Null), id });
         }
@@ -211,6 +223,7 @@ impl Chat {
         out: &mut Outbox,
     ) -> Result<(), Failure> {
         self.membership(conn, room)?;
+        self.may_join(conn, room)?;
         if !self.limits.history {
             return Err(Failure::new("no_history", "this server keeps no history"));
         }
@@ -233,19 +246,27 @@ impl Chat {
     }
 
     fn who(&mut self, conn: usize, room: &str, out: &mut Outbox) -> Result<(), Failure> {
+        self.may_join(conn, room)?;
         let members = self.rooms.find(room).map(|id| self.member_names(id)).unwrap_or_default();
         self.tell(conn, Reply::Who { room, members }, out);
         Ok(())
     }
 
     fn list_rooms(&mut self, conn: usize, out: &mut Outbox) -> Result<(), Failure> {
-        let rooms = self.rooms.list().map(|(room, members)| RoomCount { room, members }).collect();
+        let identity = self.users[&conn].identity.as_ref();
+        let visible = |room: &str| identity.map_or(true, |identity| identity.may_join(room));
+        let rooms =
+            self.rooms.list().filter(|(room, _)| visible(room)).map(|(room, members)| RoomCount { room, members });
+        let rooms = rooms.collect();
         self.tell(conn, Reply::Rooms { rooms }, out);
         Ok(())
     }
 
     /// Renames a user; every room it is in hears a `presence` with event `rename`.
     fn nick(&mut self, conn: usize, name: &str, out: &mut Outbox) -> Result<(), Failure> {
+        if self.access.auth.is_some() {
+            return Err(Failure::new("forbidden", "names come from the token here"));
+        }
         if self.users[&conn].name == name {
             self.tell(conn, Reply::Nick { old: name, you: name }, out);
             return Ok(());
@@ -253,14 +274,46 @@ impl Chat {
         self.name_available(name)?;
         let user = self.users.get_mut(&conn).expect("callers pass connected users");
         let old = std::mem::replace(&mut user.name, name.to_owned());
-        self.names.remove(&old);
-        self.names.insert(name.to_owned(), conn);
+        self.release_name(&old, conn);
+        self.names.insert(name.to_owned(), vec![conn]);
         for seat in &self.users[&conn].seats {
             let room = self.rooms.name(seat.room);
             let presence = Envelope::Presence { room, user: name, event: "rename", old: Some(&old) }.to_json();
             out.to_room(seat.room, Some(conn), None, Some(&presence));
         }
         self.tell(conn, Reply::Nick { old: &old, you: name }, out);
+        Ok(())
+    }
+
+    /// A fresh token for the same user, before the old one expires: its expiry and its
+    /// `rooms` claim apply from now on, and rooms it no longer allows are left.
+    fn refresh(&mut self, conn: usize, token: &str, now_ms: u64, out: &mut Outbox) -> Result<(), Failure> {
+        let Some(config) = &self.access.auth else {
+            return Err(Failure::new("bad_field", "this server does not use tokens"));
+        };
+        let fresh = verify(config, token, now_ms / 1000).map_err(|e| Failure::new("unauthorized", e.reason()))?;
+        let old = self.users[&conn].identity.clone();
+        if old.as_ref().map_or(true, |old| old.user != fresh.user) {
+            return Err(Failure::new("forbidden", "the token is for another user"));
+        }
+        if let Some(exp) = old.and_then(|old| old.exp) {
+            self.expiries.remove(&(exp, conn));
+        }
+        if let Some(exp) = fresh.exp {
+            self.expiries.insert((exp, conn));
+        }
+        let exp = fresh.exp;
+        let user = self.users.get_mut(&conn).expect("callers pass connected users");
+        user.identity = Some(fresh);
+        let seats = self.users[&conn].seats.clone();
+        let lost: Vec<Seat> =
+            seats.into_iter().filter(|s| self.may_join(conn, self.rooms.name(s.room)).is_err()).collect();
+        for seat in lost {
+            let room = self.rooms.name(seat.room).to_owned();
+            self.leave_seat(conn, seat, out);
+            self.tell(conn, Reply::Left { room: &room }, out);
+        }
+        self.tell(conn, Reply::Refreshed { exp }, out);
         Ok(())
     }
 

@@ -57,10 +57,12 @@ pub enum Request {
     Nick { name: String },
     /// Server counters.
     Stats {},
+    /// A fresh token for the same user, before the current one expires.
+    Refresh { token: String },
 }
 
 /// The request types, for telling `unknown_type` from `bad_field`.
-const TYPES: [&str; 9] = ["join", "leave", "history", "send", "dm", "who", "rooms", "nick", "stats"];
+const TYPES: [&str; 10] = ["join", "leave", "history", "send", "dm", "who", "rooms", "nick", "stats", "refresh"];
 
 /// A request that could not be understood.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,6 +135,8 @@ pub enum Envelope<'a> {
     Nick { old: &'a str, you: &'a str },
     /// Server counters.
     Stats { users: usize, rooms: usize, messages: u64 },
+    /// A `refresh` was taken: the connection now lives until `exp` (null: no expiry).
+    Refreshed { exp: Option<u64> },
     /// Part of a room's history, oldest first. `more`: older (or, after `since`, newer)
     /// messages exist beyond this page; `recovered` (answer to `join` with `since`):
     /// false when retention already dropped some of the messages after `since`.
@@ -174,6 +178,7 @@ pub fn render(reply: &Reply, mut emit: impl FnMut(&str)) {
             Envelope::Stats { users: *users, rooms: *rooms, messages: *messages }.to_json()
         }
         Reply::Dm(view) => dm(view),
+        Reply::Refreshed { exp } => Envelope::Refreshed { exp: *exp }.to_json(),
         Reply::DmSent { to_self: true, .. } | Reply::Help => return,
         Reply::DmSent { dm: view, to_self: false } => dm(view),
         Reply::Failure { code, message, reference } => {

@@ -35,13 +35,15 @@ pub mod rooms;
 mod tests;
 pub mod text;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use serde_json::Value;
 
 pub use outbox::{Outbox, Output};
 pub use replay::{history_frames, Ack};
 
+use admission::Access;
+use auth::Identity;
 use json::BadRequest;
 use names::NameError;
 use rate::Bucket;
@@ -53,11 +55,13 @@ use text::Line;
 /// A connection joining the chat, as its upgrade request described it.
 #[derive(Debug, Clone, Copy)]
 pub struct Arrival<'a> {
-    pub conn: usize,            // the shell's slab key
-    pub json: bool,             // negotiated pollcast.v1
-    pub name: Option<&'a str>,  // `?name=`, decoded
-    pub room: &'a str,          // from the URL path (`rooms::room_from_path`)
-    pub history: Option<usize>, // `?history=N`
+    pub conn: usize,                    // the shell's slab key
+    pub json: bool,                     // negotiated pollcast.v1
+    pub name: Option<&'a str>,          // `?name=`, decoded
+    pub room: &'a str,                  // from the URL path (`rooms::room_from_path`)
+    pub history: Option<usize>,         // `?history=N`
+    pub identity: Option<&'a Identity>, // with tokens: who it is (an empty user id: a guest)
+    pub rate_limited: bool,             // `--max-rate` applies to it
 }
 
 /// Limits of the chat layer, from `Config`.
@@ -71,13 +75,15 @@ pub struct ChatLimits {
     pub max_rate: u32,               // messages per second per client (bursts of twice that); 0 = no limit
 }
 
-/// One connected user.
+/// One connection of a user (with tokens, one user may hold several: two tabs, a phone).
 #[derive(Debug)]
 struct User {
-    name: String,     // unique among connected users
-    json: bool,       // speaks pollcast.v1
-    seats: Vec<Seat>, // rooms it is in; a raw user has at most one, its current room
-    bucket: Bucket,   // what is left of its message allowance (`max_rate`)
+    name: String,               // unique among users; shared by one user's connections
+    json: bool,                 // speaks pollcast.v1
+    seats: Vec<Seat>,           // rooms it is in; a raw user has at most one, its current room
+    bucket: Bucket,             // what is left of its message allowance (`max_rate`)
+    rate_limited: bool,         // `max_rate` applies (the shell exempts loopback by default)
+    identity: Option<Identity>, // with tokens: user id, expiry, the rooms it may join and send to
 }
 
 /// A message body as the chat received it: text is already proven UTF-8 by `proto`.
@@ -90,26 +96,36 @@ enum Said<'a> {
 /// The chat state of the whole server.
 #[derive(Debug)]
 pub struct Chat {
-    limits: ChatLimits,            // from Config
-    users: HashMap<usize, User>,   // by connection
-    names: HashMap<String, usize>, // name → connection
-    rooms: Rooms,                  // membership
-    last_id: u64,                  // the last message id given out
-    messages: u64,                 // messages accepted since start
-    guests: u64,                   // counter behind generated names
+    limits: ChatLimits,                 // from Config
+    access: Access,                     // tokens, guests: who may come in (`admission.rs`)
+    users: HashMap<usize, User>,        // by connection
+    names: HashMap<String, Vec<usize>>, // name → its connections (several only with tokens)
+    rooms: Rooms,                       // membership
+    expiries: BTreeSet<(u64, usize)>,   // (token `exp` in Unix seconds, connection), soonest first
+    last_id: u64,                       // the last message id given out
+    messages: u64,                      // messages accepted since start
+    guests: u64,                        // counter behind generated names
 }
 
 impl Chat {
     pub fn new(limits: ChatLimits) -> Chat {
         Chat {
             limits,
+            access: Access::open(),
             users: HashMap::new(),
             names: HashMap::new(),
             rooms: Rooms::default(),
+            expiries: BTreeSet::new(),
             last_id: 0,
             messages: 0,
             guests: 0,
         }
+    }
+
+    /// Who may come in (tokens, guests); without this, anyone, by name.
+    pub fn with_access(mut self, access: Access) -> Chat {
+        self.access = access;
+        self
     }
 
     /// Message ids continue after `last_id` (the store's highest id at start).
@@ -151,15 +167,25 @@ impl Chat {
     /// taken name gets an `error` and a generated name), joins its room, and is sent the
     /// history it asked for (`?history=N`; JSON clients get the default count otherwise).
     pub fn connect(&mut self, arrival: Arrival, now_ms: u64, out: &mut Outbox) {
-        let Arrival { conn, json, name, room, history } = arrival;
+        let Arrival { conn, json, name, room, history, identity, rate_limited } = arrival;
         let refused = name.and_then(|n| self.name_available(n).err());
-        let name = match (name, refused) {
-            (Some(name), None) => name.to_owned(),
-            _ => self.guest_name(),
+        let name = match (identity, name, refused) {
+            (Some(identity), _, _) => self.name_for(identity),
+            (None, Some(name), None) => name.to_owned(),
+            (None, _, _) => self.guest_name(),
         };
-        self.names.insert(name.clone(), conn);
+        let identity = identity.cloned().map(|mut identity| {
+            if identity.user.is_empty() {
+                (identity.user, identity.name) = (name.clone(), name.clone()); // a guest
+            }
+            identity
+        });
+        if let Some(exp) = identity.as_ref().and_then(|identity| identity.exp) {
+            self.expiries.insert((exp, conn));
+        }
+        self.names.entry(name.clone()).or_default().push(conn);
         let bucket = Bucket::full(self.limits.max_rate, now_ms);
-        self.users.insert(conn, User { name, json, seats: Vec::new(), bucket });
+        self.users.insert(conn, User { name, json, seats: Vec::new(), bucket, rate_limited, identity });
         if let Some(e) = refused {
             self.fail(conn, Failure::from(e), None, out); // before `welcome`, which names the guest
         }
@@ -181,18 +207,39 @@ impl Chat {
             self.leave_seat(conn, seat, out);
         }
         if let Some(user) = self.users.remove(&conn) {
-            self.names.remove(&user.name);
+            self.release_name(&user.name, conn);
+            if let Some(exp) = user.identity.and_then(|identity| identity.exp) {
+                self.expiries.remove(&(exp, conn));
+            }
         }
+    }
+
+    /// The soonest token expiry among connected users (Unix seconds), for the shell's
+    /// timer: `expire` has work to do then (plus the leeway).
+    pub fn next_expiry(&self) -> Option<u64> {
+        let leeway = self.access.auth.as_ref().map_or(0, |auth| auth.leeway_secs);
+        self.expiries.first().map(|&(exp, _)| exp.saturating_add(leeway))
+    }
+
+    /// The connections whose token expired (with the leeway) by `now_secs` and was not
+    /// refreshed: each is told `token_expired`; the shell closes them with 1008 (their
+    /// rooms hear they left when they part).
+    pub fn expire(&mut self, now_secs: u64, out: &mut Outbox) -> Vec<usize> {
+        let mut expired = Vec::new();
+        while let Some(at) = self.next_expiry().filter(|&at| at <= now_secs) {
+            let Some((_, conn)) = self.expiries.pop_first() else { break };
+            log::debug!("conn {conn}: token expired at {at}");
+            self.fail(conn, Failure::new("token_expired", "token expired"), None, out);
+            expired.push(conn);
+        }
+        expired
     }
 
     /// A text message from a connection (`proto` proved it UTF-8): a JSON request, a
     /// raw `/command`, or a raw line for the current room.
     pub fn text(&mut self, conn: usize, text: &str, now_ms: u64, out: &mut Outbox) {
-        if !self.allowed(conn, now_ms, out) {
-            return;
-        }
-        let Some(user) = self.users.get(&conn) else { return };
-        if user.json {
+        let Some(json) = self.allowed(conn, now_ms, out) else { return };
+        if json {
             let (reference, request) = json::parse(text);
             let result = request.map_err(|BadRequest { code, message }| Failure { code, message });
             if let Err(failure) = result.and_then(|request| self.request(conn, request, now_ms, out)) {
@@ -212,11 +259,8 @@ impl Chat {
 
     /// A binary message: relayed by raw clients, refused from JSON clients.
     pub fn binary(&mut self, conn: usize, data: &[u8], now_ms: u64, out: &mut Outbox) {
-        if !self.allowed(conn, now_ms, out) {
-            return;
-        }
-        let Some(user) = self.users.get(&conn) else { return };
-        let result = match user.json {
+        let Some(json) = self.allowed(conn, now_ms, out) else { return };
+        let result = match json {
             true => Err(Failure::new("bad_json", "pollcast.v1 takes JSON text frames, not binary")),
             false => self.say(conn, Said::Binary(data), now_ms, out),
         };
@@ -251,19 +295,17 @@ impl Chat {
     }
 
     /// Rate limiting (`--max-rate`): a message over the allowance is dropped and answered
-    /// `rate_limited`; the connection stays open.
-    fn allowed(&mut self, conn: usize, now_ms: u64, out: &mut Outbox) -> bool {
+    /// `rate_limited`; the connection stays open. `Some(json)`: go on, and whether the
+    /// user speaks JSON (so the caller needs no second lookup on the relay's hot path).
+    fn allowed(&mut self, conn: usize, now_ms: u64, out: &mut Outbox) -> Option<bool> {
         let rate = self.limits.max_rate;
-        if rate == 0 {
-            return true; // no limit: no lookup on the relay's hot path
-        }
-        let Some(user) = self.users.get_mut(&conn) else { return false };
-        if user.bucket.take(rate, now_ms) {
-            return true;
+        let user = self.users.get_mut(&conn)?;
+        if rate == 0 || !user.rate_limited || user.bucket.take(rate, now_ms) {
+            return Some(user.json);
         }
         let message = format!("over {rate} messages per second; this one was dropped");
         self.fail(conn, Failure::new("rate_limited", message), None, out);
-        false
+        None
     }
 
     /// The id of `room` if `conn` is a member of it.
@@ -297,11 +339,70 @@ impl Chat {
         self.tell(conn, reply, out);
     }
 
+    /// The names of a room's members, sorted, each once (one user may be there on
+    /// several connections).
     fn member_names(&self, room: RoomId) -> Vec<&str> {
         let mut names: Vec<&str> =
             self.rooms.members(room).iter().filter_map(|m| self.users.get(&m.conn)).map(|u| u.name.as_str()).collect();
         names.sort_unstable();
+        names.dedup();
         names
+    }
+
+    /// Does the user of `conn` have another connection in `room`? (Then it is still
+    /// there for the room: no presence for this one coming or going.)
+    fn present_elsewhere(&self, conn: usize, room: RoomId) -> bool {
+        let Some(user) = self.users.get(&conn) else { return false };
+        let others = self.names.get(&user.name).into_iter().flatten().filter(|&&c| c != conn);
+        others.filter_map(|c| self.users.get(c)).any(|other| other.seats.iter().any(|s| s.room == room))
+    }
+
+    /// With tokens: may `conn` join (and read) `room`? Without tokens, always.
+    fn may_join(&self, conn: usize, room: &str) -> Result<(), Failure> {
+        match self.users[&conn].identity.as_ref() {
+            Some(identity) if !identity.may_join(room) => {
+                Err(Failure::new("forbidden", format!("you may not join or read {room}")))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// With tokens: may `conn` send to `room`? Without tokens, always.
+    fn may_publish(&self, conn: usize, room: &str) -> Result<(), Failure> {
+        match self.users[&conn].identity.as_ref() {
+            Some(identity) if !identity.may_publish(room) => {
+                Err(Failure::new("forbidden", format!("you may not send to {room}")))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The name a token's user goes by: its `name`, else its user id, if free or already
+    /// its own (its other connections); else the user id with a number.
+    fn name_for(&mut self, identity: &Identity) -> String {
+        if identity.user.is_empty() {
+            return self.guest_name();
+        }
+        let free_or_own = |chat: &Chat, name: &str| match chat.names.get(name).and_then(|conns| conns.first()) {
+            None => true,
+            Some(conn) => chat.users[conn].identity.as_ref().is_some_and(|other| other.user == identity.user),
+        };
+        for name in [&identity.name, &identity.user] {
+            if free_or_own(self, name) {
+                return name.clone();
+            }
+        }
+        (2..).map(|n| format!("{}-{n}", identity.user)).find(|name| free_or_own(self, name)).unwrap_or_default()
+    }
+
+    /// `conn` no longer goes by `name`.
+    fn release_name(&mut self, name: &str, conn: usize) {
+        if let Some(conns) = self.names.get_mut(name) {
+            conns.retain(|&c| c != conn);
+            if conns.is_empty() {
+                self.names.remove(name);
+            }
+        }
     }
 
     /// `guest-N`, skipping names someone already chose.

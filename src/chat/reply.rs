@@ -42,6 +42,8 @@ pub enum Reply<'a> {
     DmSent { dm: DmView<'a>, to_self: bool },
     /// The command list (raw clients; JSON has no command for it).
     Help,
+    /// A fresh token was taken; it expires at `exp` (Unix seconds), if ever.
+    Refreshed { exp: Option<u64> },
     /// A request failed; `reference` is the request's `ref` (JSON only).
     Failure { code: &'a str, message: &'a str, reference: Option<&'a Value> },
 }

@@ -56,7 +56,7 @@ fn to(list: &[(usize, String)], conn: usize) -> Vec<String> {
 }
 
 fn arrival(conn: usize, json: bool, name: &str) -> Arrival<'_> {
-    Arrival { conn, json, name: Some(name), room: "lobby", history: None }
+    Arrival { conn, json, name: Some(name), room: "lobby", history: None, identity: None, rate_limited: true }
 }
 
 fn json(text: &str) -> Value {

@@ -30,11 +30,12 @@ pub enum Command<'a> {
     Who(Option<&'a str>),   // /who [ROOM] (default: the current room)
     Rooms,                  // /rooms
     Stats,                  // /stats
+    Token(&'a str),         // /token TOKEN: a fresh token for the same user
     Help,                   // /help
 }
 
 /// What `/help` prints, one line each.
-pub const HELP: [&str; 9] = [
+pub const HELP: [&str; 10] = [
     "help /nick NAME        change your name",
     "help /join ROOM        move to ROOM (leaving your current room)",
     "help /leave [ROOM]     leave ROOM (default: your current room)",
@@ -42,6 +43,7 @@ pub const HELP: [&str; 9] = [
     "help /who [ROOM]       list a room's members (reply: who ROOM a b c)",
     "help /rooms            list rooms (reply: rooms lobby:3 games:1)",
     "help /stats            server counters (reply: stats users=N rooms=N messages=N)",
+    "help /token TOKEN      a fresh token before yours expires (servers with tokens)",
     "help //TEXT            send TEXT starting with a literal /",
     "help replies start with ok, err CODE, who, rooms, dm, stats or help",
 ];
@@ -76,6 +78,7 @@ pub fn parse(text: &str) -> Line<'_> {
         },
         "rooms" => Ok(Command::Rooms),
         "stats" => Ok(Command::Stats),
+        "token" => one_arg("/token TOKEN").map(Command::Token),
         "help" => Ok(Command::Help),
         _ => return Line::Bad("unknown_command", format!("unknown command /{word} (try /help)")),
     };
@@ -106,6 +109,8 @@ pub fn render(reply: &Reply, mut emit: impl FnMut(&str)) {
         Reply::Dm(dm) => format!("dm {} {}", dm.from, dm.text),
         Reply::DmSent { dm, .. } => format!("ok msg {} {}", dm.to, dm.id),
         Reply::Help => return HELP.iter().for_each(|line| emit(line)),
+        Reply::Refreshed { exp: Some(exp) } => format!("ok token {exp}"),
+        Reply::Refreshed { exp: None } => "ok token".to_owned(),
         Reply::Failure { code, message, .. } => err(code, message),
     };
     emit(&line);

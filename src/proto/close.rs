@@ -25,6 +25,11 @@ impl CloseCode {
     pub const TOO_BIG: CloseCode = CloseCode(1009);
     /// 1011: the server met an unexpected condition.
     pub const INTERNAL_ERROR: CloseCode = CloseCode(1011);
+    /// 4401: the token is missing, invalid or expired (4000-4999 are for applications,
+    /// RFC 6455 §7.4.2; the last three digits echo HTTP 401 for the page).
+    pub const UNAUTHORIZED: CloseCode = CloseCode(4401);
+    /// 4403: the token does not allow this room (echoing HTTP 403).
+    pub const FORBIDDEN: CloseCode = CloseCode(4403);
 
     /// RFC 6455 §7.4.1/§7.4.2 and the IANA registry: may this code appear in a Close frame?
     /// 1004-1006 and 1015 are reserved for local use ("MUST NOT be set as a status

@@ -33,13 +33,14 @@ pub struct RequestLimits {
 pub enum Status {
     Ok,                 // 200
     BadRequest,         // 400: malformed request or WebSocket headers (or a bad room name, judged by chat)
-    Unauthorized,       // 401 (auth comes later)
-    Forbidden,          // 403: Origin not allowed
+    Unauthorized,       // 401: no token, or a token that does not verify (judged by chat::auth)
+    Forbidden,          // 403: Origin not allowed, or a room the token does not allow
     NotFound,           // 404: no such endpoint
     MethodNotAllowed,   // 405: not GET (sent with `Allow: GET`)
     RequestTimeout,     // 408: the request did not arrive within the handshake timeout
-    Conflict,           // 409 (name taken, comes later)
+    Conflict,           // 409: a raw client asked for a name someone holds
     UpgradeRequired,    // 426: wrong WebSocket version (sent with `Sec-WebSocket-Version: 13`)
+    TooManyRequests,    // 429: an address over --max-connections-per-ip or --max-upgrade-rate
     HeadersTooLarge,    // 431: request head over its byte or header-count limit
     ServiceUnavailable, // 503: over `--max-connections`
 }
@@ -56,6 +57,7 @@ impl Status {
             Status::RequestTimeout => 408,
             Status::Conflict => 409,
             Status::UpgradeRequired => 426,
+            Status::TooManyRequests => 429,
             Status::HeadersTooLarge => 431,
             Status::ServiceUnavailable => 503,
         }
@@ -72,6 +74,7 @@ impl Status {
             Status::RequestTimeout => "Request Timeout",
             Status::Conflict => "Conflict",
             Status::UpgradeRequired => "Upgrade Required",
+            Status::TooManyRequests => "Too Many Requests",
             Status::HeadersTooLarge => "Request Header Fields Too Large",
             Status::ServiceUnavailable => "Service Unavailable",
         }
@@ -80,7 +83,9 @@ impl Status {
     /// Headers this status must carry.
     fn extra_headers(self) -> &'static str {
         match self {
-            Status::MethodNotAllowed => "Allow: GET\r\n",
+            Status::MethodNotAllowed => "Allow: GET, HEAD\r\n",
+            // RFC 6585 §4: "MAY include a Retry-After header".
+            Status::TooManyRequests => "Retry-After: 1\r\n",
             // RFC 6455 §4.4: answer an unsupported version with the versions we speak.
             Status::UpgradeRequired => "Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n",
             _ => "",
@@ -106,18 +111,22 @@ impl Rejection {
 pub enum Request {
     /// A valid WebSocket upgrade.
     Upgrade(Upgrade),
-    /// A plain `GET` for an HTTP endpoint; the path without its query.
-    Http { path: String },
+    /// A plain `GET` (or `HEAD`: `head` is true, answer without the body) for an HTTP
+    /// endpoint; the path without its query.
+    Http { path: String, head: bool },
 }
 
 /// What a valid upgrade asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Upgrade {
-    pub path: String,             // the request target before `?` (which room it names is chat's rule)
-    pub query: String,            // after `?`, undecoded ("" when absent)
-    pub accept: String,           // our Sec-WebSocket-Accept value
-    pub protocol: Option<String>, // the subprotocol we choose, if the client offered one we speak
-    pub origin: Option<String>,   // the Origin header, if any (browsers send it)
+    pub path: String,                  // the request target before `?` (which room it names is chat's rule)
+    pub query: String,                 // after `?`, undecoded ("" when absent)
+    pub accept: String,                // our Sec-WebSocket-Accept value
+    pub protocol: Option<String>,      // the subprotocol we choose, if the client offered one we speak
+    pub origin: Option<String>,        // the Origin header, if any (browsers send it)
+    pub authorization: Option<String>, // the Authorization header, if any (a bearer token)
+    pub forwarded_for: Vec<String>,    // every X-Forwarded-For line (believed only from a trusted proxy)
+    pub forwarded: Vec<String>,        // every Forwarded line (RFC 7239), likewise
 }
 
 impl Upgrade {
@@ -168,10 +177,13 @@ pub fn parse_request(
 /// Applies RFC 6455 §4.2.1 to a complete request head.
 fn check_request(req: &httparse::Request, allowed_origins: &[String]) -> Result<Request, Rejection> {
     let bad = |why| Err(Rejection::new(Status::BadRequest, why));
-    // RFC 6455 §4.2.1: "An HTTP/1.1 or higher GET request".
-    if req.method != Some("GET") {
-        return Err(Rejection::new(Status::MethodNotAllowed, "only GET is served"));
-    }
+    // RFC 6455 §4.2.1: "An HTTP/1.1 or higher GET request". RFC 9110 §9.3.2: HEAD is GET
+    // without the body, so plain endpoints answer it too (an upgrade needs GET).
+    let head = match req.method {
+        Some("GET") => false,
+        Some("HEAD") => true,
+        _ => return Err(Rejection::new(Status::MethodNotAllowed, "only GET and HEAD are served")),
+    };
     if req.version != Some(1) {
         return bad("only HTTP/1.1 is served");
     }
@@ -183,7 +195,10 @@ fn check_request(req: &httparse::Request, allowed_origins: &[String]) -> Result<
     let key = header("Sec-WebSocket-Key");
     let version = header("Sec-WebSocket-Version");
     if upgrade.is_none() && key.is_none() && version.is_none() {
-        return Ok(Request::Http { path: path.to_owned() });
+        return Ok(Request::Http { path: path.to_owned(), head });
+    }
+    if head {
+        return Err(Rejection::new(Status::MethodNotAllowed, "an upgrade must be a GET"));
     }
 
     // RFC 6455 §4.2.1 items 2-6, in order.
@@ -205,10 +220,17 @@ fn check_request(req: &httparse::Request, allowed_origins: &[String]) -> Result<
     if version.map(|v| v.trim_ascii()) != Some(WS_VERSION.as_bytes()) {
         return Err(Rejection::new(Status::UpgradeRequired, "Sec-WebSocket-Version must be 13"));
     }
-    let origin = header("Origin").and_then(|o| std::str::from_utf8(o).ok()).map(str::to_owned);
-    if !allowed_origins.is_empty() && !origin.as_ref().is_some_and(|o| allowed_origins.iter().any(|a| a == o)) {
+    let text = |value: &[u8]| std::str::from_utf8(value).ok().map(str::to_owned);
+    let origin = header("Origin").and_then(text);
+    // RFC 6455 §10.2: Origin protects browsers from pages on other sites. Only browsers
+    // are bound to send it truthfully (any other program can write any Origin), so a
+    // request without one is not a browser's and is not refused for it.
+    if !allowed_origins.is_empty() && origin.as_ref().is_some_and(|o| !allowed_origins.iter().any(|a| a == o)) {
         return Err(Rejection::new(Status::Forbidden, "Origin not allowed"));
     }
+    let all = |name: &str| -> Vec<String> {
+        req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case(name)).filter_map(|h| text(h.value)).collect()
+    };
     let offered = req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("Sec-WebSocket-Protocol"));
     let protocol =
         offered.into_iter().any(|h| has_token(h.value, SUBPROTOCOL_JSON)).then(|| SUBPROTOCOL_JSON.to_owned());
@@ -218,6 +240,9 @@ fn check_request(req: &httparse::Request, allowed_origins: &[String]) -> Result<
         accept: accept_key(key),
         protocol,
         origin,
+        authorization: header("Authorization").and_then(text),
+        forwarded_for: all("X-Forwarded-For"),
+        forwarded: all("Forwarded"),
     }))
 }
 
@@ -261,6 +286,14 @@ pub fn http_response(status: Status, content_type: &str, body: &[u8]) -> Vec<u8>
     let mut out = head.into_bytes();
     out.extend_from_slice(body);
     out
+}
+
+/// Cuts a response down to its head (the answer to `HEAD`): status and headers, with
+/// the `Content-Length` the body would have had, and no body.
+pub fn strip_body(response: &mut Vec<u8>) {
+    if let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+        response.truncate(end + 4);
+    }
 }
 
 /// The plain-text error page for a rejection.
@@ -334,7 +367,22 @@ mod tests {
     #[test]
     fn plain_http_paths() {
         let req = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
-        assert_eq!(parse(req).unwrap().unwrap().0, Request::Http { path: "/healthz".into() });
+        assert_eq!(parse(req).unwrap().unwrap().0, Request::Http { path: "/healthz".into(), head: false });
+        let head = "HEAD /?x=1 HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(parse(head).unwrap().unwrap().0, Request::Http { path: "/".into(), head: true });
+        assert_eq!(status_of(&GOOD.replace("GET", "HEAD")), Status::MethodNotAllowed, "an upgrade is a GET");
+    }
+
+    #[test]
+    fn credentials_and_forwarding_headers_are_handed_out_raw() {
+        let extra =
+            "Authorization: Bearer abc.def.ghi\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-For: 5.6.7.8, 9.9.9.9\r\n\
+                     Forwarded: for=10.0.0.1\r\n";
+        let req = GOOD.replace("Host: x\r\n", &format!("Host: x\r\n{extra}"));
+        let Request::Upgrade(up) = parse(&req).unwrap().unwrap().0 else { panic!() };
+        assert_eq!(up.authorization.as_deref(), Some("Bearer abc.def.ghi"));
+        assert_eq!(up.forwarded_for, vec!["1.2.3.4", "5.6.7.8, 9.9.9.9"]);
+        assert_eq!(up.forwarded, vec!["for=10.0.0.1"]);
     }
 
     #[test]
@@ -373,7 +421,7 @@ mod tests {
         assert!(parse_request(with("https://good.example").as_bytes(), &LIMITS, &allowed).is_ok());
         let err = parse_request(with("https://evil.example").as_bytes(), &LIMITS, &allowed).unwrap_err();
         assert_eq!(err.status, Status::Forbidden);
-        assert_eq!(parse_request(GOOD.as_bytes(), &LIMITS, &allowed).unwrap_err().status, Status::Forbidden);
+        assert!(parse_request(GOOD.as_bytes(), &LIMITS, &allowed).is_ok(), "no Origin: not a browser, not refused");
         assert!(parse_request(GOOD.as_bytes(), &LIMITS, &[]).is_ok(), "no list: every origin");
     }
 }

@@ -4,7 +4,7 @@
 //! readiness interest derived from those. Must not touch: other clients (routing is
 //! `broadcast.rs`), rooms and names (`chat`), the poll loop's order of phases (`mod.rs`).
 
-use std::net::{Shutdown, SocketAddr};
+use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::time::Instant;
 
 use mio::net::TcpStream;
@@ -17,15 +17,17 @@ use crate::proto::session::{Phase, Session};
 /// A connected client: the Rust form of one entry of PHP's `$clients` array plus its
 /// `$handshake[$i]` flag (now `session.phase()`) and read buffer.
 pub struct Client {
-    pub stream: TcpStream,    // the non-blocking socket, registered with Token(slab key)
-    pub peer: SocketAddr,     // remote address, for log lines
-    pub session: Session,     // protocol state: phase, assembly, timers
-    pub inbox: Vec<u8>,       // bytes read but not consumed (a partial head or frame); empty, unallocated, otherwise
-    pub queue: WriteQueue,    // encoded frames waiting to be written, shared with other queues
-    pub dirty: bool,          // already listed for this turn's flush
-    pub write_shut: bool,     // we sent FIN (shutdown(Write)) after the last queued byte
-    pub sealed: bool,         // a Close (or a final HTTP answer) is queued: no data frame may follow it
-    pub registered: Interest, // the interest the poller currently has for this socket
+    pub stream: TcpStream,       // the non-blocking socket, registered with Token(slab key)
+    pub peer: SocketAddr,        // the TCP peer (a reverse proxy, when there is one)
+    pub addr: IpAddr,            // the client's address: the peer's, or the one a trusted proxy forwarded
+    pub counted: Option<IpAddr>, // the address this connection counts against in the per-address limits
+    pub session: Session,        // protocol state: phase, assembly, timers
+    pub inbox: Vec<u8>,          // bytes read but not consumed (a partial head or frame); empty, unallocated, otherwise
+    pub queue: WriteQueue,       // encoded frames waiting to be written, shared with other queues
+    pub dirty: bool,             // already listed for this turn's flush
+    pub write_shut: bool,        // we sent FIN (shutdown(Write)) after the last queued byte
+    pub sealed: bool,            // a Close (or a final HTTP answer) is queued: no data frame may follow it
+    pub registered: Interest,    // the interest the poller currently has for this socket
 }
 
 impl Client {
@@ -33,6 +35,8 @@ impl Client {
         Client {
             stream,
             peer,
+            addr: peer.ip().to_canonical(),
+            counted: None,
             session,
             inbox: Vec::new(),
             queue: WriteQueue::default(),

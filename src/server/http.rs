@@ -17,22 +17,24 @@ const INDEX_HTML: &str = include_str!("../web/index.html");
 /// Counters since start, for `/metrics` and the shutdown log line.
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
-    pub accepted: u64,         // TCP connections accepted
-    pub refused_full: u64,     // answered 503 because of --max-connections
-    pub accept_fd_errors: u64, // accept() failures for lack of file descriptors
-    pub upgrades: u64,         // successful WebSocket handshakes
-    pub rejected: u64,         // handshakes answered with an HTTP error
-    pub http_requests: u64,    // plain HTTP requests served
-    pub messages_in: u64,      // complete data messages received
-    pub deliveries: u64,       // messages queued to a recipient (one per recipient)
-    pub bytes_in: u64,         // bytes read from sockets
-    pub bytes_out: u64,        // bytes written to sockets
-    pub slow_consumers: u64,   // clients dropped because their queue overflowed
-    pub protocol_errors: u64,  // connections failed for breaking RFC 6455
-    pub idle_timeouts: u64,    // connections closed for silence
-    pub stored: u64,           // messages committed to history
-    pub commits: u64,          // history transactions committed (at most one per loop turn)
-    pub store_errors: u64,     // failed history commits or reads
+    pub accepted: u64,            // TCP connections accepted
+    pub refused_full: u64,        // answered 503 because of --max-connections
+    pub accept_fd_errors: u64,    // accept() failures for lack of file descriptors
+    pub upgrades: u64,            // successful WebSocket handshakes
+    pub rejected: u64,            // handshakes answered with an HTTP error
+    pub http_requests: u64,       // plain HTTP requests served
+    pub messages_in: u64,         // complete data messages received
+    pub deliveries: u64,          // messages queued to a recipient (one per recipient)
+    pub bytes_in: u64,            // bytes read from sockets
+    pub bytes_out: u64,           // bytes written to sockets
+    pub slow_consumers: u64,      // clients dropped because their queue overflowed
+    pub protocol_errors: u64,     // connections failed for breaking RFC 6455
+    pub idle_timeouts: u64,       // connections closed for silence
+    pub stored: u64,              // messages committed to history
+    pub commits: u64,             // history transactions committed (at most one per loop turn)
+    pub store_errors: u64,        // failed history commits or reads
+    pub refused_per_address: u64, // answered 429: an address over its connection or upgrade-rate limit
+    pub refused_auth: u64,        // refused for a missing or bad token, or a room it does not allow
 }
 
 /// Gauges sampled when `/metrics` is asked for.
@@ -93,6 +95,13 @@ pub fn metrics(stats: &Stats, gauges: Gauges) -> String {
     line("history_stored_total", "counter", "Messages committed to history.", stats.stored);
     line("history_commits_total", "counter", "History transactions committed.", stats.commits);
     line("history_errors_total", "counter", "Failed history commits or reads.", stats.store_errors);
+    line(
+        "refused_per_address_total",
+        "counter",
+        "Connections answered 429 (per-address limits).",
+        stats.refused_per_address,
+    );
+    line("refused_auth_total", "counter", "Upgrades refused for their token or room.", stats.refused_auth);
     line("connections", "gauge", "Client sockets held.", gauges.connections as u64);
     line("open_sessions", "gauge", "WebSocket sessions in OPEN.", gauges.open as u64);
     line("rooms", "gauge", "Rooms with members.", gauges.rooms as u64);

@@ -42,7 +42,7 @@ mod write_queue;
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
 use mio::net::TcpStream;
@@ -52,6 +52,8 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use crate::chat::admission::{Admission, Refusal};
+use crate::chat::auth::redact_token;
+use crate::chat::json::Envelope;
 use crate::chat::{Arrival, Chat};
 use crate::config::{Config, Mode};
 use crate::proto::close::CloseCode;
@@ -66,6 +68,7 @@ use client::Client;
 use history::History;
 use http::Stats;
 use listener::{Accepted, Listener};
+use peers::{client_addr, PeerLimits};
 
 /// The listening socket's token; client tokens are slab keys, far below it.
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -100,6 +103,8 @@ pub struct Server {
     turn: u64,                          // turns so far, for trace lines
     next_sweep: Instant,                // when timers are next checked
     shutdown_deadline: Option<Instant>, // set by SIGINT/SIGTERM
+    peers: PeerLimits,                  // open connections and upgrade rate per client address
+    loopback_exempt: bool,              // per-address limits spare loopback (neither flag given)
     stats: Stats,                       // counters for /metrics
 }
 
@@ -115,7 +120,12 @@ impl Server {
             None => None,
         };
         let history = History::new(store, config.history_max);
-        let mut chat = Chat::new(config.chat_limits());
+        let access = config.access().map_err(io::Error::other)?;
+        if access.auth.as_ref().is_some_and(|auth| auth.short_secret()) {
+            log::warn!("the JWT secret is shorter than 32 bytes (RFC 7518 §3.2): use a longer one");
+        }
+        let mut chat = Chat::new(config.chat_limits()).with_access(access);
+        let (per_ip, upgrade_rate, loopback_exempt) = config.peer_limits();
         chat.set_last_id(history.last_id());
         let now = Instant::now();
         Ok(Server {
@@ -136,6 +146,8 @@ impl Server {
             turn: 0,
             next_sweep: now + TIMER_RESOLUTION,
             shutdown_deadline: None,
+            peers: PeerLimits::new(per_ip, upgrade_rate),
+            loopback_exempt,
             stats: Stats::default(),
         })
     }
@@ -252,17 +264,26 @@ impl Server {
         }
     }
 
-    /// Takes an accepted connection into the slab, or answers 503 when full.
+    /// Takes an accepted connection into the slab, or answers 503 when full, or 429 when
+    /// its address is over its limits (judged here unless it is a trusted proxy, whose
+    /// clients are judged once their address is known, at the request head).
     fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr) {
         self.stats.accepted += 1;
-        if self.clients.len() >= self.config.max_connections {
+        let refusal = if self.clients.len() >= self.config.max_connections {
             self.stats.refused_full += 1;
-            let refusal = Rejection { status: Status::ServiceUnavailable, why: "server is at --max-connections" };
+            Some(Rejection { status: Status::ServiceUnavailable, why: "server is at --max-connections" })
+        } else if self.trusted(peer.ip()) {
+            None
+        } else {
+            self.count_address(peer.ip().to_canonical()).err()
+        };
+        if let Some(refusal) = refusal {
             // Best effort: a fresh socket's send buffer takes this small answer whole.
             let _ = stream.write(&handshake::rejection_response(&refusal));
-            log::debug!("refused {peer}: at max connections ({})", self.config.max_connections);
+            log::debug!("refused {peer}: {}", refusal.why);
             return;
         }
+        let counted = (!self.trusted(peer.ip())).then(|| peer.ip().to_canonical()).filter(|&ip| self.limited(ip));
         let _ = stream.set_nodelay(true); // frames are written whole; do not wait to coalesce
         let entry = self.clients.vacant_entry();
         let key = entry.key();
@@ -272,9 +293,33 @@ impl Server {
         }
         let session = Session::new(key, self.config.session_limits(), self.now);
         self.next_sweep = self.next_sweep.min(session.poll_timeout());
-        entry.insert(Client::new(stream, peer, session));
+        entry.insert(Client::new(stream, peer, session)).counted = counted;
         log::trace!("conn {key}: accepted from {peer}");
         // Its request may already be here; edge-triggered readiness will report it either way.
+    }
+
+    /// Is `ip` a reverse proxy whose forwarding headers we believe (`--trust-proxy`)?
+    fn trusted(&self, ip: IpAddr) -> bool {
+        self.config.trust_proxy.iter().any(|range| range.contains(ip))
+    }
+
+    /// Do the per-address limits apply to `ip`? (Loopback is exempt by default.)
+    fn limited(&self, ip: IpAddr) -> bool {
+        !(self.loopback_exempt && ip.is_loopback())
+    }
+
+    /// Counts a new connection from client address `ip` against its limits, or refuses
+    /// it with 429 (logged at most once a second per address).
+    fn count_address(&mut self, ip: IpAddr) -> Result<(), Rejection> {
+        if !self.limited(ip) {
+            return Ok(());
+        }
+        let Err(refusal) = self.peers.admit(ip, self.now) else { return Ok(()) };
+        self.stats.refused_per_address += 1;
+        if self.peers.should_log(ip, self.now) {
+            log::warn!("refused {ip}: {refusal} (429)");
+        }
+        Err(Rejection { status: Status::TooManyRequests, why: refusal.reason() })
     }
 
     /// Phase 5: ends an accept pause once it is over, draining what queued up meanwhile.
@@ -410,15 +455,19 @@ impl Server {
                 Ok(()) => return Some(used),
                 Err(rejection) => Err(rejection),
             },
-            Ok(Some((Request::Http { path }, _))) => Ok(path),
+            Ok(Some((Request::Http { path, head }, _))) => Ok((path, head)),
             Err(rejection) => Err(rejection),
         };
         let client = &mut self.clients[key];
         match answer {
-            Ok(path) => {
+            Ok((path, head)) => {
                 self.stats.http_requests += 1;
                 let gauges = http::gauges(&self.clients, &self.chat);
-                self.clients[key].session.respond_http(http::answer(&path, &self.stats, gauges), self.now);
+                let mut response = http::answer(&path, &self.stats, gauges);
+                if head {
+                    handshake::strip_body(&mut response); // RFC 9110 §9.3.2: the GET answer's head only
+                }
+                self.clients[key].session.respond_http(response, self.now);
             }
             Err(rejection) => {
                 self.stats.rejected += 1;
@@ -429,23 +478,83 @@ impl Server {
         Some(input.len()) // one request per connection: anything pipelined after it is dropped
     }
 
-    /// A valid upgrade: the chat judges the room and the requested name (a raw client
-    /// learns of a bad or taken name before the upgrade: 400, 409; a JSON client is
-    /// upgraded and told with an `error` envelope), then the 101, then the chat.
+    /// A valid upgrade: the client's address (behind a trusted proxy) against its
+    /// limits, then the chat judges the token, the room and the name; then the 101, then
+    /// the chat. A raw client is refused with an HTTP status (400, 401, 403, 409, 429);
+    /// a JSON client refused for its token or room is upgraded, told with one `error`
+    /// and closed with 4401 or 4403, because a browser cannot read an HTTP status.
     fn upgrade(&mut self, key: usize, upgrade: &Upgrade) -> Result<(), Rejection> {
+        let peer = self.clients[key].peer.ip();
+        if self.trusted(peer) {
+            let (xff, fwd) = (str_refs(&upgrade.forwarded_for), str_refs(&upgrade.forwarded));
+            let addr = client_addr(peer, &self.config.trust_proxy, &xff, &fwd).to_canonical();
+            self.count_address(addr)?;
+            let counted = self.limited(addr).then_some(addr);
+            let client = &mut self.clients[key];
+            (client.addr, client.counted) = (addr, counted);
+        }
+        if log::log_enabled!(log::Level::Debug) {
+            let target = format!("{}?{}", upgrade.path, upgrade.query);
+            log::debug!("conn {key}: {} upgrade {}", self.clients[key].addr, redact_token(&target));
+        }
         let json = upgrade.protocol.as_deref() == Some(SUBPROTOCOL_JSON);
-        let admission = self.chat.admit(&upgrade.path, &upgrade.query, json).map_err(rejection)?;
+        let now_secs = self.now_ms / 1000;
+        let admitted = self.chat.admit(&upgrade.path, &upgrade.query, json, upgrade.authorization.as_deref(), now_secs);
+        let admission = match admitted {
+            Ok(admission) => admission,
+            Err(refusal @ (Refusal::Unauthorized(_) | Refusal::Forbidden(_))) if json => {
+                self.refuse_after_upgrade(key, upgrade, refusal);
+                return Ok(());
+            }
+            Err(refusal) => {
+                self.stats.refused_auth +=
+                    u64::from(matches!(refusal, Refusal::Unauthorized(_) | Refusal::Forbidden(_)));
+                return Err(rejection(refusal));
+            }
+        };
         self.stats.upgrades += 1;
         let client = &mut self.clients[key];
         client.session.accept(self.now);
-        log::debug!("conn {key}: {} joined room {}", client.peer, admission.room);
+        log::debug!("conn {key}: {} joined room {}", client.addr, admission.room);
         self.router.outbox().own(key, handshake::switching_protocols(upgrade), false);
         if self.config.mode == Mode::Relay {
-            let Admission { room, json, name, history } = &admission;
-            let arrival = Arrival { conn: key, json: *json, name: name.as_deref(), room, history: *history };
+            let Admission { room, json, name, history, identity } = &admission;
+            let (name, identity) = (name.as_deref(), identity.as_ref());
+            let rate_limited = self.config.rate_limited(self.clients[key].addr);
+            let arrival = Arrival { conn: key, json: *json, name, room, history: *history, identity, rate_limited };
             self.chat.connect(arrival, self.now_ms, self.router.outbox());
+            self.schedule_expiry();
         }
         Ok(())
+    }
+
+    /// A JSON client refused for its token or its room: upgraded, told why in one
+    /// `error`, closed with 4401 (unauthorized) or 4403 (forbidden). It never joins the
+    /// chat, so it receives nothing else, and what it sends is dropped (CLOSING).
+    fn refuse_after_upgrade(&mut self, key: usize, upgrade: &Upgrade, refusal: Refusal) {
+        self.stats.refused_auth += 1;
+        let code = match refusal {
+            Refusal::Forbidden(_) => CloseCode::FORBIDDEN,
+            _ => CloseCode::UNAUTHORIZED,
+        };
+        let client = &mut self.clients[key];
+        log::info!("refused {}: {} ({})", client.addr, refusal.reason(), code.0);
+        client.session.accept(self.now);
+        let out = self.router.outbox();
+        out.own(key, handshake::switching_protocols(upgrade), false);
+        let error =
+            Envelope::Error { code: refusal.code(), message: refusal.reason(), reference: &serde_json::Value::Null };
+        out.send(key, &error.to_json());
+        client.session.close(code, refusal.reason(), self.now);
+        client.session_output_to(key, out);
+    }
+
+    /// Makes sure the timer sweep runs when the soonest token expires.
+    fn schedule_expiry(&mut self) {
+        if let Some(at) = self.chat.next_expiry() {
+            let wait = Duration::from_secs(at).saturating_sub(Duration::from_millis(self.now_ms));
+            self.next_sweep = self.next_sweep.min(self.now + wait);
+        }
     }
 
     /// A complete message from `sender`: to the chat (relay mode) or straight back to
@@ -504,7 +613,21 @@ impl Server {
             client.session_output_to(key, self.router.outbox());
             self.part_unless_open(key);
         }
+        self.expire_tokens();
         self.next_sweep = nearest.max(now + TIMER_RESOLUTION);
+        self.schedule_expiry();
+    }
+
+    /// Closes with 1008 every connection whose token expired and was not refreshed (the
+    /// chat has told each `token_expired`).
+    fn expire_tokens(&mut self) {
+        for key in self.chat.expire(self.now_ms / 1000, self.router.outbox()) {
+            let Some(client) = self.clients.get_mut(key) else { continue };
+            log::info!("conn {key}: {} token expired, closing 1008", client.addr);
+            client.session.close(CloseCode::POLICY, "token expired", self.now);
+            client.session_output_to(key, self.router.outbox());
+            self.part(key);
+        }
     }
 
     /// Phase 7: routes what timers, departures and shutdown produced, then commits this
@@ -557,6 +680,9 @@ impl Server {
             }
             let mut client = self.clients.remove(key);
             let _ = self.poll.registry().deregister(&mut client.stream);
+            if let Some(ip) = client.counted {
+                self.peers.release(ip);
+            }
             log::trace!("conn {key}: reaped ({})", client.peer);
         }
     }
@@ -614,10 +740,18 @@ impl Server {
 
 /// The HTTP answer to a refusal of the chat's.
 fn rejection(refusal: Refusal) -> Rejection {
-    match refusal {
-        Refusal::Invalid(why) => Rejection { status: Status::BadRequest, why },
-        Refusal::NameTaken => Rejection { status: Status::Conflict, why: "name taken" },
-    }
+    let status = match refusal {
+        Refusal::Invalid(_) => Status::BadRequest,
+        Refusal::NameTaken => Status::Conflict,
+        Refusal::Unauthorized(_) => Status::Unauthorized,
+        Refusal::Forbidden(_) => Status::Forbidden,
+    };
+    Rejection { status, why: refusal.reason() }
+}
+
+/// `&str`s of a list of header values.
+fn str_refs(values: &[String]) -> Vec<&str> {
+    values.iter().map(String::as_str).collect()
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).

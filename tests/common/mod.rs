@@ -84,9 +84,18 @@ impl Server {
         Server::start_wrapped(&[], args)
     }
 
+    /// Like `start`, logging at `filter` (e.g. `pollcast=debug`) instead of info.
+    pub fn start_logging(filter: &str, args: &[&str]) -> Server {
+        Server::spawn(&[], args, filter)
+    }
+
     /// Like `start`, with a command in front (e.g. `prlimit --nofile=64:64`), which must
     /// exec the server in the same process so the PID is the server's.
     pub fn start_wrapped(wrapper: &[&str], args: &[&str]) -> Server {
+        Server::spawn(wrapper, args, "pollcast=info")
+    }
+
+    fn spawn(wrapper: &[&str], args: &[&str], log_filter: &str) -> Server {
         let bin = env!("CARGO_BIN_EXE_pollcast");
         let mut command = match wrapper.split_first() {
             Some((program, rest)) => {
@@ -102,7 +111,7 @@ impl Server {
         if !args.iter().any(|a| *a == "--db" || *a == "--no-history") {
             command.arg("--no-history");
         }
-        command.env("RUST_LOG", "pollcast=info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        command.env("RUST_LOG", log_filter).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = command.spawn().expect("spawn pollcast");
         CHILDREN.lock().unwrap().push(child.id());
         let stderr = child.stderr.take().expect("piped stderr");
