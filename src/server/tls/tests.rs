@@ -517,10 +517,24 @@ fn files_without_the_expected_blocks_say_so() {
 fn a_sec1_ec_key_loads() {
     let pki = Pki::new("sec1");
     let key = pki_renewed_key(&pki);
-    fs::write(&pki.paths.key_path, pem_block("EC PRIVATE KEY", &sec1_of_pkcs8(key.serialized_der()))).unwrap();
+    fs::write(&pki.paths.key_path, pem_block("EC PRIVATE KEY", &inner_key_of_pkcs8(key.serialized_der()))).unwrap();
     let mut link =
         Link::new(pki.client(&[&rustls::version::TLS13]), TlsSession::new(pki.paths.load().unwrap()).unwrap());
     link.handshake();
+}
+
+#[test]
+fn a_pkcs1_rsa_key_loads() {
+    let pki = Pki::new("pkcs1");
+    let key = KeyPair::from_pem(RSA_TEST_KEY_PKCS8).unwrap();
+    let leaf =
+        CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&key, &pki.ca, &pki.ca_key).unwrap();
+    fs::write(&pki.paths.cert_path, leaf.pem()).unwrap();
+    fs::write(&pki.paths.key_path, pem_block("RSA PRIVATE KEY", &inner_key_of_pkcs8(key.serialized_der()))).unwrap();
+    let mut link =
+        Link::new(pki.client(&[&rustls::version::TLS12]), TlsSession::new(pki.paths.load().unwrap()).unwrap());
+    link.handshake();
+    assert_eq!(link.client.peer_certificates().unwrap()[0].as_ref(), leaf.der().as_ref());
 }
 
 /// Renews the leaf in place and returns its key (for re-encoding it).
@@ -532,9 +546,10 @@ fn pki_renewed_key(pki: &Pki) -> KeyPair {
     key
 }
 
-/// The SEC1 `ECPrivateKey` inside a PKCS#8 `PrivateKeyInfo` (RFC 5208 §5: SEQUENCE {
-/// version, algorithm, privateKey OCTET STRING }), whose octets are the SEC1 DER.
-fn sec1_of_pkcs8(der: &[u8]) -> Vec<u8> {
+/// The algorithm's own key encoding inside a PKCS#8 `PrivateKeyInfo` (RFC 5208 §5:
+/// SEQUENCE { version, algorithm, privateKey OCTET STRING }): the octets are the SEC1
+/// `ECPrivateKey` for EC keys and the PKCS#1 `RSAPrivateKey` for RSA keys.
+fn inner_key_of_pkcs8(der: &[u8]) -> Vec<u8> {
     let (_, body) = der_tlv(der); // the outer SEQUENCE
     let (rest, _version) = der_tlv(body);
     let (rest, _algorithm) = der_tlv(rest);
@@ -558,3 +573,37 @@ fn pem_block(label: &str, der: &[u8]) -> String {
     let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|l| std::str::from_utf8(l).unwrap()).collect();
     format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
 }
+
+/// A 2048-bit RSA key for `a_pkcs1_rsa_key_loads` only (the `ring` provider cannot generate
+/// RSA keys, so rcgen cannot make one at test time). Made with `openssl genpkey -algorithm
+/// RSA`; it protects nothing and signs nothing outside this test.
+const RSA_TEST_KEY_PKCS8: &str = "\
+-----BEGIN PRIVATE KEY-----
+MIIEvgIBADANBgkqhkiG9w0BAQEFAASCBKgwggSkAgEAAoIBAQClwgselkSccO4A
+IcRWps+xx5mXjh3OyQp3nb7HQbdZlhvtN6//KPjWwpcKNnoflCsLBUn/3S8NCm39
+QAPnu4lCuGRfK6M1O92sT9FdBAKHdqr3qsmQTn7eULo4X9AE4h552miOuK9w7vYE
+zYaWKQ8EAAVu3CFlJj6Bw1ONHsD/P2wgYUI2gjdsRcoJoPEU21k43+PH8nECv7KK
+YP4/2KlGUThUc03fkSSRc3a2FOzlcUQqk0uDvTYdT3PXDamgTS4+6Qhd7KQ+HvD5
+aqM3KHUAt3oERQYHDQJXZdtbsG1g22J+YPE2wyYdRRybpscrA2/fqgZwHWRk4w0J
+8nJG9VYLAgMBAAECggEAA1TXjrP8HrLMWGyqpV0xPm73C3Xmlncxl9Qv9zw/DZ9i
+jKLPuDlKwFzlK+Y1ZSNqtrbSqmr3x54mi25OcHQInwfVXe5NbO6jlr4nRI8l591p
+iT8W/FNU4cNN7X/LeVWmwXyIw8Q6znJsYmNTvvqF8Twjintadnh4Is6Ert49Mxll
+xeqLEprIqXDsjXXwxqeDjsgEo7+B9a2y5yRWJjkWfHZzrF70yYoNXJSgckYYPxmI
+59P7HqjbAeHMpjxroEBOCKQNvLKxgKo2p/Ouk1Ypf2ms+v8wBRN6ptfeQMh71GfY
+yoGNPBh8AWDTDWkZDaIlJR9HFhc4BgRV7oey/VxzXQKBgQDP1eDajU2WH1l7OQKK
+6m9U9/9wkWyCoGsrwgW+GcVxkx08KDhnNwqlacO94eQryu6SBg4sCTVqMz7BdC+z
+Grk9UEAUM/1T5joIFtn9TDHhyGYCNHahI6anbsahu5XAb2iMvaU25UlHNj+Vf3PJ
+j5Tg6cYys4AGoE7k0MWOjcEM3wKBgQDMK9x/7UIeU0FfW415+L1pKg645yHcqVYx
+8c4XUoEV54/TEYNlzP+ZoGJUl7SGLPwJwmRaBHaxb4dQIc8OhhwQn3meiIC35e1E
++lclSFZ1HNDCimuwqyJA7ovFTlTMc08qKiM1UT02OkWMotOiJlu3bpFpars10G3x
+kgkfxJXwVQKBgQCAZfnMC4/rNuLpJYdUmxC8xZmhybXn3YNYPT2e+/zm9aQSDicK
+XQ7OslCjdnKoO26399W5jtbZDV+v1D/DvrbCEloEITpYItunM7borbIDcvLSWecQ
+Fh5XQjCkqmcRw8IrcN4o0+45eGI/0cWOuI2ZhdNUb2Cgt1kGM5RZRWoGsQKBgQCN
+uIhnGBaEHEBNY6xxlNJNVE9B09YyaCyXoIPwtmk5/jFcTlTJ7iEhzy1SELfTRxhv
+4cpsnZqSEZt4aO9j4n1KoJf4DkJi5CvtbGPfUjYJNsZFs3WK/U9aiPrmKzg7bnLu
+Dq+/y7NUl+A8/a0vabbSPeKbrOVkNliKjVbeAUQevQKBgDEaos4oLVImudon6wnd
+0YaSligGS1mUDgcvuOMV0Q+qE8+zN492xWyWLRMIZe/22EITkhJkuet6KERPNznZ
+1oXaP+IJNItZIjLJBsRUeUM3LToSyrcnjnLpMA4elTSfTB/UJuiDe5qS4lWotqAi
+0UNHJlnrIl5nEeAerFIjkL4t
+-----END PRIVATE KEY-----
+";
