@@ -90,7 +90,8 @@ pub const ALPN_HTTP11: &[u8] = b"http/1.1";
 /// hold for one connection before the sink reports WouldBlock. This is the same as rustls's
 /// own default, stated here because the slow-consumer rule depends on it: a client's
 /// backlog is its `WriteQueue` (counted against `--max-queue`) plus at most this much
-/// ciphertext (and one record of overshoot, rustls checks the limit before encrypting).
+/// ciphertext (rustls applies the limit to the plaintext it accepts, so the records can
+/// exceed it by their overhead, 22 bytes per 16 KiB record).
 /// 64 KiB is four full records: one flush of a typical turn's batch fits in one go.
 pub const PENDING_LIMIT: usize = 64 << 10;
 
@@ -110,7 +111,9 @@ impl TlsConfig {
 
 /// Reads a PEM certificate chain and a PEM private key and builds the server's rustls
 /// configuration: TLS 1.3 and 1.2 only, the `ring` provider's cipher suites, ALPN
-/// `http/1.1`, no client certificates.
+/// `http/1.1`, no client certificates. A client that offers ALPN without `http/1.1` (only
+/// `h2`, say) is refused with a `no_application_protocol` alert (RFC 7301 §3.2); one that
+/// offers no ALPN at all is served.
 ///
 /// Errors name the file and say what is wrong with it; they never quote key material.
 pub fn load(cert_path: &Path, key_path: &Path) -> Result<Arc<ServerConfig>, String> {
