@@ -38,6 +38,7 @@ mod history;
 pub mod http;
 mod listener;
 pub mod peers;
+pub mod tls;
 mod write_queue;
 
 use std::fmt;
