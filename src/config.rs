@@ -176,6 +176,15 @@ pub struct Config {
     #[arg(long, env = "POLLCAST_ALLOW_GUESTS", value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_guests: bool,
 
+    /// PEM certificate chain (leaf first): serve wss:// and https:// (with --tls-key).
+    /// SIGHUP reloads the pair.
+    #[arg(long, env = "POLLCAST_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC) for --tls-cert.
+    #[arg(long, env = "POLLCAST_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Rooms guests may join and send to (repeatable; names, prefixes ending in *, or *).
     #[arg(long = "guest-rooms", env = "POLLCAST_GUEST_ROOMS", value_delimiter = ',', default_value = "lobby")]
     pub guest_rooms: Vec<String>,
@@ -262,6 +271,12 @@ impl Config {
         Ok(Access { auth, allow_guests: self.allow_guests, guest_rooms })
     }
 
+    /// The certificate pair, when TLS is on.
+    pub fn tls(&self) -> Option<crate::server::tls::TlsConfig> {
+        let (cert_path, key_path) = (self.tls_cert.clone()?, self.tls_key.clone()?);
+        Some(crate::server::tls::TlsConfig { cert_path, key_path })
+    }
+
     /// Per-address limits in force: (connections, new connections per second, whether
     /// loopback addresses are exempt because neither flag was given).
     pub fn peer_limits(&self) -> (u32, u32, bool) {
@@ -317,7 +332,7 @@ impl Config {
         format!(
             "limits: connections={} message={} queue={} request={} headers={} handshake-timeout={:?} \
              ping-interval={:?} idle-timeout={:?} close-timeout={:?} mode={:?} origins={} history={} \
-             per-ip={} auth={}",
+             per-ip={} auth={} tls={}",
             self.max_connections,
             human_bytes(self.max_message),
             human_bytes(self.effective_max_queue()),
@@ -342,6 +357,7 @@ impl Config {
                 (_, _, true) => "jwt+guests",
                 _ => "jwt",
             },
+            if self.tls_cert.is_some() { "on" } else { "off" },
         )
     }
 }

@@ -52,7 +52,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    log::info!("pollcast listening on ws://{}/", server.local_addr());
+    log::info!("pollcast listening on {}://{}/", server.scheme(), server.local_addr());
     log::info!("{} open-files={fd_limit}", config.limits_line());
     if let Err(e) = server.run() {
         log::error!("poll loop failed: {e}");

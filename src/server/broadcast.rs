@@ -202,7 +202,7 @@ impl Router {
             // first. A write error also means "cannot take more"; the close that follows
             // and the next read will tell the rest.
             history.commit(stats);
-            let taken = client.queue.write_to(&mut client.stream, self.outbox.pool());
+            let taken = client.write_out(self.outbox.pool());
             stats.bytes_out += *taken.as_ref().unwrap_or(&0) as u64;
             if taken.is_err() || (!client.queue.is_empty() && client.queue.len() + chunk.len() > self.queue_limit) {
                 return Pushed::Slow;

@@ -4,13 +4,16 @@
 //! readiness interest derived from those. Must not touch: other clients (routing is
 //! `broadcast.rs`), rooms and names (`chat`), the poll loop's order of phases (`mod.rs`).
 
+use std::io;
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::time::Instant;
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
+use super::tls::TlsSession;
 use super::write_queue::WriteQueue;
+use crate::buffers::Pool;
 use crate::chat::Outbox;
 use crate::proto::session::{Phase, Session};
 
@@ -18,6 +21,7 @@ use crate::proto::session::{Phase, Session};
 /// `$handshake[$i]` flag (now `session.phase()`) and read buffer.
 pub struct Client {
     pub stream: TcpStream,       // the non-blocking socket, registered with Token(slab key)
+    pub tls: Option<TlsSession>, // `wss://`: the TLS state between the socket and everything else
     pub peer: SocketAddr,        // the TCP peer (a reverse proxy, when there is one)
     pub addr: IpAddr,            // the client's address: the peer's, or the one a trusted proxy forwarded
     pub counted: Option<IpAddr>, // the address this connection counts against in the per-address limits
@@ -31,9 +35,10 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(stream: TcpStream, peer: SocketAddr, session: Session) -> Client {
+    pub fn new(stream: TcpStream, peer: SocketAddr, session: Session, tls: Option<TlsSession>) -> Client {
         Client {
             stream,
+            tls,
             peer,
             addr: peer.ip().to_canonical(),
             counted: None,
@@ -48,13 +53,28 @@ impl Client {
     }
 
     /// What to be woken for, derived from state alone: always READABLE (to see data, a
-    /// Close or EOF), WRITABLE only while queued bytes wait for kernel buffer space.
+    /// Close or EOF), WRITABLE only while queued bytes (or TLS records) wait for kernel
+    /// buffer space.
     pub fn interest(&self) -> Interest {
-        if self.queue.is_empty() {
+        if self.queue.is_empty() && !self.tls_wants_write() {
             Interest::READABLE
         } else {
             Interest::READABLE | Interest::WRITABLE
         }
+    }
+
+    /// TLS records (handshake messages, data, an alert) wait for the socket.
+    pub fn tls_wants_write(&self) -> bool {
+        self.tls.as_ref().is_some_and(TlsSession::wants_write)
+    }
+
+    /// Writes what is queued as far as the socket takes it: one `writev` of the queue's
+    /// chunks, or through TLS (the chunks encrypted as one batch of records, then one
+    /// `writev` of the records). Returns the bytes the socket took.
+    pub fn write_out(&mut self, pool: &mut Pool) -> io::Result<usize> {
+        let Some(tls) = &mut self.tls else { return self.queue.write_to(&mut self.stream, pool) };
+        let queue = &mut self.queue;
+        Ok(tls.send_queued(&mut self.stream, |sink| queue.write_to(sink, pool))?.written)
     }
 
     /// Moves what the session must send (a 101 is queued by the shell; this is a pong, a
@@ -85,11 +105,21 @@ impl Client {
     /// (RFC 6455 §7.1.1: the server closes the TCP connection first). We keep reading
     /// until the peer's FIN or the linger deadline, so our last bytes are not lost to an
     /// RST caused by unread input.
+    /// With TLS, a close_notify alert (RFC 8446 §6.1) goes first, and FIN waits until it
+    /// has left (WRITABLE brings us back, `interest()` says so).
     pub fn shut_write_if_done(&mut self) {
-        if self.session.is_closed() && self.queue.is_empty() && !self.write_shut {
-            self.write_shut = true;
-            let _ = self.stream.shutdown(Shutdown::Write); // ENOTCONN: the peer is gone already
+        if !self.session.is_closed() || !self.queue.is_empty() || self.write_shut {
+            return;
         }
+        if let Some(tls) = &mut self.tls {
+            tls.send_close_notify(); // idempotent
+            let _ = tls.flush_to(&mut self.stream); // an error: the peer is gone, FIN anyway
+            if tls.wants_write() {
+                return;
+            }
+        }
+        self.write_shut = true;
+        let _ = self.stream.shutdown(Shutdown::Write); // ENOTCONN: the peer is gone already
     }
 
     /// Bytes this client holds in user space beyond its fixed slot (for /metrics).

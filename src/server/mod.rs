@@ -48,7 +48,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
@@ -70,6 +70,7 @@ use history::History;
 use http::Stats;
 use listener::{Accepted, Listener};
 use peers::{client_addr, PeerLimits};
+use tls::{Certs, ReadStop};
 
 /// The listening socket's token; client tokens are slab keys, far below it.
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -90,12 +91,14 @@ pub struct Server {
     config: Config,                     // every limit, fixed at start
     poll: Poll,                         // the readiness queue: PHP's socket_select(), edge-triggered
     listener: Listener,                 // PHP's $master socket, and the accept pause after EMFILE
-    signals: Signals,                   // SIGINT/SIGTERM, delivered through a pipe on the same Poll
+    signals: Signals,                   // SIGINT/SIGTERM (shut down), SIGHUP (reload), through a pipe on the same Poll
+    certs: Option<Certs>,               // with --tls-cert: the pair new TLS handshakes use
     clients: Slab<Client>,              // PHP's $clients array; key = Token
     chat: Chat,                         // users, names, rooms: what messages mean
     router: Router,                     // the outbox, routed into queues (encode once, share)
     history: History,                   // the store, the commit, and the acks waiting on it
     scratch: Vec<u8>,                   // one read buffer shared by all clients
+    plaintext: Vec<u8>,                 // what TLS decrypted from one client's read, shared likewise
     carried: Vec<usize>,                // clients cut short last turn: read in the carry-over phase
     unfinished: Vec<usize>,             // clients cut short this turn: carried over to the next
     gone: Vec<usize>,                   // clients to remove after this turn
@@ -114,7 +117,11 @@ impl Server {
     pub fn bind(config: Config) -> io::Result<Server> {
         let poll = Poll::new()?;
         let listener = Listener::bind(config.listen, poll.registry(), LISTENER)?;
-        let mut signals = Signals::new([SIGINT, SIGTERM])?;
+        let certs = match config.tls() {
+            Some(paths) => Some(Certs::open(paths).map_err(io::Error::other)?),
+            None => None,
+        };
+        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         let store: Option<Box<dyn Store>> = match config.history_db() {
             Some(path) => Some(Box::new(SqliteStore::open(path, config.history_keep).map_err(io::Error::other)?)),
@@ -137,8 +144,10 @@ impl Server {
             poll,
             listener,
             signals,
+            certs,
             clients: Slab::new(),
             scratch: vec![0; SCRATCH_LEN],
+            plaintext: Vec::new(),
             carried: Vec::new(),
             unfinished: Vec::new(),
             gone: Vec::new(),
@@ -156,6 +165,15 @@ impl Server {
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr()
+    }
+
+    /// `wss` with TLS, else `ws`: for the listening log line.
+    pub fn scheme(&self) -> &'static str {
+        if self.certs.is_some() {
+            "wss"
+        } else {
+            "ws"
+        }
     }
 
     /// The loop: the phases of the module doc, in order. Returns after a graceful
@@ -279,11 +297,19 @@ impl Server {
             self.count_address(peer.ip().to_canonical()).err()
         };
         if let Some(refusal) = refusal {
-            // Best effort: a fresh socket's send buffer takes this small answer whole.
-            let _ = stream.write(&handshake::rejection_response(&refusal));
+            // Best effort: a fresh socket's send buffer takes this small answer whole. A
+            // TLS client could not read it before a handshake, so it is simply closed.
+            if self.certs.is_none() {
+                let _ = stream.write(&handshake::rejection_response(&refusal));
+            }
             log::debug!("refused {peer}: {}", refusal.why);
             return;
         }
+        let tls = match self.certs.as_ref().map(Certs::accept) {
+            None => None,
+            Some(Ok(session)) => Some(session),
+            Some(Err(e)) => return log::warn!("cannot start TLS for {peer}: {e}"),
+        };
         let counted = (!self.trusted(peer.ip())).then(|| peer.ip().to_canonical()).filter(|&ip| self.limited(ip));
         let _ = stream.set_nodelay(true); // frames are written whole; do not wait to coalesce
         let entry = self.clients.vacant_entry();
@@ -294,7 +320,7 @@ impl Server {
         }
         let session = Session::new(key, self.config.session_limits(), self.now);
         self.next_sweep = self.next_sweep.min(session.poll_timeout());
-        entry.insert(Client::new(stream, peer, session)).counted = counted;
+        entry.insert(Client::new(stream, peer, session, tls)).counted = counted;
         log::trace!("conn {key}: accepted from {peer}");
         // Its request may already be here; edge-triggered readiness will report it either way.
     }
@@ -336,6 +362,9 @@ impl Server {
     /// Reads from one client until WouldBlock or its per-turn budget is spent, then
     /// routes what the input produced.
     fn read_client(&mut self, key: usize) {
+        if self.clients.get(key).is_some_and(|client| client.tls.is_some()) {
+            return self.read_tls_client(key);
+        }
         let mut budget = self.config.read_budget;
         let mut scratch = std::mem::take(&mut self.scratch);
         // The slot may be vacant: a stale event for a client reaped in an earlier turn.
@@ -364,6 +393,40 @@ impl Server {
             }
         }
         self.scratch = scratch;
+    }
+
+    /// A TLS client: ciphertext until WouldBlock or the budget, decrypted into the shared
+    /// plaintext buffer, which then goes the way a plain client's bytes go. A read can
+    /// also make TLS records to send (the handshake): the client is flushed this turn.
+    fn read_tls_client(&mut self, key: usize) {
+        let (mut scratch, mut plaintext) = (std::mem::take(&mut self.scratch), std::mem::take(&mut self.plaintext));
+        let client = &mut self.clients[key];
+        let Some(tls) = client.tls.as_mut() else { return };
+        let result = tls.read_from(&mut client.stream, &mut scratch, &mut plaintext, self.config.read_budget);
+        if client.tls_wants_write() {
+            self.router.mark_dirty(&mut self.clients, key);
+        }
+        match result {
+            Ok(outcome) => {
+                self.stats.bytes_in += outcome.ciphertext as u64;
+                log::trace!("conn {key}: read {} bytes of TLS, {} of plaintext", outcome.ciphertext, outcome.plaintext);
+                if !plaintext.is_empty() {
+                    self.take_input(key, &mut plaintext);
+                }
+                match outcome.stop {
+                    ReadStop::Budget => self.unfinished.push(key),
+                    ReadStop::CloseNotify | ReadStop::Eof => self.on_eof(key),
+                    ReadStop::WouldBlock => {} // edge-triggered: the next data brings a new event
+                }
+            }
+            Err(e) => {
+                // Any alert rustls queued goes out in this turn's flush, before the reap.
+                log::debug!("conn {key}: TLS: {e}");
+                self.mark_gone(key);
+            }
+        }
+        plaintext.clear();
+        (self.scratch, self.plaintext) = (scratch, plaintext);
     }
 
     /// Phase 4: clients that still had input when their budget ran out last turn. (Those
@@ -651,7 +714,7 @@ impl Server {
         for key in dirty {
             let Some(client) = self.clients.get_mut(key) else { continue };
             client.dirty = false;
-            match client.queue.write_to(&mut client.stream, self.router.outbox().pool()) {
+            match client.write_out(self.router.outbox().pool()) {
                 Ok(written) => {
                     self.stats.bytes_out += written as u64;
                     log::trace!("conn {key}: flushed {written} bytes, {} left", client.queue.len());
@@ -690,11 +753,34 @@ impl Server {
 
     // ----- shutdown and departures ---------------------------------------------------
 
-    /// SIGINT/SIGTERM: stop accepting, close every open client with 1001, and give the
-    /// closes `--shutdown-timeout` to go out.
+    /// SIGHUP reloads the TLS pair; SIGINT/SIGTERM shut down.
     fn on_signals(&mut self) {
         let signals: Vec<i32> = self.signals.pending().collect();
-        if signals.is_empty() || self.shutdown_deadline.is_some() {
+        if signals.contains(&SIGHUP) {
+            self.reload();
+        }
+        if signals.iter().any(|&signal| signal == SIGINT || signal == SIGTERM) {
+            self.shut_down(&signals);
+        }
+    }
+
+    /// SIGHUP: new TLS handshakes use the certificate pair as it is on disk now; open
+    /// connections keep theirs. A pair that fails to load is logged, and the old one
+    /// stays in service.
+    fn reload(&mut self) {
+        match &mut self.certs {
+            None => log::info!("SIGHUP: nothing to reload (no --tls-cert)"),
+            Some(certs) => match certs.reload() {
+                Ok(()) => log::info!("SIGHUP: TLS certificate reloaded; new connections use it"),
+                Err(e) => log::error!("SIGHUP: TLS certificate not reloaded, the old one stays in service: {e}"),
+            },
+        }
+    }
+
+    /// SIGINT/SIGTERM: stop accepting, close every open client with 1001, and give the
+    /// closes `--shutdown-timeout` to go out.
+    fn shut_down(&mut self, signals: &[i32]) {
+        if self.shutdown_deadline.is_some() {
             return;
         }
         log::info!("signal {signals:?}: shutting down, closing {} client(s)", self.clients.len());

@@ -241,9 +241,9 @@ impl Drop for Server {
     }
 }
 
-/// `... pollcast listening on ws://127.0.0.1:PORT/` → PORT.
+/// `... pollcast listening on ws://127.0.0.1:PORT/` (or `wss://`) → PORT.
 fn listening_port(line: &str) -> Option<u16> {
-    let rest = line.split("pollcast listening on ws://127.0.0.1:").nth(1)?;
+    let rest = line.split("pollcast listening on ").nth(1)?.split("://127.0.0.1:").nth(1)?;
     rest.split('/').next()?.parse().ok()
 }
 
