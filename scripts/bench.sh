@@ -53,12 +53,12 @@ start_server() { # NAME: starts it on $PORT pinned to CPU 0, sets SERVER_PID
   local name=$1
   ulimit -n "$(ulimit -Hn)"
   case "$name" in
-    pollcast) taskset -c 0 "$BIN" --listen "127.0.0.1:$PORT" --no-history 2>"$WORK/$name.log" & ;;
+    pollcast) taskset -c 0 "$BIN" --listen "127.0.0.1:$PORT" --admin-listen off --no-history 2>"$WORK/$name.log" & ;;
     pollcast-auth)
-      taskset -c 0 "$BIN" --listen "127.0.0.1:$PORT" --no-history --jwt-secret-file "$WORK/jwt-secret" 2>"$WORK/$name.log" & ;;
+      taskset -c 0 "$BIN" --listen "127.0.0.1:$PORT" --admin-listen off --no-history --jwt-secret-file "$WORK/jwt-secret" 2>"$WORK/$name.log" & ;;
     pollcast-history)
       rm -f "$WORK"/history.db*
-      taskset -c 0 "$BIN" --listen "127.0.0.1:$PORT" --db "$WORK/history.db" 2>"$WORK/$name.log" & ;;
+      taskset -c 0 "$BIN" --listen "127.0.0.1:$PORT" --admin-listen off --db "$WORK/history.db" 2>"$WORK/$name.log" & ;;
     tt) taskset -c 0 "$WORK/tt-target/release/tt-peer" "$PORT" --threads 1 >"$WORK/$name.log" 2>&1 & ;;
     node) (cd "$WORK/node" && exec taskset -c 0 node server.js "$PORT") >"$WORK/$name.log" 2>&1 & ;;
     *) echo "bench: unknown server $name" >&2; exit 2 ;;

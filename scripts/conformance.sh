@@ -21,7 +21,7 @@ fi
 
 cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
 LOG="$(mktemp)"
-"$ROOT/target/release/pollcast" --listen 127.0.0.1:0 --mode echo --max-message 16MiB 2>"$LOG" &
+"$ROOT/target/release/pollcast" --listen 127.0.0.1:0 --admin-listen off --mode echo --max-message 16MiB 2>"$LOG" &
 PID=$!
 trap 'kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; rm -f "$LOG"' EXIT
 

@@ -30,11 +30,15 @@ stop_tracked() {
 
 # Waits (up to 10 s) for a pollcast started with `--listen 127.0.0.1:0 2>LOG` as PID to
 # log where it listens, and prints that address (127.0.0.1:PORT). Fails, showing the log,
-# if the server exits or never says.
-listening_addr() {
-  local log=$1 pid=$2 addr=""
+# if the server exits or never says. `admin_addr` does the same for `--admin-listen
+# 127.0.0.1:0` (the admin port: /metrics and the API).
+listening_addr() { logged_addr "$1" "$2" 'pollcast listening on wss*://'; }
+admin_addr() { logged_addr "$1" "$2" 'admin listening on http://'; }
+
+logged_addr() {
+  local log=$1 pid=$2 what=$3 addr=""
   for _ in $(seq 1 100); do
-    addr="$(sed -n 's|.*pollcast listening on ws://\(127\.0\.0\.1:[0-9][0-9]*\)/.*|\1|p' "$log" | head -n 1)"
+    addr="$(sed -n "s|.*${what}\(127\.0\.0\.1:[0-9][0-9]*\)/.*|\1|p" "$log" | head -n 1)"
     [[ -n "$addr" ]] && { echo "$addr"; return 0; }
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1

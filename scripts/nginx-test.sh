@@ -80,10 +80,11 @@ else
 fi
 
 # --- pollcast, a certificate, nginx ------------------------------------------------------
-target/release/pollcast --listen 127.0.0.1:0 --no-history 2>"$DIR/pollcast.log" &
+target/release/pollcast --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --no-history 2>"$DIR/pollcast.log" &
 POLLCAST=$!
 PIDS+=("$POLLCAST")
 ADDR="$(listening_addr "$DIR/pollcast.log" "$POLLCAST")"
+ADMIN="$(admin_addr "$DIR/pollcast.log" "$POLLCAST")"
 
 openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj "/CN=localhost" \
   -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
@@ -151,7 +152,7 @@ curl -sk --max-time 5 -o "$DIR/page.html" "$HTTPS/" || true
 expect "GET / serves the chat page over https" "$(grep -qi '<html' "$DIR/page.html" && echo html || echo other)" html
 
 # --- (a) two wss clients in one room ----------------------------------------------------------
-upgrades() { curl -s --max-time 2 "http://$ADDR/metrics" | awk '$1 == "pollcast_upgrades_total" {print $2}'; }
+upgrades() { curl -s --max-time 2 "http://$ADMIN/metrics" | awk '$1 == "pollcast_upgrades_total" {print $2}'; }
 upgrades_at_least() { [[ "$(upgrades)" -ge "$1" ]]; }
 has_line() { grep -qxF -- "$2" "$1" 2>/dev/null; }
 before="$(upgrades)"

@@ -10,11 +10,13 @@ export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 cargo build --release --quiet
 
 LOG="$(mktemp)"
-target/release/pollcast --listen 127.0.0.1:0 --no-history 2>"$LOG" &
+target/release/pollcast --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --no-history 2>"$LOG" &
 SERVER=$!
 trap 'kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; rm -f "$LOG"' EXIT
 source scripts/lib.sh
 ADDR="$(listening_addr "$LOG" "$SERVER")"
+ADMIN="$(admin_addr "$LOG" "$SERVER")"
+export ADMIN
 
 passed=0
 failed=0

@@ -2,6 +2,7 @@
 # Shows the slow-consumer policy: a client that never reads is closed (1008) once its
 # queue passes --max-queue, while a normal reader in the same room gets every message.
 # usage: scripts/slow-consumer.sh [SERVER] [ROOM]   (defaults: 127.0.0.1:8080 slow)
+#        ADMIN=HOST:PORT for the server's admin port (default 127.0.0.1:8081)
 # Bounded: sends 20000 lines of 1 KiB (20 MiB, more than loopback socket buffers hold), stops every process it started by PID.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -10,7 +11,8 @@ SERVER="${1:-127.0.0.1:8080}"
 ROOM="${2:-slow}"
 LINES=20000
 need_websocat
-metric() { curl -s "http://$SERVER/metrics" | awk -v m="pollcast_$1" '$1 == m {print $2}'; }
+ADMIN="${ADMIN:-127.0.0.1:8081}" # the admin port, for /metrics
+metric() { curl -s "http://$ADMIN/metrics" | awk -v m="pollcast_$1" '$1 == m {print $2}'; }
 
 with_cleanup
 

@@ -2,6 +2,7 @@
 # Load test with websocat: N listeners in a room, one sender of M numbered, timestamped
 # lines; counts what every listener received and reports loss, duplicates and wall time.
 # usage: scripts/websocat-load.sh [N] [M] [SERVER] [ROOM]   (defaults: 10 1000 127.0.0.1:8080 load)
+#        ADMIN=HOST:PORT for the server's admin port (default 127.0.0.1:8081)
 # Bounded: every process it starts is stopped by PID within ~60 s, whatever happens.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -12,6 +13,7 @@ SERVER="${3:-127.0.0.1:8080}"
 ROOM="${4:-load}"
 LIMIT=60
 need_websocat
+ADMIN="${ADMIN:-127.0.0.1:8081}" # the admin port, for /metrics
 [[ "$N" =~ ^[0-9]+$ && "$M" =~ ^[0-9]+$ && "$N" -ge 1 && "$N" -le 500 && "$M" -ge 1 && "$M" -le 1000000 ]] ||
   { echo "websocat-load.sh: N must be 1-500 and M 1-1000000" >&2; exit 2; }
 
@@ -23,9 +25,9 @@ for i in $(seq 1 "$N"); do
     < <(sleep "$LIMIT") > "$DIR/listener-$i.txt" 2>/dev/null &
   PIDS+=($!)
 done
-# Wait until every listener is in the room (the server's /metrics counts open sessions).
+# Wait until every listener is in the room (the admin port's /metrics counts open sessions).
 for _ in $(seq 1 100); do
-  open=$(curl -s "http://$SERVER/metrics" | awk '/^pollcast_open_sessions /{print $2}')
+  open=$(curl -s "http://$ADMIN/metrics" | awk '/^pollcast_open_sessions /{print $2}')
   [[ "${open:-0}" -ge "$N" ]] && break
   sleep 0.1
 done

@@ -176,6 +176,21 @@ pub struct Config {
     #[arg(long, env = "POLLCAST_ALLOW_GUESTS", value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_guests: bool,
 
+    /// Log lines as text (for people) or JSON (one object per line, for collectors).
+    #[arg(long, env = "POLLCAST_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: crate::logging::LogFormat,
+
+    /// The admin port: /metrics, /healthz and the JSON API (publish, dm, disconnect, rooms,
+    /// history); `off` disables it. Never subject to --max-connections. A non-loopback
+    /// address needs --admin-token-file.
+    #[arg(long, env = "POLLCAST_ADMIN_LISTEN", default_value = "127.0.0.1:8081", value_parser = parse_admin_listen)]
+    pub admin_listen: AdminListen,
+
+    /// A file holding the admin bearer token: every admin request must carry
+    /// `Authorization: Bearer TOKEN` (one trailing newline is not part of it).
+    #[arg(long, env = "POLLCAST_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
     /// PEM certificate chain (leaf first): serve wss:// and https:// (with --tls-key).
     /// SIGHUP reloads the pair.
     #[arg(long, env = "POLLCAST_TLS_CERT", requires = "tls_key")]
@@ -188,6 +203,21 @@ pub struct Config {
     /// Rooms guests may join and send to (repeatable; names, prefixes ending in *, or *).
     #[arg(long = "guest-rooms", env = "POLLCAST_GUEST_ROOMS", value_delimiter = ',', default_value = "lobby")]
     pub guest_rooms: Vec<String>,
+}
+
+/// `--admin-listen`: an address, or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdminListen {
+    At(SocketAddr), // serve the admin port here
+    Off,            // no admin port
+}
+
+/// Parses `--admin-listen`: `off` or an address.
+pub fn parse_admin_listen(text: &str) -> Result<AdminListen, String> {
+    match text.trim() {
+        "off" | "none" => Ok(AdminListen::Off),
+        addr => addr.parse().map(AdminListen::At).map_err(|_| format!("'{text}' is not an address (or off)")),
+    }
 }
 
 /// Per-address limits when their flags are not given: enough for a household or an
@@ -269,6 +299,30 @@ impl Config {
         }
         let guest_rooms = Patterns::from_items(&self.guest_rooms).map_err(|e| format!("--guest-rooms: {e}"))?;
         Ok(Access { auth, allow_guests: self.allow_guests, guest_rooms })
+    }
+
+    /// The admin port's address and bearer token (read from its file), or `None` when it
+    /// is off. Refuses a non-loopback address without a token: the API can post as
+    /// anyone and disconnect anyone.
+    pub fn admin(&self) -> Result<Option<(SocketAddr, Option<String>)>, String> {
+        let AdminListen::At(addr) = self.admin_listen else { return Ok(None) };
+        let token = match &self.admin_token_file {
+            Some(path) => {
+                let file = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                let token = file.strip_suffix('\n').map_or(file.as_str(), |t| t.strip_suffix('\r').unwrap_or(t));
+                if token.is_empty() {
+                    return Err(format!("{}: the admin token file is empty", path.display()));
+                }
+                Some(token.to_owned())
+            }
+            None => None,
+        };
+        if token.is_none() && !addr.ip().is_loopback() {
+            return Err(format!(
+                "--admin-listen {addr} is reachable from other machines: give --admin-token-file too (or keep it on 127.0.0.1)"
+            ));
+        }
+        Ok(Some((addr, token)))
     }
 
     /// The certificate pair, when TLS is on.

@@ -99,6 +99,7 @@ pub mod bench;
 pub mod buffers;
 pub mod chat;
 pub mod config;
+pub mod logging;
 pub mod proto;
 pub mod server;
 pub mod store;

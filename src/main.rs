@@ -3,7 +3,8 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::error::{ContextKind, ContextValue};
+use clap::{CommandFactory, Parser};
 
 use pollcast::config::Config;
 use pollcast::server::Server;
@@ -33,8 +34,18 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let note = environment_note(&error);
+            let _ = error.print();
+            if let Some(note) = note {
+                eprintln!("{note}");
+            }
+            return ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2));
+        }
+    };
+    pollcast::logging::init(cli.serve.log_format);
     match cli.command {
         Some(Command::Bench(args)) => return pollcast::bench::run(args),
         Some(Command::Token(args)) => return pollcast::token::run(args),
@@ -53,10 +64,26 @@ fn main() -> ExitCode {
         }
     };
     log::info!("pollcast listening on {}://{}/", server.scheme(), server.local_addr());
+    if let Some(admin) = server.admin_addr() {
+        log::info!("admin listening on http://{admin}/ (/metrics, /healthz, /api)");
+    }
     log::info!("{} open-files={fd_limit}", config.limits_line());
     if let Err(e) = server.run() {
         log::error!("poll loop failed: {e}");
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// When a bad value came from an environment variable rather than the command line, the
+/// line that says so: clap names only the flag, and the operator would look for it on a
+/// command line where it is not.
+fn environment_note(error: &clap::Error) -> Option<String> {
+    let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else { return None };
+    let Some(ContextValue::String(value)) = error.get(ContextKind::InvalidValue) else { return None };
+    let long = arg.strip_prefix("--")?.split([' ', '=']).next()?;
+    let command = Cli::command();
+    let env = command.get_arguments().find(|a| a.get_long() == Some(long))?.get_env()?.to_str()?.to_owned();
+    let set = std::env::var(&env).ok()?;
+    (set == *value).then(|| format!("note: the value came from the environment: {env}={set}"))
 }

@@ -25,7 +25,7 @@ impl Server {
     fn start() -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pollcast"))
             // No history: the relay path alone, and no database file left behind.
-            .args(["--listen", "127.0.0.1:0", "--no-history"])
+            .args(["--listen", "127.0.0.1:0", "--no-history", "--admin-listen", "off"])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

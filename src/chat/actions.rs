@@ -11,7 +11,7 @@ use super::record::{Query, DM_ROOM};
 use super::reply::{DmView, Failure, Reply};
 use super::rooms::{valid_room_name, Member, Seat};
 use super::text::{line_text, Command};
-use super::{Ack, Chat, Said};
+use super::{Ack, Author, Chat, Said};
 use crate::proto::frame::OpCode;
 
 impl Chat {
@@ -23,7 +23,7 @@ impl Chat {
         };
         let room = self.rooms.name(seat.room).to_owned();
         self.may_publish(conn, &room)?;
-        let id = self.accept(conn, &room, None, said, now_ms, out);
+        let id = self.accept(Author::Conn(conn), &room, None, said, now_ms, out);
         let (raw, json) = match said {
             Said::Text(text) if self.rooms.has_json_members(seat.room) => {
                 let from = &self.users[&conn].name;
@@ -176,7 +176,7 @@ impl Chat {
         let room_id = self.membership(conn, room)?;
         self.may_publish(conn, room)?;
         self.check_text(text)?;
-        let id = self.accept(conn, room, None, Said::Text(text), now_ms, out);
+        let id = self.accept(Author::Conn(conn), room, None, Said::Text(text), now_ms, out);
         let envelope = Envelope::Message { id, room, from: &self.users[&conn].name, text, ts: now_ms }.to_json();
         out.to_room(room_id, Some(conn), Some((OpCode::Text, text.as_bytes())), Some(&envelope));
         out.send(conn, &envelope);
@@ -200,7 +200,7 @@ impl Chat {
             return Err(Failure::new("no_such_user", format!("{to} is not connected")));
         };
         self.check_text(text)?;
-        let id = self.accept(conn, DM_ROOM, Some(to), Said::Text(text), now_ms, out);
+        let id = self.accept(Author::Conn(conn), DM_ROOM, Some(to), Said::Text(text), now_ms, out);
         let sender = &self.users[&conn];
         let dm = DmView { id, from: &sender.name, to, text, ts: now_ms };
         for &target in &targets {

@@ -22,6 +22,7 @@
 
 mod actions;
 pub mod admission;
+pub mod api;
 pub mod auth;
 pub mod json;
 pub mod names;
@@ -91,6 +92,14 @@ struct User {
 enum Said<'a> {
     Text(&'a str),
     Binary(&'a [u8]),
+}
+
+/// Who a message is from: a connected user, or the application behind the chat (the
+/// admin API), under a name it gives.
+#[derive(Debug, Clone, Copy)]
+enum Author<'a> {
+    Conn(usize),
+    Named(&'a str),
 }
 
 /// The chat state of the whole server.
@@ -273,7 +282,7 @@ impl Chat {
 
     /// Accepts a message: the next id, one more in the count, and a record for history
     /// (when it is on). Every message a client sends passes here exactly once.
-    fn accept(&mut self, conn: usize, room: &str, to: Option<&str>, body: Said, ts: u64, out: &mut Outbox) -> u64 {
+    fn accept(&mut self, author: Author, room: &str, to: Option<&str>, body: Said, ts: u64, out: &mut Outbox) -> u64 {
         self.last_id += 1;
         self.messages += 1;
         if self.limits.history {
@@ -284,7 +293,10 @@ impl Chat {
             out.records.push(Record {
                 id: self.last_id,
                 room: room.to_owned(),
-                from: self.users[&conn].name.clone(),
+                from: match author {
+                    Author::Conn(conn) => self.users[&conn].name.clone(),
+                    Author::Named(name) => name.to_owned(),
+                },
                 to: to.map(str::to_owned),
                 binary,
                 body: body.to_vec(),

@@ -47,6 +47,13 @@ pub fn history_frames(room: &str, page: &Page, json: bool) -> Vec<u8> {
         }
         return frames;
     }
+    write_frame(&mut frames, OpCode::Text, history_json(room, page).as_bytes());
+    frames
+}
+
+/// A page as one `history` envelope (text messages only): what a JSON client is sent,
+/// and what the admin API answers.
+pub fn history_json(room: &str, page: &Page) -> String {
     let messages = page
         .messages
         .iter()
@@ -57,7 +64,5 @@ pub fn history_frames(room: &str, page: &Page, json: bool) -> Vec<u8> {
             Envelope::Message { id: m.id, room, from: &m.from, text, ts: m.ts }
         })
         .collect();
-    let envelope = Envelope::History { room, messages, more: page.more, recovered: page.recovered };
-    write_frame(&mut frames, OpCode::Text, envelope.to_json().as_bytes());
-    frames
+    Envelope::History { room, messages, more: page.more, recovered: page.recovered }.to_json()
 }

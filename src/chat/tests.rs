@@ -29,7 +29,7 @@ fn texts(bytes: &[u8]) -> Vec<String> {
 }
 
 /// Every output flattened to `(recipient, text)`, rooms expanded to their members.
-fn deliveries(chat: &Chat, out: &mut Outbox) -> Vec<(usize, String)> {
+pub(super) fn deliveries(chat: &Chat, out: &mut Outbox) -> Vec<(usize, String)> {
     let mut list = Vec::new();
     for output in out.take() {
         match output {
@@ -51,7 +51,7 @@ fn deliveries(chat: &Chat, out: &mut Outbox) -> Vec<(usize, String)> {
     list
 }
 
-fn to(list: &[(usize, String)], conn: usize) -> Vec<String> {
+pub(super) fn to(list: &[(usize, String)], conn: usize) -> Vec<String> {
     list.iter().filter(|(c, _)| *c == conn).map(|(_, t)| t.clone()).collect()
 }
 
@@ -64,7 +64,7 @@ fn json(text: &str) -> Value {
 }
 
 /// A chat with raw `ann` (1) and JSON `jay` (2) in `lobby`; the outbox is emptied.
-fn lobby() -> (Chat, Outbox) {
+pub(super) fn lobby() -> (Chat, Outbox) {
     let mut chat = Chat::new(LIMITS);
     let mut out = Outbox::default();
     chat.connect(arrival(1, false, "ann"), 0, &mut out);

@@ -25,6 +25,8 @@ impl CloseCode {
     pub const TOO_BIG: CloseCode = CloseCode(1009);
     /// 1011: the server met an unexpected condition.
     pub const INTERNAL_ERROR: CloseCode = CloseCode(1011);
+    /// 4000: the application disconnected this user (the admin API); the reason says why.
+    pub const DISCONNECTED: CloseCode = CloseCode(4000);
     /// 4401: the token is missing, invalid or expired (4000-4999 are for applications,
     /// RFC 6455 §7.4.2; the last three digits echo HTTP 401 for the page).
     pub const UNAUTHORIZED: CloseCode = CloseCode(4401);

@@ -31,18 +31,20 @@ pub struct RequestLimits {
 /// An HTTP status we answer with, plus any header it requires.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
-    Ok,                 // 200
-    BadRequest,         // 400: malformed request or WebSocket headers (or a bad room name, judged by chat)
-    Unauthorized,       // 401: no token, or a token that does not verify (judged by chat::auth)
-    Forbidden,          // 403: Origin not allowed, or a room the token does not allow
-    NotFound,           // 404: no such endpoint
-    MethodNotAllowed,   // 405: not GET (sent with `Allow: GET`)
-    RequestTimeout,     // 408: the request did not arrive within the handshake timeout
-    Conflict,           // 409: a raw client asked for a name someone holds
-    UpgradeRequired,    // 426: wrong WebSocket version (sent with `Sec-WebSocket-Version: 13`)
-    TooManyRequests,    // 429: an address over --max-connections-per-ip or --max-upgrade-rate
-    HeadersTooLarge,    // 431: request head over its byte or header-count limit
-    ServiceUnavailable, // 503: over `--max-connections`
+    Ok,                  // 200
+    BadRequest,          // 400: malformed request or WebSocket headers (or a bad room name, judged by chat)
+    Unauthorized,        // 401: no token, or a token that does not verify (judged by chat::auth)
+    Forbidden,           // 403: Origin not allowed, or a room the token does not allow
+    NotFound,            // 404: no such endpoint
+    MethodNotAllowed,    // 405: not GET (sent with `Allow: GET`)
+    RequestTimeout,      // 408: the request did not arrive within the handshake timeout
+    Conflict,            // 409: a raw client asked for a name someone holds
+    PayloadTooLarge,     // 413: an admin request body over its bound
+    UpgradeRequired,     // 426: wrong WebSocket version (sent with `Sec-WebSocket-Version: 13`)
+    TooManyRequests,     // 429: an address over --max-connections-per-ip or --max-upgrade-rate
+    HeadersTooLarge,     // 431: request head over its byte or header-count limit
+    InternalServerError, // 500: the store failed an admin request
+    ServiceUnavailable,  // 503: over `--max-connections`
 }
 
 impl Status {
@@ -56,9 +58,11 @@ impl Status {
             Status::MethodNotAllowed => 405,
             Status::RequestTimeout => 408,
             Status::Conflict => 409,
+            Status::PayloadTooLarge => 413,
             Status::UpgradeRequired => 426,
             Status::TooManyRequests => 429,
             Status::HeadersTooLarge => 431,
+            Status::InternalServerError => 500,
             Status::ServiceUnavailable => 503,
         }
     }
@@ -73,9 +77,11 @@ impl Status {
             Status::MethodNotAllowed => "Method Not Allowed",
             Status::RequestTimeout => "Request Timeout",
             Status::Conflict => "Conflict",
+            Status::PayloadTooLarge => "Content Too Large",
             Status::UpgradeRequired => "Upgrade Required",
             Status::TooManyRequests => "Too Many Requests",
             Status::HeadersTooLarge => "Request Header Fields Too Large",
+            Status::InternalServerError => "Internal Server Error",
             Status::ServiceUnavailable => "Service Unavailable",
         }
     }
@@ -84,6 +90,8 @@ impl Status {
     fn extra_headers(self) -> &'static str {
         match self {
             Status::MethodNotAllowed => "Allow: GET, HEAD\r\n",
+            // RFC 9110 §15.5.2: a 401 "MUST send a WWW-Authenticate header field".
+            Status::Unauthorized => "WWW-Authenticate: Bearer\r\n",
             // RFC 6585 §4: "MAY include a Retry-After header".
             Status::TooManyRequests => "Retry-After: 1\r\n",
             // RFC 6455 §4.4: answer an unsupported version with the versions we speak.

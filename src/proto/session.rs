@@ -78,6 +78,7 @@ pub struct Session {
     last_ping: Option<Instant>,    // when we last pinged, if since `last_heard`
     outbound: Vec<u8>,             // control frames and HTTP answers to send to this peer
     close_code: Option<CloseCode>, // the code of the Close we sent or echoed, for logs and tests
+    peer_closed_first: bool,       // the peer's Close came before ours (we echoed it)
     violation: Option<Violation>,  // the rule the peer broke, if that is why the connection failed
 }
 
@@ -93,6 +94,7 @@ impl Session {
             last_ping: None,
             outbound: Vec::new(),
             close_code: None,
+            peer_closed_first: false,
             violation: None,
         }
     }
@@ -112,6 +114,11 @@ impl Session {
     /// The code of the Close frame we sent, if we sent one.
     pub fn close_code(&self) -> Option<CloseCode> {
         self.close_code
+    }
+
+    /// Did the peer start the closing handshake? (False when we did, or nobody did.)
+    pub fn peer_closed_first(&self) -> bool {
+        self.peer_closed_first
     }
 
     /// The rule the peer broke, if the connection failed for that (RFC 6455 §7.1.7).
@@ -259,6 +266,7 @@ impl Session {
             Err(bad) => return self.fail(Violation { code: bad.code(), reason: bad.reason() }, now),
         };
         if self.phase == Phase::Open {
+            self.peer_closed_first = true;
             // RFC 6455 §5.5.1: "the endpoint MUST send a Close frame in response ...
             // typically echoing the status code it received".
             match parsed {

@@ -30,7 +30,7 @@ use slab::Slab;
 
 use super::client::Client;
 use super::history::History;
-use super::http::Stats;
+use super::metrics::Stats;
 use crate::buffers::Shared;
 use crate::chat::{history_frames, Chat, Outbox, Output};
 use crate::proto::close::CloseCode;
@@ -96,8 +96,8 @@ impl Router {
             for output in self.outbox.take() {
                 self.deliver(output, clients, chat, history, stats, &mut slow);
             }
-            for key in slow {
-                if drop_slow_consumer(clients, chat, &mut self.outbox, key, self.queue_limit, now) {
+            for (key, refused) in slow {
+                if drop_slow_consumer(clients, chat, &mut self.outbox, (key, refused), self.queue_limit, now) {
                     stats.slow_consumers += 1;
                 }
             }
@@ -112,7 +112,7 @@ impl Router {
         for (ack, stored) in history.take_settled() {
             // An ack is a few bytes: a full queue is noticed by the next broadcast.
             let frame = ack.frame(stored.as_ref().map(|_| ()).map_err(String::as_str));
-            self.push(clients, history, stats, ack.conn, &Rc::new(frame));
+            self.push(clients, history, stats, ack.conn, &Rc::new(frame), 0);
         }
     }
 
@@ -124,13 +124,14 @@ impl Router {
         chat: &Chat,
         history: &mut History,
         stats: &mut Stats,
-        slow: &mut Vec<usize>,
+        slow: &mut Vec<(usize, usize)>,
     ) {
         match output {
             Output::Own { conn, bytes, last } => self.push_own(clients, conn, bytes, last),
             Output::To { conn, frames } => {
-                if self.push(clients, history, stats, conn, &Rc::new(frames)) == Pushed::Slow {
-                    slow.push(conn);
+                let chunk = Rc::new(frames);
+                if self.push(clients, history, stats, conn, &chunk, 1) == Pushed::Slow {
+                    slow.push((conn, chunk.len()));
                 }
             }
             Output::Room { room, except, raw, json, messages } => {
@@ -141,10 +142,10 @@ impl Router {
                     if Some(member.conn) == except || chunk.is_empty() {
                         continue; // relay never echoes; a codec with nothing to get
                     }
-                    match self.push(clients, history, stats, member.conn, chunk) {
+                    match self.push(clients, history, stats, member.conn, chunk, messages) {
                         Pushed::Queued => recipients += 1,
                         Pushed::Refused => {}
-                        Pushed::Slow => slow.push(member.conn),
+                        Pushed::Slow => slow.push((member.conn, chunk.len())),
                     }
                 }
                 for unshared in [raw, json].into_iter().filter_map(|chunk| Rc::try_unwrap(chunk).ok()) {
@@ -160,9 +161,9 @@ impl Router {
             }
             Output::History { conn, room, query, json } => {
                 let page = history.read(&room, query, json, stats);
-                let frames = page.map_or_else(Vec::new, |page| history_frames(&room, &page, json));
-                if self.push(clients, history, stats, conn, &Rc::new(frames)) == Pushed::Slow {
-                    slow.push(conn);
+                let chunk = Rc::new(page.map_or_else(Vec::new, |page| history_frames(&room, &page, json)));
+                if self.push(clients, history, stats, conn, &chunk, 0) == Pushed::Slow {
+                    slow.push((conn, chunk.len()));
                 }
             }
         }
@@ -195,13 +196,14 @@ impl Router {
         stats: &mut Stats,
         key: usize,
         chunk: &Shared,
+        messages: u64,
     ) -> Pushed {
         let Some(client) = clients.get_mut(key).filter(|c| !c.sealed) else { return Pushed::Refused };
         if client.queue.len() + chunk.len() > self.queue_limit {
             // The rare path: one early write. Nothing leaves before it is stored, so commit
             // first. A write error also means "cannot take more"; the close that follows
             // and the next read will tell the rest.
-            history.commit(stats);
+            let _ = history.commit(stats); // a failure is logged, counted and answered inside
             let taken = client.write_out(self.outbox.pool());
             stats.bytes_out += *taken.as_ref().unwrap_or(&0) as u64;
             if taken.is_err() || (!client.queue.is_empty() && client.queue.len() + chunk.len() > self.queue_limit) {
@@ -209,6 +211,7 @@ impl Router {
             }
         }
         client.queue.push(Rc::clone(chunk), self.outbox.pool());
+        client.traffic.messages_out += messages;
         if !client.dirty {
             client.dirty = true;
             self.dirty.push(key);
@@ -220,19 +223,20 @@ impl Router {
 /// A client whose queue would pass `--max-queue`: it cannot keep up, and holding more
 /// for it would let one reader grow the server without bound. Free its backlog, close it
 /// with 1008, and take it out of the chat; nobody else is affected. False when it was
-/// already leaving (found slow twice in one turn, or closing anyway).
+/// already leaving (found slow twice in one turn, or closing anyway). `refused` is the
+/// size of the chunk that would have taken it over, for the log line.
 fn drop_slow_consumer(
     clients: &mut Slab<Client>,
     chat: &mut Chat,
     outbox: &mut Outbox,
-    key: usize,
+    (key, refused): (usize, usize),
     limit: usize,
     now: Instant,
 ) -> bool {
     let Some(client) = clients.get_mut(key).filter(|c| c.session.is_open()) else { return false };
     log::warn!(
-        "conn {key}: {} is a slow consumer ({} bytes queued, limit {limit}): closing 1008",
-        client.peer,
+        "conn {key}: {} is a slow consumer ({} bytes queued + {refused} more > --max-queue {limit}): closing 1008",
+        client.addr,
         client.queue.len()
     );
     client.queue.truncate_unstarted(outbox.pool());

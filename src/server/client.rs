@@ -20,18 +20,39 @@ use crate::proto::session::{Phase, Session};
 /// A connected client: the Rust form of one entry of PHP's `$clients` array plus its
 /// `$handshake[$i]` flag (now `session.phase()`) and read buffer.
 pub struct Client {
-    pub stream: TcpStream,       // the non-blocking socket, registered with Token(slab key)
-    pub tls: Option<TlsSession>, // `wss://`: the TLS state between the socket and everything else
-    pub peer: SocketAddr,        // the TCP peer (a reverse proxy, when there is one)
-    pub addr: IpAddr,            // the client's address: the peer's, or the one a trusted proxy forwarded
-    pub counted: Option<IpAddr>, // the address this connection counts against in the per-address limits
-    pub session: Session,        // protocol state: phase, assembly, timers
-    pub inbox: Vec<u8>,          // bytes read but not consumed (a partial head or frame); empty, unallocated, otherwise
-    pub queue: WriteQueue,       // encoded frames waiting to be written, shared with other queues
-    pub dirty: bool,             // already listed for this turn's flush
-    pub write_shut: bool,        // we sent FIN (shutdown(Write)) after the last queued byte
-    pub sealed: bool,            // a Close (or a final HTTP answer) is queued: no data frame may follow it
-    pub registered: Interest,    // the interest the poller currently has for this socket
+    pub stream: TcpStream,          // the non-blocking socket, registered with Token(slab key)
+    pub tls: Option<TlsSession>,    // `wss://`: the TLS state between the socket and everything else
+    pub peer: SocketAddr,           // the TCP peer (a reverse proxy, when there is one)
+    pub addr: IpAddr,               // the client's address: the peer's, or the one a trusted proxy forwarded
+    pub counted: Option<IpAddr>,    // the address this connection counts against in the per-address limits
+    pub session: Session,           // protocol state: phase, assembly, timers
+    pub inbox: Vec<u8>, // bytes read but not consumed (a partial head or frame); empty, unallocated, otherwise
+    pub queue: WriteQueue, // encoded frames waiting to be written, shared with other queues
+    pub dirty: bool,    // already listed for this turn's flush
+    pub write_shut: bool, // we sent FIN (shutdown(Write)) after the last queued byte
+    pub sealed: bool,   // a Close (or a final HTTP answer) is queued: no data frame may follow it
+    pub registered: Interest, // the interest the poller currently has for this socket
+    pub admin: bool,    // came in on the admin port: HTTP requests only
+    pub upgraded: Option<Upgraded>, // what the access log line says of it, once upgraded
+    pub traffic: Traffic, // messages and bytes each way, for the access log
+}
+
+/// What an upgraded connection was, for its access log line.
+#[derive(Debug)]
+pub struct Upgraded {
+    pub at: Instant,  // when the 101 was sent
+    pub room: String, // the room of its URL
+    pub user: String, // the name it came in under (with tokens, the token's user id)
+    pub json: bool,   // spoke pollcast.v1
+}
+
+/// Messages and bytes each way over a connection's life.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Traffic {
+    pub messages_in: u64,  // data messages received
+    pub bytes_in: u64,     // bytes read from the socket
+    pub messages_out: u64, // data messages queued to it
+    pub bytes_out: u64,    // bytes written to the socket
 }
 
 impl Client {
@@ -49,6 +70,9 @@ impl Client {
             write_shut: false,
             sealed: false,
             registered: Interest::READABLE,
+            admin: false,
+            upgraded: None,
+            traffic: Traffic::default(),
         }
     }
 
@@ -72,9 +96,15 @@ impl Client {
     /// chunks, or through TLS (the chunks encrypted as one batch of records, then one
     /// `writev` of the records). Returns the bytes the socket took.
     pub fn write_out(&mut self, pool: &mut Pool) -> io::Result<usize> {
-        let Some(tls) = &mut self.tls else { return self.queue.write_to(&mut self.stream, pool) };
-        let queue = &mut self.queue;
-        Ok(tls.send_queued(&mut self.stream, |sink| queue.write_to(sink, pool))?.written)
+        let written = match &mut self.tls {
+            None => self.queue.write_to(&mut self.stream, pool)?,
+            Some(tls) => {
+                let queue = &mut self.queue;
+                tls.send_queued(&mut self.stream, |sink| queue.write_to(sink, pool))?.written
+            }
+        };
+        self.traffic.bytes_out += written as u64;
+        Ok(written)
     }
 
     /// Moves what the session must send (a 101 is queued by the shell; this is a pong, a

@@ -10,7 +10,7 @@
 //! full queue forces mid-turn (`broadcast.rs`) commits first; and a history read commits
 //! first, so a page includes what was routed earlier in the same turn.
 
-use super::http::Stats;
+use super::metrics::Stats;
 use crate::chat::record::{Page, Query, Record};
 use crate::chat::Ack;
 use crate::store::{Store, StoreError};
@@ -46,11 +46,15 @@ impl History {
     }
 
     /// Commits what is pending in one transaction and settles the acks waiting on it.
-    /// A failure is logged and counted; the relay goes on.
-    pub fn commit(&mut self, stats: &mut Stats) {
-        let Some(store) = &mut self.store else { return };
+    /// A failure is logged and counted (and answered to the acks); the relay goes on.
+    pub fn commit(&mut self, stats: &mut Stats) -> Result<(), String> {
+        let Some(store) = &mut self.store else { return Ok(()) };
         let pending = store.pending();
+        let started = (pending > 0).then(std::time::Instant::now); // timing, for /metrics only
         let result = store.commit().map_err(|e| e.to_string());
+        if let Some(started) = started {
+            stats.commit.observe(started.elapsed().as_secs_f64());
+        }
         match &result {
             Ok(0) => {}
             Ok(n) => {
@@ -65,6 +69,7 @@ impl History {
         }
         let outcome = result.map(|_| ());
         self.settled.extend(self.waiting.drain(..).map(|ack| (ack, outcome.clone())));
+        outcome
     }
 
     /// The acks ready to be answered.
@@ -77,7 +82,8 @@ impl History {
     /// itself, so a page is full and paging back always has an id to continue from.
     /// `None` without history, or when the read failed (logged and counted).
     pub fn read(&mut self, room: &str, query: Query, text_only: bool, stats: &mut Stats) -> Option<Page> {
-        self.commit(stats);
+        let _ = self.commit(stats); // a failure is logged, counted and answered inside
+
         let store = self.store.as_mut()?;
         match store.query(room, query, self.page_cap, text_only) {
             Ok(page) => Some(page),

@@ -32,11 +32,13 @@
 //! Routing (`broadcast.rs`), the listener, the history commit and the write queues are
 //! parts with their own data beside it.
 
+mod admin;
 mod broadcast;
 mod client;
 mod history;
 pub mod http;
 mod listener;
+pub mod metrics;
 pub mod peers;
 pub mod tls;
 mod write_queue;
@@ -65,10 +67,10 @@ use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 use crate::sys::nb::retrying;
 use broadcast::Router;
-use client::Client;
+use client::{Client, Upgraded};
 use history::History;
-use http::Stats;
 use listener::{Accepted, Listener};
+use metrics::Stats;
 use peers::{client_addr, PeerLimits};
 use tls::{Certs, ReadStop};
 
@@ -76,6 +78,8 @@ use tls::{Certs, ReadStop};
 const LISTENER: Token = Token(usize::MAX - 1);
 /// The signal pipe's token.
 const SIGNALS: Token = Token(usize::MAX - 2);
+/// The admin port's listening socket.
+const ADMIN_LISTENER: Token = Token(usize::MAX - 3);
 /// Events taken from one `poll` call.
 const EVENTS_PER_TURN: usize = 1024;
 /// Bytes read per `read` call into the shared scratch buffer.
@@ -91,6 +95,9 @@ pub struct Server {
     config: Config,                     // every limit, fixed at start
     poll: Poll,                         // the readiness queue: PHP's socket_select(), edge-triggered
     listener: Listener,                 // PHP's $master socket, and the accept pause after EMFILE
+    admin: Option<Listener>,            // the admin port (--admin-listen), unless off
+    admin_token: Option<String>,        // with --admin-token-file: the bearer token every admin request needs
+    admin_clients: usize,               // admin connections in the slab (not counted in --max-connections)
     signals: Signals,                   // SIGINT/SIGTERM (shut down), SIGHUP (reload), through a pipe on the same Poll
     certs: Option<Certs>,               // with --tls-cert: the pair new TLS handshakes use
     clients: Slab<Client>,              // PHP's $clients array; key = Token
@@ -116,7 +123,16 @@ impl Server {
     /// Opens the history store, binds the listener and registers it and the signal pipe.
     pub fn bind(config: Config) -> io::Result<Server> {
         let poll = Poll::new()?;
-        let listener = Listener::bind(config.listen, poll.registry(), LISTENER)?;
+        let listener = Listener::bind(config.listen, poll.registry(), LISTENER)
+            .map_err(|e| bind_error(e, "--listen", config.listen))?;
+        let (admin, admin_token) = match config.admin().map_err(io::Error::other)? {
+            Some((addr, token)) => {
+                let admin = Listener::bind(addr, poll.registry(), ADMIN_LISTENER)
+                    .map_err(|e| bind_error(e, "--admin-listen", addr))?;
+                (Some(admin), token)
+            }
+            None => (None, None),
+        };
         let certs = match config.tls() {
             Some(paths) => Some(Certs::open(paths).map_err(io::Error::other)?),
             None => None,
@@ -143,6 +159,9 @@ impl Server {
             config,
             poll,
             listener,
+            admin,
+            admin_token,
+            admin_clients: 0,
             signals,
             certs,
             clients: Slab::new(),
@@ -165,6 +184,11 @@ impl Server {
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr()
+    }
+
+    /// The admin port's address, when it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(Listener::local_addr)
     }
 
     /// `wss` with TLS, else `ws`: for the listening log line.
@@ -211,7 +235,11 @@ impl Server {
 
     /// Phase 1: sleeps in `poll` until a socket is ready or the nearest deadline.
     fn wait(&mut self, events: &mut Events) -> io::Result<()> {
-        let timeout = self.poll_timeout();
+        let before_sleep = Instant::now(); // the turn's end: for /metrics, and to size the sleep
+        if self.turn > 0 {
+            self.stats.turn_took(before_sleep - self.now);
+        }
+        let timeout = self.poll_timeout(before_sleep);
         match self.poll.poll(events, Some(timeout)) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => events.clear(), // the signal pipe will report it
             Err(e) => return Err(e),
@@ -222,15 +250,14 @@ impl Server {
         Ok(())
     }
 
-    /// How long `poll` may sleep: until the nearest deadline, judged against the last
-    /// turn's now (the sweep tolerates the few microseconds the turn itself took).
-    fn poll_timeout(&self) -> Duration {
+    /// How long `poll` may sleep: until the nearest deadline.
+    fn poll_timeout(&self, now: Instant) -> Duration {
         if !self.unfinished.is_empty() {
             return Duration::ZERO; // input is waiting that no new event will announce
         }
         let deadlines = [Some(self.next_sweep), self.listener.paused_until(), self.shutdown_deadline];
         let wake = deadlines.into_iter().flatten().min().unwrap_or(self.next_sweep);
-        wake.saturating_duration_since(self.now)
+        wake.saturating_duration_since(now)
     }
 
     /// Phase 2: the clock, read once for the whole turn; last turn's cut-short clients
@@ -249,6 +276,7 @@ impl Server {
         for event in events.iter() {
             match event.token() {
                 LISTENER => self.accept_all(),
+                ADMIN_LISTENER => self.accept_admin(),
                 SIGNALS => self.on_signals(),
                 Token(key) => {
                     log::trace!(
@@ -288,7 +316,7 @@ impl Server {
     /// clients are judged once their address is known, at the request head).
     fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr) {
         self.stats.accepted += 1;
-        let refusal = if self.clients.len() >= self.config.max_connections {
+        let refusal = if self.clients.len() - self.admin_clients >= self.config.max_connections {
             self.stats.refused_full += 1;
             Some(Rejection { status: Status::ServiceUnavailable, why: "server is at --max-connections" })
         } else if self.trusted(peer.ip()) {
@@ -297,6 +325,7 @@ impl Server {
             self.count_address(peer.ip().to_canonical()).err()
         };
         if let Some(refusal) = refusal {
+            self.stats.refused(refusal.status.code());
             // Best effort: a fresh socket's send buffer takes this small answer whole. A
             // TLS client could not read it before a handshake, so it is simply closed.
             if self.certs.is_none() {
@@ -323,6 +352,34 @@ impl Server {
         entry.insert(Client::new(stream, peer, session, tls)).counted = counted;
         log::trace!("conn {key}: accepted from {peer}");
         // Its request may already be here; edge-triggered readiness will report it either way.
+    }
+
+    /// The admin port: accepts until WouldBlock, each connection into the slab beside the
+    /// public ones but outside `--max-connections` (at most `ADMIN_CONNECTIONS_MAX`).
+    fn accept_admin(&mut self) {
+        loop {
+            let Some(admin) = self.admin.as_mut() else { return };
+            let (mut stream, peer) = match admin.accept(self.now) {
+                Accepted::Connection(stream, peer) => (stream, peer),
+                Accepted::Drained => return,
+                Accepted::Shed => return self.stats.accept_fd_errors += 1,
+            };
+            if self.admin_clients >= admin::ADMIN_CONNECTIONS_MAX {
+                let refusal = Rejection { status: Status::ServiceUnavailable, why: "too many admin connections" };
+                let _ = stream.write(&handshake::rejection_response(&refusal));
+                continue;
+            }
+            let entry = self.clients.vacant_entry();
+            let key = entry.key();
+            if let Err(e) = self.poll.registry().register(&mut stream, Token(key), Interest::READABLE) {
+                log::warn!("cannot register admin connection {peer}: {e}");
+                continue;
+            }
+            let session = Session::new(key, self.config.session_limits(), self.now);
+            self.next_sweep = self.next_sweep.min(session.poll_timeout());
+            entry.insert(Client::new(stream, peer, session, None)).admin = true;
+            self.admin_clients += 1;
+        }
     }
 
     /// Is `ip` a reverse proxy whose forwarding headers we believe (`--trust-proxy`)?
@@ -383,6 +440,7 @@ impl Server {
                 }
             };
             self.stats.bytes_in += read as u64;
+            client.traffic.bytes_in += read as u64;
             log::trace!("conn {key}: read {read} bytes");
             self.take_input(key, &mut scratch[..read]);
             budget = budget.saturating_sub(read);
@@ -409,6 +467,7 @@ impl Server {
         match result {
             Ok(outcome) => {
                 self.stats.bytes_in += outcome.ciphertext as u64;
+                self.clients[key].traffic.bytes_in += outcome.ciphertext as u64;
                 log::trace!("conn {key}: read {} bytes of TLS, {} of plaintext", outcome.ciphertext, outcome.plaintext);
                 if !plaintext.is_empty() {
                     self.take_input(key, &mut plaintext);
@@ -484,6 +543,10 @@ impl Server {
         while used < input.len() {
             let client = &mut self.clients[key];
             match client.session.phase() {
+                Phase::Connecting { .. } if client.admin => match self.on_admin_request(key, &input[used..]) {
+                    Some(request) => used += request,
+                    None => break,
+                },
                 Phase::Connecting { .. } => match self.on_request_head(key, &input[used..]) {
                     Some(head) => used += head,
                     None => break,
@@ -526,15 +589,19 @@ impl Server {
         match answer {
             Ok((path, head)) => {
                 self.stats.http_requests += 1;
-                let gauges = http::gauges(&self.clients, &self.chat);
-                let mut response = http::answer(&path, &self.stats, gauges);
+                let mut response = http::answer(&path);
                 if head {
                     handshake::strip_body(&mut response); // RFC 9110 §9.3.2: the GET answer's head only
                 }
-                self.clients[key].session.respond_http(response, self.now);
+                client.session.respond_http(response, self.now);
             }
             Err(rejection) => {
                 self.stats.rejected += 1;
+                self.stats.refused(rejection.status.code());
+                if rejection.status != Status::TooManyRequests {
+                    // (429s are logged at most once a second per address, where they are decided)
+                    log::info!(target: "pollcast::access", "refused {} {} {}", client.addr, rejection.status.code(), rejection.why);
+                }
                 client.session.reject(&rejection, self.now);
             }
         }
@@ -579,6 +646,9 @@ impl Server {
         self.stats.upgrades += 1;
         let client = &mut self.clients[key];
         client.session.accept(self.now);
+        let user = admission.identity.as_ref().map(|identity| identity.user.clone());
+        let user = user.or_else(|| admission.name.clone()).unwrap_or_default();
+        client.upgraded = Some(Upgraded { at: self.now, room: admission.room.clone(), user, json });
         log::debug!("conn {key}: {} joined room {}", client.addr, admission.room);
         self.router.outbox().own(key, handshake::switching_protocols(upgrade), false);
         if self.config.mode == Mode::Relay {
@@ -597,12 +667,13 @@ impl Server {
     /// chat, so it receives nothing else, and what it sends is dropped (CLOSING).
     fn refuse_after_upgrade(&mut self, key: usize, upgrade: &Upgrade, refusal: Refusal) {
         self.stats.refused_auth += 1;
-        let code = match refusal {
-            Refusal::Forbidden(_) => CloseCode::FORBIDDEN,
-            _ => CloseCode::UNAUTHORIZED,
+        let (code, status) = match refusal {
+            Refusal::Forbidden(_) => (CloseCode::FORBIDDEN, Status::Forbidden),
+            _ => (CloseCode::UNAUTHORIZED, Status::Unauthorized),
         };
+        self.stats.refused(status.code());
         let client = &mut self.clients[key];
-        log::info!("refused {}: {} ({})", client.addr, refusal.reason(), code.0);
+        log::info!(target: "pollcast::access", "refused {} {} {} (pollcast.v1: error, then close {})", client.addr, status.code(), refusal.reason(), code.0);
         client.session.accept(self.now);
         let out = self.router.outbox();
         out.own(key, handshake::switching_protocols(upgrade), false);
@@ -625,6 +696,7 @@ impl Server {
     /// its sender (echo mode). Its text is proven UTF-8 already (`proto::message`).
     fn on_message(&mut self, sender: usize, message: &Message) {
         self.stats.messages_in += 1;
+        self.clients[sender].traffic.messages_in += 1;
         let out = self.router.outbox();
         match (self.config.mode, message) {
             (Mode::Echo, message) => out.send_frame(sender, message.opcode(), message.as_bytes()),
@@ -700,7 +772,7 @@ impl Server {
     fn commit(&mut self) {
         self.route();
         let started = log::log_enabled!(log::Level::Trace).then(Instant::now);
-        self.history.commit(&mut self.stats);
+        let _ = self.history.commit(&mut self.stats); // a failure is logged, counted and answered to the acks
         self.router.answer_acks(&mut self.clients, &mut self.history, &mut self.stats);
         if let Some(started) = started {
             log::trace!("commit: done in {}", Ms(started.elapsed()));
@@ -744,11 +816,41 @@ impl Server {
             }
             let mut client = self.clients.remove(key);
             let _ = self.poll.registry().deregister(&mut client.stream);
+            self.admin_clients -= usize::from(client.admin);
+            self.log_end(&client);
             if let Some(ip) = client.counted {
                 self.peers.release(ip);
             }
             log::trace!("conn {key}: reaped ({})", client.peer);
         }
+    }
+
+    /// The access log line of a connection that was upgraded, and its close code counted
+    /// for /metrics: one line per connection end, nothing per message.
+    fn log_end(&mut self, client: &Client) {
+        let Some(upgraded) = &client.upgraded else { return };
+        let code = client.session.close_code().map_or(1006, |code| code.0); // 1006: no Close either way
+        self.stats.closed(code);
+        let by = match (client.session.close_code(), client.session.peer_closed_first()) {
+            (None, _) => "nobody",
+            (Some(_), true) => "client",
+            (Some(_), false) => "server",
+        };
+        let t = client.traffic;
+        let fields: [(&str, String); 11] = [
+            ("addr", client.addr.to_string()),
+            ("room", upgraded.room.clone()),
+            ("user", upgraded.user.clone()),
+            ("protocol", if upgraded.json { SUBPROTOCOL_JSON } else { "raw" }.to_owned()),
+            ("close", code.to_string()),
+            ("closed_by", by.to_owned()),
+            ("duration", format!("{:.3}s", (self.now - upgraded.at).as_secs_f64())),
+            ("messages_in", t.messages_in.to_string()),
+            ("bytes_in", t.bytes_in.to_string()),
+            ("messages_out", t.messages_out.to_string()),
+            ("bytes_out", t.bytes_out.to_string()),
+        ];
+        crate::logging::access("connection end", &fields);
     }
 
     // ----- shutdown and departures ---------------------------------------------------
@@ -785,20 +887,26 @@ impl Server {
         }
         log::info!("signal {signals:?}: shutting down, closing {} client(s)", self.clients.len());
         self.listener.close(self.poll.registry());
+        if let Some(admin) = &mut self.admin {
+            admin.close(self.poll.registry());
+        }
         self.shutdown_deadline = Some(self.now + self.config.shutdown_timeout);
         let now = self.now;
         let keys: Vec<usize> = self.clients.iter().map(|(key, _)| key).collect();
-        for key in keys {
+        // Every Close is queued before anyone parts, so every queue is sealed before the
+        // presence of the departures is routed: clients see the 1001 Close and nothing
+        // about the others leaving (they all are).
+        for &key in &keys {
             let client = &mut self.clients[key];
             match client.session.phase() {
                 Phase::Open => client.session.close(CloseCode::GOING_AWAY, "server shutting down", now),
-                Phase::Connecting { .. } => self.mark_gone(key),
+                Phase::Connecting { .. } => self.gone.push(key),
                 Phase::Closing { .. } | Phase::Closed { .. } => {}
             }
-            if let Some(client) = self.clients.get_mut(key) {
-                client.session_output_to(key, self.router.outbox());
-            }
-            self.part_unless_open(key);
+            self.clients[key].session_output_to(key, self.router.outbox());
+        }
+        for key in keys {
+            self.part(key);
         }
     }
 
@@ -834,6 +942,16 @@ fn rejection(refusal: Refusal) -> Rejection {
         Refusal::Forbidden(_) => Status::Forbidden,
     };
     Rejection { status, why: refusal.reason() }
+}
+
+/// A bind failure that names the flag and the address, and what to do about the usual one.
+fn bind_error(e: io::Error, flag: &str, addr: SocketAddr) -> io::Error {
+    let hint = match e.kind() {
+        io::ErrorKind::AddrInUse => " (another server has it: stop that one, or choose another",
+        io::ErrorKind::PermissionDenied => " (ports below 1024 need CAP_NET_BIND_SERVICE: choose another",
+        _ => " (check",
+    };
+    io::Error::new(e.kind(), format!("cannot listen on {flag} {addr}: {e}{hint} {flag})"))
 }
 
 /// `&str`s of a list of header values.

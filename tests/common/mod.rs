@@ -72,10 +72,11 @@ impl Drop for Watchdog {
 
 /// The real binary, listening on a free port of 127.0.0.1. Killed on drop.
 pub struct Server {
-    child: Child,                 // the process
-    pub addr: SocketAddr,         // where it listens
-    log: Arc<Mutex<Vec<String>>>, // every stderr line so far
-    exit: Option<ExitStatus>,     // set once reaped
+    child: Child,                  // the process
+    pub addr: SocketAddr,          // where it listens
+    pub admin: Option<SocketAddr>, // where its admin port listens (tests get a free port), unless off
+    log: Arc<Mutex<Vec<String>>>,  // every stderr line so far
+    exit: Option<ExitStatus>,      // set once reaped
 }
 
 impl Server {
@@ -106,6 +107,10 @@ impl Server {
             None => Command::new(bin),
         };
         command.args(["--listen", "127.0.0.1:0"]).args(args);
+        // A free admin port too (the default 8081 would clash between parallel servers).
+        if !args.contains(&"--admin-listen") {
+            command.args(["--admin-listen", "127.0.0.1:0"]);
+        }
         // History is opt-in here: tests that want it pass their own `--db` file, so
         // servers running in parallel never share (and lock) one database.
         if !args.iter().any(|a| *a == "--db" || *a == "--no-history") {
@@ -122,16 +127,24 @@ impl Server {
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(port) = listening_port(&line) {
-                    let _ = port_tx.send(port);
+                lines.lock().unwrap().push(line.clone());
+                if let Some(port) = listening_port(&line, "pollcast listening on ") {
+                    let _ = port_tx.send((false, port));
                 }
-                lines.lock().unwrap().push(line);
+                if let Some(port) = listening_port(&line, "admin listening on ") {
+                    let _ = port_tx.send((true, port));
+                }
             }
         });
-        let mut server = Server { child, addr: SocketAddr::from(([127, 0, 0, 1], 0)), log, exit: None };
-        match port_rx.recv_timeout(START_TIMEOUT) {
-            Ok(port) => server.addr.set_port(port),
-            Err(_) => panic!("pollcast did not report its port; stderr:\n{}", server.log_text()),
+        let mut server = Server { child, addr: SocketAddr::from(([127, 0, 0, 1], 0)), admin: None, log, exit: None };
+        let admin_off = args.windows(2).any(|pair| pair == ["--admin-listen", "off"]);
+        // The public port's line comes first, then the admin port's (unless it is off).
+        for _ in 0..if admin_off { 1 } else { 2 } {
+            match port_rx.recv_timeout(START_TIMEOUT) {
+                Ok((false, port)) => server.addr.set_port(port),
+                Ok((true, port)) => server.admin = Some(SocketAddr::from(([127, 0, 0, 1], port))),
+                Err(_) => panic!("pollcast did not report its ports; stderr:\n{}", server.log_text()),
+            }
         }
         server
     }
@@ -217,9 +230,29 @@ impl Server {
         (status_of(&response), response)
     }
 
-    /// The value of counter or gauge `pollcast_{name}` from `/metrics`.
+    /// A request to the admin port (`method`, `path`, extra header lines, a body), and its
+    /// whole answer: status and text.
+    pub fn admin_request(&self, method: &str, path: &str, headers: &str, body: &str) -> (u16, String) {
+        let admin = self.admin.expect("the admin port is on");
+        let mut stream = TcpStream::connect_timeout(&admin, IO_TIMEOUT).expect("connect to the admin port");
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).expect("write admin request");
+        let response = read_to_eof(&mut stream);
+        (status_of(&response), response)
+    }
+
+    /// `GET path` on the admin port.
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        self.admin_request("GET", path, "", "")
+    }
+
+    /// The value of counter or gauge `pollcast_{name}` from the admin port's `/metrics`.
     pub fn metric(&self, name: &str) -> u64 {
-        let (status, text) = self.http_get("/metrics");
+        let (status, text) = self.admin_get("/metrics");
         assert_eq!(status, 200, "GET /metrics:\n{text}");
         let prefix = format!("pollcast_{name} ");
         text.lines()
@@ -241,9 +274,9 @@ impl Drop for Server {
     }
 }
 
-/// `... pollcast listening on ws://127.0.0.1:PORT/` (or `wss://`) → PORT.
-fn listening_port(line: &str) -> Option<u16> {
-    let rest = line.split("pollcast listening on ").nth(1)?.split("://127.0.0.1:").nth(1)?;
+/// `... {what}ws://127.0.0.1:PORT/` (or `wss://`, `http://`) → PORT.
+fn listening_port(line: &str, what: &str) -> Option<u16> {
+    let rest = line.split(what).nth(1)?.split("://127.0.0.1:").nth(1)?;
     rest.split('/').next()?.parse().ok()
 }
 
