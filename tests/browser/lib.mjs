@@ -79,6 +79,7 @@ export async function assertAccessible(page, what) {
   });
   const bad = violations.filter((v) => v.impact === "serious" || v.impact === "critical");
   assert.deepEqual(bad, [], `axe: serious or critical violations in ${what}`);
+  for (const v of violations) console.log(`axe (${what}): ${v.impact} ${v.id}: ${v.help} [${v.nodes.length}]`);
   return violations;
 }
 
