@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# End-to-end test of the built-in chat page in a real browser: Debian's headless
-# `chromium` driven by `playwright-core` (tests/browser/chat.test.mjs). Installs what it
-# needs (chromium via apt when missing, the npm packages from the lockfile), builds the
-# release binary, starts it on a free port, runs the test, and stops the server.
-# Screenshots land in test-artifacts/.
+# End-to-end tests of the built-in chat page in a real browser: Debian's headless
+# `chromium` driven by `playwright-core` (tests/browser/*.test.mjs: the chat itself, the
+# phone layout and axe-core's accessibility checks, the page's side of token auth).
+# Installs what they need (chromium via apt when missing, the npm packages from the
+# lockfile), builds the release binary, starts it on a free port, runs the tests one file
+# after another (they share the server and its rooms), and stops the server. The auth tests
+# start their own server from the same binary. Screenshots land in test-artifacts/.
 #
-# usage: scripts/browser-test.sh
+# usage: scripts/browser-test.sh [TEST-FILE...]   (default: every tests/browser/*.test.mjs)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
@@ -52,8 +54,10 @@ mkdir -p "$root/test-artifacts"
 status=0
 (
   cd tests/browser
+  files=("$@")
+  [ "${#files[@]}" -gt 0 ] || files=(chat.test.mjs layout.test.mjs auth.test.mjs)
   POLLCAST_URL="http://127.0.0.1:$port/" ARTIFACTS_DIR="$root/test-artifacts" HISTORY_DEFAULT=10 \
-    timeout 90 node --test --test-reporter=spec chat.test.mjs
+    POLLCAST_BIN="$bin" timeout 240 node --test --test-concurrency=1 --test-reporter=spec "${files[@]##*/}"
 ) || status=$?
 if [ "$status" -ne 0 ]; then
   echo "browser-test: FAILED (exit $status); server log:" >&2
