@@ -37,7 +37,7 @@ case "$bin" in /*) ;; *) bin="$root/$bin" ;; esac
 # starts from an empty chat.
 scratch=$(mktemp -d)
 log="$scratch/server.log"
-(cd "$scratch" && RUST_LOG=info POLLCAST_DB="$scratch/pollcast.db" POLLCAST_HISTORY_DEFAULT=10 exec "$bin" --listen 127.0.0.1:0 2>"$log") &
+(cd "$scratch" && RUST_LOG=info POLLCAST_DB="$scratch/pollcast.db" POLLCAST_HISTORY_DEFAULT=10 exec "$bin" --listen 127.0.0.1:0 --admin-listen off 2>"$log") &
 server=$!
 cleanup() {
   kill "$server" 2>/dev/null || true

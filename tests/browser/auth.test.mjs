@@ -268,7 +268,7 @@ describe("the page against pollcast with --jwt-secret-file", () => {
     dir = mkdtempSync(join(tmpdir(), "pollcast-auth-"));
     secret = join(dir, "jwt-secret");
     writeFileSync(secret, randomBytes(32).toString("hex") + "\n", { mode: 0o600 });
-    server = spawn(BIN, ["--listen", "127.0.0.1:0", "--no-history", "--jwt-secret-file", secret, "--jwt-leeway", "0s"],
+    server = spawn(BIN, ["--listen", "127.0.0.1:0", "--admin-listen", "off", "--no-history", "--jwt-secret-file", secret, "--jwt-leeway", "0s"],
       { cwd: dir, env: { ...process.env, RUST_LOG: "info" }, stdio: ["ignore", "ignore", "pipe"] });
     base = await new Promise((resolve, reject) => {
       let log = "";
