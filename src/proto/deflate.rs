@@ -15,7 +15,7 @@
 //! compressed bytes of a message then depend only on the message, so a broadcast
 //! compresses once and shares the frame with every member that agreed, like the plain
 //! frame today. Context takeover would give each connection its own compressor state
-//! (≈ 300 KiB each with miniz_oxide) and an encoding per member.
+//! (≈ 312 KiB each with miniz_oxide) and an encoding per member.
 //!
 //! What clients send is inflated per connection. By default we also state
 //! `client_no_context_takeover` (§7.1.1.2: "A server MAY include the
@@ -58,24 +58,39 @@
 //!
 //! # Threshold
 //!
-//! Compressing a message costs a fixed reset of the compressor's tables (miniz_oxide
-//! zeroes its hash chains on every reset) plus the work per byte, and a tiny message
-//! barely shrinks. Measured with the `#[ignore]` probe `deflate_threshold_probe` in
-//! `src/bench/deflate.rs` (release build, one core of the dev box, chat-like JSON):
+//! Compressing a message costs a fixed ≈ 7 µs (miniz_oxide zeroes ≈ 300 KiB of match
+//! tables on every reset, and without context takeover every message starts with one)
+//! plus the work per byte, and a short message barely shrinks. Measured with
+//! `CARGO_BUILD_JOBS=1 cargo test --release --lib deflate_threshold_probe -- --ignored
+//! --nocapture` (`src/bench/deflate.rs`; non-repeating chat JSON, level 6, one core of
+//! the 2-core dev box, 20 000 rounds each):
 //!
 //! ```text
-//! payload  compressed  saved   µs/message
+//! payload  compressed  saved  ns/message
+//!      48          48      0        7685   (does not shrink: sent plain)
+//!      64          62      2        7786
+//!      96          79     17        8143
+//!     128          97     31        8579
+//!     256         142    114       10539
+//!    1024         325    699       16706
+//!    4096         924   3172       51570
 //! ```
-//! (see the probe's output recorded at [`DEFAULT_THRESHOLD`]).
+//!
+//! Below 128 bytes a message saves under a fifth of its size for the full fixed cost,
+//! so [`DEFAULT_THRESHOLD`] is 128. A broadcast pays the CPU once and the savings once
+//! per member, so a server with large rooms could go lower; a server of 1:1 chats higher.
 //!
 //! # Memory
 //!
-//! - One [`Compressor`] per server (shared by every connection): its tables plus a
-//!   scratch buffer as large as the largest message compressed so far.
+//! - One [`Compressor`] per server (shared by every connection): ≈ 312 KiB of tables
+//!   (measured), plus a scratch buffer as large as the largest message compressed.
 //! - Per connection with `client_no_context_takeover` agreed (the default): nothing
 //!   between messages; one inflate state while a compressed message is arriving.
 //! - Per connection with client context takeover: one inflate state for the
-//!   connection's life, measured at [`INFLATE_STATE_BYTES`].
+//!   connection's life: 43 704 bytes of RSS each (2000 states that each inflated a
+//!   40 KB message; `inflate_state_probe` in `src/bench/deflate.rs`), i.e. 32 KiB of
+//!   window plus ≈ 10 KiB of Huffman tables: 427 MB for 10 000 idle clients. That is
+//!   why [`DeflateConfig::client_context_takeover`] is off by default.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -98,14 +113,15 @@ const SERVER_NO_CONTEXT_TAKEOVER: &str = "server_no_context_takeover";
 const CLIENT_NO_CONTEXT_TAKEOVER: &str = "client_no_context_takeover";
 const SERVER_MAX_WINDOW_BITS: &str = "server_max_window_bits";
 const CLIENT_MAX_WINDOW_BITS: &str = "client_max_window_bits";
-/// Messages shorter than this are sent uncompressed: below it the fixed cost of a
-/// compressor reset outweighs the bytes saved. Measured, see the module doc.
+/// Messages shorter than this are best sent uncompressed: below it the fixed ≈ 7 µs of a
+/// compressor reset buys under a fifth of the size. Measured, see the module doc. (The
+/// caller applies it; [`Compressor::compress`] itself only refuses what does not shrink.)
 pub const DEFAULT_THRESHOLD: usize = 128;
 /// The zlib level the compressor uses: 6, zlib's default balance of speed and size.
 pub const DEFAULT_LEVEL: u32 = 6;
-/// Heap held by one inflate state (miniz_oxide's `InflateState`: the 32 KiB window plus
-/// decoding tables), measured by the `#[ignore]` probe `inflate_state_probe` in
-/// `src/bench/deflate.rs`.
+/// Memory held by one inflate state (miniz_oxide's `InflateState`: the 32 KiB window plus
+/// decoding tables): 43 704 bytes of RSS measured by the `#[ignore]` probe
+/// `inflate_state_probe` in `src/bench/deflate.rs`, rounded here.
 pub const INFLATE_STATE_BYTES: usize = 43 << 10;
 /// Output grows by at least this much per step while inflating (then doubling), so a
 /// long message is not copied once per few kilobytes.
@@ -215,6 +231,54 @@ impl Agreed {
     pub fn inflater(&self) -> Inflater {
         Inflater::new(!self.client_no_context_takeover)
     }
+}
+
+/// What a server's answer agreed to, as a client (the bench) reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub server_no_context_takeover: bool, // the server resets its window: inflate each message afresh
+    pub client_no_context_takeover: bool, // we must reset ours (a Compressor always does)
+    pub client_max_window_bits: Option<u8>, // our window must stay within 2^bits
+}
+
+impl Answer {
+    /// May we send a message of `len` bytes compressed? As [`Agreed::may_compress`],
+    /// from the client's side.
+    pub fn may_compress(&self, len: usize) -> bool {
+        match self.client_max_window_bits {
+            None | Some(MAX_WINDOW_BITS) => true,
+            Some(bits) => len <= 1 << bits,
+        }
+    }
+
+    /// The inflater for the server's messages.
+    pub fn inflater(&self) -> Inflater {
+        Inflater::new(!self.server_no_context_takeover)
+    }
+}
+
+/// Reads a server's `Sec-WebSocket-Extensions` answer to a `permessage-deflate` offer:
+/// `None` unless it is exactly one valid `permessage-deflate` with legal parameters
+/// (RFC 7692 §7.1: otherwise the client MUST _Fail the WebSocket Connection_).
+pub fn parse_answer(header: &str) -> Option<Answer> {
+    let extensions = split_outside_quotes(header, b',').ok()?;
+    let [extension] = extensions.as_slice() else { return None };
+    let (name, params) = parse_extension(extension.trim()).ok()?;
+    if !name.eq_ignore_ascii_case(EXTENSION_NAME) {
+        return None;
+    }
+    let offer = parse_offer(&params)?;
+    // §7.1.2.2: in an answer, client_max_window_bits always has a value.
+    let client_max_window_bits = match offer.client_max_window_bits {
+        Some(None) => return None,
+        other => other.flatten(),
+    };
+    // server_max_window_bits needs nothing of us: we inflate with the largest window.
+    Some(Answer {
+        server_no_context_takeover: offer.server_no_context_takeover,
+        client_no_context_takeover: offer.client_no_context_takeover,
+        client_max_window_bits,
+    })
 }
 
 /// The parameters of one offer, as parsed (RFC 7692 §7.1).
@@ -685,6 +749,27 @@ mod tests {
         }
         // Even after an acceptable offer: the header as a whole is broken.
         assert!(negotiate(&["permessage-deflate", "x; \"unterminated"], &DEFAULT).is_err());
+    }
+
+    #[test]
+    fn answers_read_by_a_client() {
+        let ours = Agreed { client_no_context_takeover: true, server_max_window_bits: Some(10) };
+        let answer = parse_answer(&ours.response_header()).unwrap();
+        assert!(answer.server_no_context_takeover && answer.client_no_context_takeover);
+        assert!(answer.may_compress(1 << 20), "server_max_window_bits limits the server, not us");
+        let limited = parse_answer("permessage-deflate; client_max_window_bits=9").unwrap();
+        assert!(limited.may_compress(512) && !limited.may_compress(513));
+        assert!(limited.inflater().context_takeover);
+        for bad in [
+            "",
+            "permessage-deflate, permessage-deflate",
+            "x-foo",
+            "permessage-deflate; client_max_window_bits",
+            "permessage-deflate; foo=1",
+            "permessage-deflate; \"x",
+        ] {
+            assert_eq!(parse_answer(bad), None, "{bad:?}");
+        }
     }
 
     /// Inflates one message given as fragments, without context takeover.
