@@ -10,13 +10,14 @@
 //! - [`pool`]: the IO shell, one `Poll` over every connection (its doc lists the phases
 //!   of a turn); [`wire`]: the client half of RFC 6455 as pure code; [`stamp`]: what a
 //!   message carries; [`track`]: loss, duplicates, reordering, the closed-loop window;
-//!   [`pacing`]: the open-loop schedule;
+//!   [`pacing`]: the open-loop schedule; [`deflate`]: permessage-deflate (`--deflate`);
 //! - the scenarios: [`fanout`], [`idle`], [`churn`]; [`report`] and [`progress`] print.
 //!
 //! Works against any RFC 6455 server that relays every message to the *other* clients
 //! connected to the same URL.
 
 pub mod churn;
+pub mod deflate;
 pub mod fanout;
 pub mod idle;
 pub mod pacing;
@@ -100,6 +101,12 @@ pub struct Common {
     /// Time allowed for TCP connect + upgrade, per connection.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
+
+    /// Offer permessage-deflate (RFC 7692, no context takeover either way). Where the
+    /// server accepts, its compressed messages are inflated and ours are sent
+    /// compressed; where it declines, frames stay plain.
+    #[arg(long)]
+    pub deflate: bool,
 }
 
 /// Why a run failed.
@@ -195,6 +202,7 @@ impl Bench {
             sources: sources.clone(),
             handshake_timeout: common.handshake_timeout,
             close_timeout: CLOSE_TIMEOUT,
+            deflate: common.deflate,
         };
         let pool = Pool::new(config, start).map_err(|e| BenchError::Failed(format!("cannot create a poll: {e}")))?;
         Ok(Bench {

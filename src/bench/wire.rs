@@ -8,7 +8,8 @@
 //! frame's start lies within one read, and never allocates. Of each payload it hands on
 //! at most [`PREFIX_MAX`] bytes, which is the whole of any control frame (RFC 6455 §5.5)
 //! and more than a data frame's stamp; the rest of a long payload is skipped, even when
-//! it spans many reads.
+//! it spans many reads, unless the caller asks for it with [`FrameReader::feed_pieces`]
+//! (a compressed message must be inflated whole, RFC 7692 §7.2.2).
 
 use std::fmt;
 use std::ops::ControlFlow;
@@ -17,6 +18,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 
 use super::url::Target;
+use crate::proto::deflate::{parse_answer, Answer};
 use crate::proto::frame::{FrameHeader, HeaderError, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
 use crate::proto::handshake::{accept_key, WS_VERSION};
 
@@ -30,14 +32,26 @@ pub const MAX_RESPONSE_HEAD: usize = 16 << 10;
 const MAX_RESPONSE_HEADERS: usize = 32;
 /// RFC 6455 §4.1: the key is "a randomly selected 16-byte value ... base64-encoded".
 const KEY_NONCE_LEN: usize = 16;
+/// What `--deflate` offers: both sides reset their window per message, so neither keeps
+/// an inflate state between messages (RFC 7692 §7.1.1.1, §7.1.1.2).
+pub const DEFLATE_OFFER: &str = "permessage-deflate; client_no_context_takeover; server_no_context_takeover";
 
 /// The start of one server frame, borrowed from the reader's input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Frame<'a> {
     pub fin: bool,        // final fragment of its message
+    pub rsv: u8,          // RSV1..3 as the bits 0x70, unshifted (RSV1: compressed, RFC 7692 §6)
     pub opcode_bits: u8,  // raw opcode (reserved values are the caller's to judge)
     pub payload_len: u64, // the full payload length
     pub prefix: &'a [u8], // the first min(payload_len, PREFIX_MAX) payload bytes
+}
+
+/// What [`FrameReader::feed_pieces`] hands on: a frame's start, then (for a payload
+/// longer than the prefix) the rest of its payload in the pieces the reads brought.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Piece<'a> {
+    Start(Frame<'a>),                     // header and prefix, as `feed` reports them
+    Rest { bytes: &'a [u8], last: bool }, // more payload of the last `Start`; `last`: its final bytes
 }
 
 /// Why the server's bytes are not a valid frame stream.
@@ -81,22 +95,35 @@ impl FrameReader {
     /// (after a Close frame, nothing more is read). Bytes of a frame that is not yet
     /// complete are kept for the next call.
     #[inline]
-    pub fn feed<F>(&mut self, mut input: &[u8], mut on_frame: F) -> Result<(), FrameError>
+    pub fn feed<F>(&mut self, input: &[u8], mut on_frame: F) -> Result<(), FrameError>
     where
         F: FnMut(Frame<'_>) -> ControlFlow<()>,
     {
-        if self.head_len > 0 && self.finish_carried(&mut input, &mut on_frame)?.is_break() {
+        self.feed_pieces(input, |piece| match piece {
+            Piece::Start(frame) => on_frame(frame),
+            Piece::Rest { .. } => ControlFlow::Continue(()), // skipped
+        })
+    }
+
+    /// As [`FrameReader::feed`], but the payload beyond the prefix is handed on too, as
+    /// [`Piece::Rest`], instead of skipped (still without copying).
+    #[inline]
+    pub fn feed_pieces<F>(&mut self, mut input: &[u8], mut on_piece: F) -> Result<(), FrameError>
+    where
+        F: FnMut(Piece<'_>) -> ControlFlow<()>,
+    {
+        if self.head_len > 0 && self.finish_carried(&mut input, &mut on_piece)?.is_break() {
             return Ok(());
         }
-        self.feed_fresh(input, on_frame)
+        self.feed_fresh(input, on_piece)
     }
 
     /// Completes the frame started in an earlier read, one step at a time, so exactly
     /// its own bytes are taken from `input`, and hands it on. `Break`: stop reading
     /// (input exhausted, or the callback said so).
-    fn finish_carried<F>(&mut self, input: &mut &[u8], on_frame: &mut F) -> Result<ControlFlow<()>, FrameError>
+    fn finish_carried<F>(&mut self, input: &mut &[u8], on_piece: &mut F) -> Result<ControlFlow<()>, FrameError>
     where
-        F: FnMut(Frame<'_>) -> ControlFlow<()>,
+        F: FnMut(Piece<'_>) -> ControlFlow<()>,
     {
         loop {
             let want = self.head_want()?;
@@ -120,25 +147,30 @@ impl FrameReader {
         self.skip = header.payload_len - prefix_len as u64;
         let frame = Frame {
             fin: header.fin,
+            rsv: header.rsv,
             opcode_bits: header.opcode_bits,
             payload_len: header.payload_len,
             prefix: &self.head[header_len..header_len + prefix_len],
         };
-        Ok(on_frame(frame))
+        Ok(on_piece(Piece::Start(frame)))
     }
 
     /// Reads frames that start in `input` (after skipping the rest of a long payload);
     /// the hot path. A frame start cut off by the end of `input` is kept in `head`.
     #[inline]
-    fn feed_fresh<F>(&mut self, mut input: &[u8], mut on_frame: F) -> Result<(), FrameError>
+    fn feed_fresh<F>(&mut self, mut input: &[u8], mut on_piece: F) -> Result<(), FrameError>
     where
-        F: FnMut(Frame<'_>) -> ControlFlow<()>,
+        F: FnMut(Piece<'_>) -> ControlFlow<()>,
     {
         loop {
             if self.skip > 0 {
                 let n = self.skip.min(input.len() as u64);
-                input = &input[n as usize..];
+                let (rest, after) = input.split_at(n as usize);
                 self.skip -= n;
+                if on_piece(Piece::Rest { bytes: rest, last: self.skip == 0 }).is_break() {
+                    return Ok(());
+                }
+                input = after;
                 if self.skip > 0 {
                     return Ok(()); // this read ended inside a long payload
                 }
@@ -155,11 +187,12 @@ impl FrameReader {
                 if input.len() >= header_len + prefix_len {
                     let frame = Frame {
                         fin: header.fin,
+                        rsv: header.rsv,
                         opcode_bits: header.opcode_bits,
                         payload_len: header.payload_len,
                         prefix: &input[header_len..header_len + prefix_len],
                     };
-                    if on_frame(frame).is_break() {
+                    if on_piece(Piece::Start(frame)).is_break() {
                         return Ok(());
                     }
                     let rest = header.payload_len - prefix_len as u64;
@@ -221,12 +254,14 @@ pub struct Handshake {
 }
 
 impl Handshake {
-    /// Builds the upgrade request for `target` with the 16 nonce bytes `nonce`.
-    pub fn new(target: &Target, nonce: [u8; KEY_NONCE_LEN]) -> Handshake {
+    /// Builds the upgrade request for `target` with the 16 nonce bytes `nonce`; with
+    /// `deflate`, it offers [`DEFLATE_OFFER`].
+    pub fn new(target: &Target, nonce: [u8; KEY_NONCE_LEN], deflate: bool) -> Handshake {
         let key = BASE64.encode(nonce);
+        let extensions = if deflate { format!("Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n") } else { String::new() };
         let request = format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: {WS_VERSION}\r\n\r\n",
+             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: {WS_VERSION}\r\n{extensions}\r\n",
             target.path, target.host_header
         );
         Handshake { request: request.into_bytes(), accept: accept_key(&key) }
@@ -245,6 +280,9 @@ pub enum HandshakeError {
     NotWebSocket,
     /// Not an HTTP response, or a head longer than [`MAX_RESPONSE_HEAD`].
     Malformed,
+    /// An extension we did not offer, or a `permessage-deflate` answer we cannot accept
+    /// (RFC 6455 §9.1, RFC 7692 §7.1: the client MUST _Fail the WebSocket Connection_).
+    BadExtension,
 }
 
 impl HandshakeError {
@@ -255,13 +293,21 @@ impl HandshakeError {
             HandshakeError::BadAccept => "bad_accept".to_owned(),
             HandshakeError::NotWebSocket => "not_websocket".to_owned(),
             HandshakeError::Malformed => "bad_response".to_owned(),
+            HandshakeError::BadExtension => "bad_extension".to_owned(),
         }
     }
 }
 
-/// Checks the server's answer. `Ok(None)`: the head is incomplete (call again with more);
-/// `Ok(Some(used))`: a valid 101 of `used` bytes, after which frames follow.
-pub fn parse_response(input: &[u8], accept: &str) -> Result<Option<usize>, HandshakeError> {
+/// A valid `101`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Upgraded {
+    pub used: usize,             // bytes of the response head; frames follow
+    pub deflate: Option<Answer>, // permessage-deflate, if the server accepted our offer
+}
+
+/// Checks the server's answer; `offered_deflate`: the request offered [`DEFLATE_OFFER`].
+/// `Ok(None)`: the head is incomplete (call again with more); `Ok(Some(_))`: a valid 101.
+pub fn parse_response(input: &[u8], accept: &str, offered_deflate: bool) -> Result<Option<Upgraded>, HandshakeError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut response = httparse::Response::new(&mut headers);
     let used = match response.parse(input) {
@@ -288,7 +334,16 @@ pub fn parse_response(input: &[u8], accept: &str) -> Result<Option<usize>, Hands
     if header("Sec-WebSocket-Accept").map(<[u8]>::trim_ascii) != Some(accept.as_bytes()) {
         return Err(HandshakeError::BadAccept);
     }
-    Ok(Some(used))
+    let mut answers = response.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("Sec-WebSocket-Extensions"));
+    let deflate = match (answers.next(), answers.next()) {
+        (None, _) => None, // declined, or not supported: plain frames
+        (Some(answer), None) if offered_deflate => {
+            let text = std::str::from_utf8(answer.value).map_err(|_| HandshakeError::BadExtension)?;
+            Some(parse_answer(text).ok_or(HandshakeError::BadExtension)?)
+        }
+        _ => return Err(HandshakeError::BadExtension), // unasked-for, or more than one
+    };
+    Ok(Some(Upgraded { used, deflate }))
 }
 
 #[cfg(test)]
@@ -420,7 +475,7 @@ mod tests {
     #[test]
     fn request_and_rfc_sample_accept() {
         // RFC 6455 §1.3: nonce "the sample nonce" ↔ key dGhlIHNhbXBsZSBub25jZQ==.
-        let hs = Handshake::new(&target(), *b"the sample nonce");
+        let hs = Handshake::new(&target(), *b"the sample nonce", false);
         let request = String::from_utf8(hs.request.clone()).unwrap();
         assert!(request.starts_with("GET /room?x=1 HTTP/1.1\r\nHost: 127.0.0.1:9000\r\n"));
         assert!(request.contains("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"));
@@ -437,21 +492,75 @@ mod tests {
         let mut bytes = GOOD_101.as_bytes().to_vec();
         bytes.extend_from_slice(&[0x82, 0x00]);
         for cut in 0..GOOD_101.len() {
-            assert_eq!(parse_response(&bytes[..cut], ACCEPT), Ok(None), "cut {cut}");
+            assert_eq!(parse_response(&bytes[..cut], ACCEPT, false), Ok(None), "cut {cut}");
         }
-        assert_eq!(parse_response(&bytes, ACCEPT), Ok(Some(GOOD_101.len())));
+        assert_eq!(parse_response(&bytes, ACCEPT, false), Ok(Some(Upgraded { used: GOOD_101.len(), deflate: None })));
     }
 
     #[test]
     fn response_rejections() {
         let full = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n";
-        assert_eq!(parse_response(full.as_bytes(), ACCEPT), Err(HandshakeError::Status(503)));
-        assert_eq!(parse_response(GOOD_101.as_bytes(), "other"), Err(HandshakeError::BadAccept));
+        assert_eq!(parse_response(full.as_bytes(), ACCEPT, false), Err(HandshakeError::Status(503)));
+        assert_eq!(parse_response(GOOD_101.as_bytes(), "other", false), Err(HandshakeError::BadAccept));
         let plain = GOOD_101.replace("Upgrade: websocket\r\n", "");
-        assert_eq!(parse_response(plain.as_bytes(), ACCEPT), Err(HandshakeError::NotWebSocket));
-        assert_eq!(parse_response(b"SSH-2.0-OpenSSH\r\n\r\n", ACCEPT), Err(HandshakeError::Malformed));
+        assert_eq!(parse_response(plain.as_bytes(), ACCEPT, false), Err(HandshakeError::NotWebSocket));
+        assert_eq!(parse_response(b"SSH-2.0-OpenSSH\r\n\r\n", ACCEPT, false), Err(HandshakeError::Malformed));
         let endless = format!("HTTP/1.1 101 OK\r\nX: {}", "y".repeat(MAX_RESPONSE_HEAD + 1));
-        assert_eq!(parse_response(endless.as_bytes(), ACCEPT), Err(HandshakeError::Malformed));
+        assert_eq!(parse_response(endless.as_bytes(), ACCEPT, false), Err(HandshakeError::Malformed));
         assert_eq!(HandshakeError::Status(503).kind(), "http_503");
+    }
+
+    #[test]
+    fn deflate_offer_and_answers() {
+        let hs = Handshake::new(&target(), *b"the sample nonce", true);
+        let request = String::from_utf8(hs.request).unwrap();
+        assert!(request.ends_with(&format!("Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n\r\n")));
+        let with = |ext: &str| GOOD_101.replace("\r\n\r\n", &format!("\r\nSec-WebSocket-Extensions: {ext}\r\n\r\n"));
+        let accepted = with("permessage-deflate; server_no_context_takeover; client_no_context_takeover");
+        let upgraded = parse_response(accepted.as_bytes(), ACCEPT, true).unwrap().unwrap();
+        assert_eq!(upgraded.used, accepted.len());
+        let answer = upgraded.deflate.unwrap();
+        assert!(answer.server_no_context_takeover && answer.client_no_context_takeover);
+        // Declined (a server without deflate): plain frames.
+        assert_eq!(parse_response(GOOD_101.as_bytes(), ACCEPT, true).unwrap().unwrap().deflate, None);
+        // Not offered, unknown, or not a valid answer: fail the connection.
+        assert_eq!(parse_response(accepted.as_bytes(), ACCEPT, false), Err(HandshakeError::BadExtension));
+        let unknown = with("x-webkit-deflate-frame");
+        assert_eq!(parse_response(unknown.as_bytes(), ACCEPT, true), Err(HandshakeError::BadExtension));
+        let bad = with("permessage-deflate; client_max_window_bits");
+        assert_eq!(parse_response(bad.as_bytes(), ACCEPT, true), Err(HandshakeError::BadExtension));
+    }
+
+    /// Every payload byte arrives exactly once through `feed_pieces`, however the
+    /// stream is cut.
+    #[test]
+    fn pieces_carry_whole_payloads() {
+        let (bytes, expected) = sample_stream();
+        let mut payloads = Vec::new();
+        for len in [0usize, 1, 24, 64, 125, 126, 127, 300, 65535, 65536, 70_000] {
+            payloads.push((0..len).map(|i| (i * 7 + len) as u8).collect::<Vec<u8>>());
+        }
+        for step in [1, 7, 139, 140, 4096, bytes.len()] {
+            let mut reader = FrameReader::default();
+            let mut got: Vec<Vec<u8>> = Vec::new();
+            let mut lasts = 0;
+            for chunk in bytes.chunks(step) {
+                reader
+                    .feed_pieces(chunk, |piece| {
+                        match piece {
+                            Piece::Start(frame) => got.push(frame.prefix.to_vec()),
+                            Piece::Rest { bytes, last } => {
+                                got.last_mut().unwrap().extend_from_slice(bytes);
+                                lasts += usize::from(last);
+                            }
+                        }
+                        ControlFlow::Continue(())
+                    })
+                    .unwrap();
+            }
+            assert_eq!(got.len(), expected.len(), "step {step}");
+            assert_eq!(got[..payloads.len()], payloads[..], "step {step}");
+            assert_eq!(lasts, 6, "one last piece per payload over {PREFIX_MAX} bytes (step {step})");
+        }
     }
 }

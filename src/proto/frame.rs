@@ -171,6 +171,17 @@ pub fn write_header(out: &mut Vec<u8>, fin: bool, opcode: OpCode, payload_len: u
     write_header_raw(out, fin, opcode.bits(), payload_len, None);
 }
 
+/// Appends the header of an unmasked frame with RSV1 set: the first frame of a message
+/// compressed by permessage-deflate (RFC 7692 §6: "the "Per-Message Compressed" bit ...
+/// RSV1"). Only `deflate.rs` calls this, and only on a connection that agreed to it.
+pub fn write_header_rsv1(out: &mut Vec<u8>, fin: bool, opcode: OpCode, payload_len: usize) {
+    /// RFC 7692 §6: RSV1 of the first frame marks a compressed message.
+    const RSV1_BIT: u8 = 0x40;
+    let at = out.len();
+    write_header(out, fin, opcode, payload_len);
+    out[at] |= RSV1_BIT;
+}
+
 /// Appends a whole unmasked frame.
 pub fn write_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
     write_header(out, true, opcode, payload.len());

@@ -155,7 +155,7 @@ mod tests {
     fn deliver(f: &mut Fanout, member: u32, stamp: Stamp, now_ns: u64) {
         let mut payload = vec![FILLER; 64];
         stamp.write(Encoding::Binary, &mut payload);
-        let frame = Frame { fin: true, opcode_bits: 0x2, payload_len: 64, prefix: &payload };
+        let frame = Frame { fin: true, rsv: 0, opcode_bits: 0x2, payload_len: 64, prefix: &payload };
         f.on_data(member, &frame, now_ns);
     }
 
@@ -171,7 +171,7 @@ mod tests {
         deliver(&mut f, 1, Stamp { sender: 0, seq: 1, sent_ns: 500 }, 9_000);
         assert_eq!(f.hist.len(), 3, "sent before the measured interval: not timed");
         deliver(&mut f, 1, Stamp { sender: 5, seq: 0, sent_ns: 2_000 }, 9_000);
-        let frame = Frame { fin: true, opcode_bits: 0x1, payload_len: 5, prefix: b"hello" };
+        let frame = Frame { fin: true, rsv: 0, opcode_bits: 0x1, payload_len: 5, prefix: b"hello" };
         f.on_data(1, &frame, 9_000);
         assert_eq!(f.foreign, 2, "an unknown sender and an unstamped frame");
     }

@@ -200,6 +200,7 @@ struct Interval {
     start: CpuMark,     // CPU when it began
     end: CpuMark,       // CPU when it ended
     measured: Duration, // its wall time
+    bytes_read: u64,    // bytes read from every socket within it
 }
 
 /// Sends through the warm-up and the measured interval, one turn at a time: queue
@@ -210,14 +211,14 @@ fn send_until_the_end(
     senders: &mut Senders,
     timeline: &Timeline,
 ) -> Result<Interval, BenchError> {
-    let mut start: Option<(CpuMark, u64)> = None; // CPU at the start of the measured interval
+    let mut start: Option<(CpuMark, u64, u64)> = None; // CPU, time, bytes read at the start of the measured interval
     let mut last_shown = (timeline.t0, 0u64); // (when, deliveries) the bar last showed
     let stage = if timeline.measure_from == timeline.t0 { "fanout" } else { "warm+run" };
     bench.progress.stage(stage, (timeline.measure_to - timeline.t0) / 1_000_000);
     loop {
         let now = bench.pool.now_ns();
         if start.is_none() && now >= timeline.measure_from {
-            start = Some((CpuMark::take(bench.server_pid)?, now));
+            start = Some((CpuMark::take(bench.server_pid)?, now, bench.pool.bytes_read()));
         }
         if now >= timeline.measure_to {
             break;
@@ -234,9 +235,10 @@ fn send_until_the_end(
         show_progress(bench, fanout, timeline, &mut last_shown);
     }
     let end = CpuMark::take(bench.server_pid)?;
-    let (start, started_at) = start.ok_or_else(|| BenchError::Failed("the run ended before it began".into()))?;
+    let (start, started_at, read_at_start) =
+        start.ok_or_else(|| BenchError::Failed("the run ended before it began".into()))?;
     let measured = Duration::from_nanos(bench.pool.now_ns().saturating_sub(started_at));
-    Ok(Interval { start, end, measured })
+    Ok(Interval { start, end, measured, bytes_read: bench.pool.bytes_read() - read_at_start })
 }
 
 /// One turn that returns by `wake` (bench time): at once when it is already due,

@@ -25,6 +25,7 @@ struct Params {
     warmup_s: f64,           // --warmup
     drain_s: f64,            // --drain
     sources: usize,          // source addresses used
+    deflate: bool,           // --deflate: permessage-deflate offered
 }
 
 /// Everything `fanout` measured.
@@ -50,6 +51,8 @@ pub(super) struct FanoutReport {
     foreign: u64,                 // data frames without a bench stamp
     drained: bool,                // everything sent arrived before --drain ran out
     members_lost: u32,            // connections that ended early
+    deflate_connections: usize,   // connections whose server agreed to permessage-deflate
+    wire_bytes_per_delivery: f64, // bytes read from sockets per delivery, measured interval (frame headers included)
     #[serde(flatten)]
     tail: Tail, // CPU per delivery, errors
 }
@@ -89,6 +92,10 @@ impl FanoutReport {
             foreign: fanout.foreign,
             drained,
             members_lost: fanout.members_lost,
+            deflate_connections: bench.pool.deflate_count(),
+            wire_bytes_per_delivery: report::round1(
+                interval.bytes_read as f64 / fanout.measured_deliveries.max(1) as f64,
+            ),
             tail: Tail { cpu: Some(OpCost { cost, op: "delivery" }), errors: bench.pool.errors().clone() },
         }
     }
@@ -112,6 +119,17 @@ impl FanoutReport {
     }
 }
 
+impl FanoutReport {
+    /// What became of `--deflate`, for the wire line.
+    fn deflate_note(&self) -> String {
+        match (self.params.deflate, self.deflate_connections) {
+            (false, _) => String::new(),
+            (true, 0) => ", permessage-deflate declined by the server".to_owned(),
+            (true, n) => format!(", permessage-deflate on {n} of {} connections", self.connections),
+        }
+    }
+}
+
 impl Params {
     fn new(args: &FanoutArgs, sources: usize) -> Params {
         Params {
@@ -128,6 +146,7 @@ impl Params {
             warmup_s: args.warmup.as_secs_f64(),
             drain_s: args.drain.as_secs_f64(),
             sources,
+            deflate: args.common.deflate,
         }
     }
 }
@@ -150,6 +169,7 @@ impl Summary for FanoutReport {
                 report::si(self.sends_per_sec),
                 self.deliveries_per_message
             ),
+            format!("wire          {:.1} B read per delivery{}", self.wire_bytes_per_delivery, self.deflate_note()),
             format!("latency       {}", self.latency_us.human()),
         ];
         if let Some(lag) = &self.send_lag_us {

@@ -10,7 +10,9 @@ use std::ops::ControlFlow;
 use mio::net::TcpStream;
 
 use super::{AfterOpen, End, Handler};
-use crate::bench::wire::{parse_response, Frame, FrameReader};
+use crate::bench::deflate::{ClientDeflate, RSV1};
+use crate::bench::wire::{parse_response, Frame, FrameReader, Piece};
+use crate::proto::deflate::{Answer, InflateError};
 use crate::proto::frame::{write_masked_frame, OpCode, MAX_CONTROL_PAYLOAD};
 
 /// RFC 6455 §7.4.1: 1000, normal closure.
@@ -43,6 +45,7 @@ pub(super) struct Census {
     pub(super) handshaking: usize, // Phase::Handshaking
     pub(super) open: usize,        // Phase::Open
     pub(super) closing: usize,     // Phase::Closing
+    pub(super) deflate: usize,     // upgrades whose server agreed to permessage-deflate (not a phase)
 }
 
 impl Census {
@@ -59,19 +62,21 @@ impl Census {
 
 /// One client connection.
 pub(super) struct Conn {
-    pub(super) stream: TcpStream,     // the non-blocking socket
-    pub(super) phase: Phase,          // see `Phase`
-    pub(super) reader: FrameReader,   // carries an incomplete frame between reads
-    pub(super) outbox: Vec<u8>,       // bytes queued for the server
-    pub(super) written: usize,        // bytes at the front of `outbox` already written
-    pub(super) mask: [u8; 4],         // this connection's masking key (RFC 6455 §5.3)
-    pub(super) accept: String,        // the Sec-WebSocket-Accept value the server must send
-    pub(super) tag: u32,              // the scenario's name for this connection
-    pub(super) after_open: AfterOpen, // hold or close once upgraded
-    pub(super) opened_ns: u64,        // when the connect started
-    pub(super) deadline_ns: u64,      // connect + upgrade must be done by then
-    pub(super) dirty: bool,           // listed in `Pool::dirty`
-    pub(super) blocked: bool,         // the last write hit WouldBlock: wait for WRITABLE
+    pub(super) stream: TcpStream,                   // the non-blocking socket
+    pub(super) phase: Phase,                        // see `Phase`
+    pub(super) reader: FrameReader,                 // carries an incomplete frame between reads
+    pub(super) outbox: Vec<u8>,                     // bytes queued for the server
+    pub(super) written: usize,                      // bytes at the front of `outbox` already written
+    pub(super) mask: [u8; 4],                       // this connection's masking key (RFC 6455 §5.3)
+    pub(super) accept: String,                      // the Sec-WebSocket-Accept value the server must send
+    pub(super) offered_deflate: bool,               // the request offered permessage-deflate
+    pub(super) deflate: Option<Box<ClientDeflate>>, // agreed: inflates the server's messages (boxed: most runs have none)
+    pub(super) tag: u32,                            // the scenario's name for this connection
+    pub(super) after_open: AfterOpen,               // hold or close once upgraded
+    pub(super) opened_ns: u64,                      // when the connect started
+    pub(super) deadline_ns: u64,                    // connect + upgrade must be done by then
+    pub(super) dirty: bool,                         // listed in `Pool::dirty`
+    pub(super) blocked: bool,                       // the last write hit WouldBlock: wait for WRITABLE
 }
 
 /// What one read did to a connection.
@@ -94,17 +99,25 @@ pub(super) fn take_input<H: Handler>(
     let carried: Vec<u8>; // frames that followed a split response head
     let mut frames = bytes;
     if let Phase::Handshaking { response } = &mut conn.phase {
-        match take_head(response, bytes, &conn.accept) {
+        let deflate = match take_head(response, bytes, &conn.accept, conn.offered_deflate) {
             Head::Incomplete => return outcome,
             Head::Refused(kind) => {
                 outcome.end = Some(End::Failed(kind));
                 return outcome;
             }
-            Head::InThisRead(used) => frames = &bytes[used..],
-            Head::Split(rest) => {
+            Head::InThisRead(used, deflate) => {
+                frames = &bytes[used..];
+                deflate
+            }
+            Head::Split(rest, deflate) => {
                 carried = rest;
                 frames = &carried;
+                deflate
             }
+        };
+        if let Some(answer) = deflate {
+            conn.deflate = Some(Box::new(ClientDeflate::new(answer)));
+            census.deflate += 1;
         }
         outcome.wrote = upgraded(conn, now_ns, close_timeout_ns, census, handler);
     }
@@ -122,29 +135,30 @@ enum Head {
     Incomplete,
     /// Not an acceptable `101`: the error kind.
     Refused(String),
-    /// Complete within this read; frames start this many bytes into it.
-    InThisRead(usize),
+    /// Complete within this read; frames start this many bytes into it. With the
+    /// permessage-deflate answer, if the server agreed.
+    InThisRead(usize, Option<Answer>),
     /// Completed across reads; these bytes followed it (frames, possibly none).
-    Split(Vec<u8>),
+    Split(Vec<u8>, Option<Answer>),
 }
 
 /// Adds one read's bytes to the response head collected so far and parses it.
-fn take_head(response: &mut Vec<u8>, bytes: &[u8], accept: &str) -> Head {
+fn take_head(response: &mut Vec<u8>, bytes: &[u8], accept: &str, offered_deflate: bool) -> Head {
     // Usually the whole head is in one read and is parsed in place.
     if response.is_empty() {
-        return match parse_response(bytes, accept) {
+        return match parse_response(bytes, accept, offered_deflate) {
             Ok(None) => {
                 response.extend_from_slice(bytes);
                 Head::Incomplete
             }
-            Ok(Some(used)) => Head::InThisRead(used),
+            Ok(Some(up)) => Head::InThisRead(up.used, up.deflate),
             Err(e) => Head::Refused(e.kind()),
         };
     }
     response.extend_from_slice(bytes);
-    match parse_response(response, accept) {
+    match parse_response(response, accept, offered_deflate) {
         Ok(None) => Head::Incomplete,
-        Ok(Some(used)) => Head::Split(response.split_off(used)),
+        Ok(Some(up)) => Head::Split(response.split_off(up.used), up.deflate),
         Err(e) => Head::Refused(e.kind()),
     }
 }
@@ -172,21 +186,64 @@ fn upgraded<H: Handler>(
 /// Reads the frames of an open (or closing) connection: data to the handler, control
 /// frames answered here.
 fn take_frames<H: Handler>(conn: &mut Conn, frames: &[u8], now_ns: u64, handler: &mut H, outcome: &mut Outcome) {
-    let Conn { reader, outbox, mask, phase, tag, .. } = conn;
+    let Conn { reader, outbox, mask, phase, tag, deflate, .. } = conn;
     let tag = *tag;
-    let fed = reader.feed(frames, |frame| match frame.opcode_bits {
-        // Text, Binary: the hot path.
-        0x1 | 0x2 => {
-            handler.on_data(tag, &frame, now_ns);
-            ControlFlow::Continue(())
+    let Some(deflate) = deflate else {
+        let fed = reader.feed(frames, |frame| match (frame.opcode_bits, frame.rsv) {
+            // RFC 6455 §5.2: a nonzero RSV bit without an extension that defines it fails
+            // the connection.
+            (_, 1..) => fail(outcome, "protocol_error"),
+            // Text, Binary: the hot path.
+            (0x1 | 0x2, _) => {
+                handler.on_data(tag, &frame, now_ns);
+                ControlFlow::Continue(())
+            }
+            // Continuation: the stamp came with the message's first fragment.
+            (0x0, _) => ControlFlow::Continue(()),
+            _ => on_control(&frame, phase, outbox, *mask, outcome),
+        });
+        if fed.is_err() {
+            outcome.end = Some(End::Failed("protocol_error".to_owned()));
         }
-        // Continuation: the stamp came with the message's first fragment.
-        0x0 => ControlFlow::Continue(()),
-        _ => on_control(&frame, phase, outbox, *mask, outcome),
+        return;
+    };
+    // permessage-deflate agreed: compressed messages are inflated whole, then handed on
+    // as the frame they stand for, so the scenario counts them as any other.
+    let fed = reader.feed_pieces(frames, |piece| {
+        let inflated = match piece {
+            Piece::Start(frame) => match (frame.opcode_bits, frame.rsv) {
+                // RFC 7692 §6.1: RSV1 only on a message's first frame; RSV2/3 never.
+                (0x1 | 0x2, RSV1) if !deflate.in_message() => deflate.start(&frame),
+                (0x0, 0) if deflate.in_message() => deflate.start(&frame),
+                (_, 1..) => return fail(outcome, "protocol_error"),
+                (0x1 | 0x2, _) if deflate.in_message() => return fail(outcome, "protocol_error"),
+                (0x1 | 0x2, _) => {
+                    handler.on_data(tag, &frame, now_ns);
+                    return ControlFlow::Continue(());
+                }
+                (0x0, _) => return ControlFlow::Continue(()),
+                _ => return on_control(&frame, phase, outbox, *mask, outcome),
+            },
+            Piece::Rest { bytes, last } if deflate.in_message() => deflate.rest(bytes, last),
+            Piece::Rest { .. } => return ControlFlow::Continue(()), // an uncompressed payload: skipped
+        };
+        match inflated {
+            Ok(Some(message)) => handler.on_data(tag, &message, now_ns),
+            Ok(None) => {}
+            Err(InflateError::TooBig) => return fail(outcome, "inflate_too_big"),
+            Err(InflateError::Invalid) => return fail(outcome, "inflate_invalid"),
+        }
+        ControlFlow::Continue(())
     });
     if fed.is_err() {
         outcome.end = Some(End::Failed("protocol_error".to_owned()));
     }
+}
+
+/// Ends the connection as failed with `kind` and stops reading it.
+fn fail(outcome: &mut Outcome, kind: &str) -> ControlFlow<()> {
+    outcome.end = Some(End::Failed(kind.to_owned()));
+    ControlFlow::Break(())
 }
 
 /// A control frame (or a reserved opcode); `Break` stops reading this connection.

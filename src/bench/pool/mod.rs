@@ -34,10 +34,12 @@ use std::time::{Duration, Instant};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+use super::deflate::RSV1;
 use super::sys::SplitMix;
 use super::timer::Timer;
 use super::url::Target;
 use super::wire::{Frame, FrameReader, Handshake};
+use crate::proto::deflate::{Compressor, DEFAULT_THRESHOLD};
 use crate::proto::frame::{write_masked_frame, OpCode};
 use crate::sys::nb::retrying;
 use conn::{mark_dirty, queue_close, set_phase, take_input, Census, Conn, Phase, CLOSE_NORMAL};
@@ -95,6 +97,7 @@ pub struct PoolConfig {
     pub sources: Vec<Option<IpAddr>>, // source addresses, used in turn (None: the kernel's choice)
     pub handshake_timeout: Duration,  // connect + upgrade, per connection
     pub close_timeout: Duration,      // our Close to the server's answer
+    pub deflate: bool,                // offer permessage-deflate (--deflate)
 }
 
 /// Many client connections on one poll loop.
@@ -115,6 +118,9 @@ pub struct Pool {
     errors: Errors,         // failures by kind
     timer: Timer,           // precise wake-ups for paced sending
     timer_at_ns: u64,       // when the timer is armed to fire (u64::MAX: disarmed or fired)
+    bytes_read: u64,        // bytes read from every socket so far (the wire cost of deliveries)
+    compressor: Compressor, // --deflate: compresses what we send (no context takeover: one for all)
+    compressed: Vec<u8>,    // --deflate: the message being sent, compressed (reused)
 }
 
 /// Failure counts by kind, in a stable order for reports.
@@ -143,6 +149,9 @@ impl Pool {
             errors: Errors::new(),
             timer,
             timer_at_ns: u64::MAX,
+            bytes_read: 0,
+            compressor: Compressor::default(),
+            compressed: Vec::new(),
         })
     }
 
@@ -189,6 +198,16 @@ impl Pool {
         &self.errors
     }
 
+    /// Bytes read from all sockets so far: response heads and frames, as on the wire.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read
+    }
+
+    /// Connections whose server agreed to permessage-deflate.
+    pub fn deflate_count(&self) -> usize {
+        self.census.deflate
+    }
+
     /// Starts a connection named `tag`. Its upgrade request is queued and goes out once
     /// TCP connects. Returns the key, or the error kind (already counted) when the
     /// socket could not even be created (out of descriptors or source ports).
@@ -208,7 +227,7 @@ impl Pool {
         {
             return Err(self.count_error(io_kind(&e)));
         }
-        let handshake = Handshake::new(&self.config.target, self.rng.nonce());
+        let handshake = Handshake::new(&self.config.target, self.rng.nonce(), self.config.deflate);
         let mut conn = Conn {
             stream,
             phase: Phase::Done,
@@ -217,6 +236,8 @@ impl Pool {
             written: 0,
             mask: self.rng.mask(),
             accept: handshake.accept,
+            offered_deflate: self.config.deflate,
+            deflate: None,
             tag,
             after_open,
             opened_ns: now_ns,
@@ -230,13 +251,24 @@ impl Pool {
     }
 
     /// Queues a masked data frame on an open connection; `false` if it is not open.
+    /// Where permessage-deflate was agreed, a message of [`DEFAULT_THRESHOLD`] bytes or
+    /// more goes compressed (RSV1 set, RFC 7692 §6) when that makes it shorter.
     #[inline]
     pub fn send(&mut self, key: usize, opcode: OpCode, payload: &[u8]) -> bool {
         let Some(conn) = self.conns.get_mut(key) else { return false };
         if !matches!(conn.phase, Phase::Open) {
             return false;
         }
-        write_masked_frame(&mut conn.outbox, true, opcode.bits(), payload, conn.mask);
+        let squeeze =
+            conn.deflate.as_ref().is_some_and(|d| payload.len() >= DEFAULT_THRESHOLD && d.may_compress(payload.len()));
+        self.compressed.clear();
+        if squeeze && self.compressor.compress(payload, &mut self.compressed) {
+            let at = conn.outbox.len();
+            write_masked_frame(&mut conn.outbox, true, opcode.bits(), &self.compressed, conn.mask);
+            conn.outbox[at] |= RSV1;
+        } else {
+            write_masked_frame(&mut conn.outbox, true, opcode.bits(), payload, conn.mask);
+        }
         mark_dirty(&mut self.dirty, key, conn);
         true
     }
@@ -410,6 +442,7 @@ impl Pool {
                 Err(_) if answered => return self.end(key, End::Clean, handler), // reset after the close handshake
                 Err(e) => return self.end(key, End::Failed(io_kind(&e)), handler),
             };
+            self.bytes_read += n as u64;
             if answered {
                 continue; // RFC 6455 §5.5.1: nothing may follow the server's Close; drop it
             }
