@@ -13,4 +13,6 @@ need_websocat
 URL="ws://$SERVER/$ROOM"
 [[ -n "$NAME" ]] && URL="$URL?name=$NAME"
 echo "chat.sh: $URL (Ctrl-D or Ctrl-C to leave, /help for commands)" >&2
-exec websocat "$URL"
+# -E (--exit-on-eof): end when the server closes. Without it websocat notices a closed
+# connection only when the next line is typed, and says nothing until then.
+exec websocat -E "$URL"

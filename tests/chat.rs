@@ -420,11 +420,11 @@ fn commands_typed_as_websocat_lines() {
     assert_eq!(jay.expect("presence"), json!({"type": "presence", "room": "lobby", "user": "annie", "event": "join"}));
     assert_eq!(ann.ask("/stats\n"), "stats users=3 rooms=1 messages=2");
     // After the rename the old name is free and the new one taken.
-    let (mut old, mut new) = (raw_connect(&server), raw_connect(&server));
-    let (head, _) = raw_handshake(&mut new, upgrade_request("/x?name=annie", "").as_bytes());
-    assert_eq!(status_of(&head), 409, "{head}");
-    let (head, _) = raw_handshake(&mut old, upgrade_request("/x?name=ann", "").as_bytes());
-    assert_eq!(status_of(&head), 101, "{head}");
+    let mut new = TextClient::open(&server, "/x?name=annie");
+    assert!(new.recv().starts_with("err name_taken "), "the new name is taken");
+    drop(new);
+    let mut old = TextClient::open(&server, "/x?name=ann");
+    assert_eq!(old.ask("/stats\n"), "stats users=4 rooms=2 messages=2", "the old name is free: no err first");
     drop(old);
 
     // bo saw the relayed lines and nothing of ann's commands or their replies.
@@ -433,28 +433,41 @@ fn commands_typed_as_websocat_lines() {
     jay.expect_quiet();
 }
 
-/// Raw names are checked before the upgrade: taken → 409, invalid → 400.
+/// A raw client refused a name comes in as a guest, and its first line says why (a 409
+/// before the upgrade is something websocat shows as a bare status): taken →
+/// `err name_taken`, invalid → `err bad_field`. Only a malformed request is refused.
 #[test]
-fn raw_names_are_checked_before_the_upgrade() {
+fn a_raw_client_refused_a_name_is_told_why() {
     let _dog = watchdog(TEST_LIMIT);
     let server = Server::start(&[]);
     let _bo = TextClient::open(&server, "/lobby?name=bo");
     let _jay = JsonClient::join(&server, "other", "jay");
-    let status = |path: &str| {
-        let mut stream = raw_connect(&server);
-        let (head, _) = raw_handshake(&mut stream, upgrade_request(path, "").as_bytes());
-        status_of(&head)
+    let first_line = |path: &str| {
+        let mut client = TextClient::open(&server, path);
+        let line = client.ask("/stats\n");
+        if line.starts_with("stats ") {
+            return "ok".to_owned(); // nothing came before the answer
+        }
+        line
     };
-    assert_eq!(status("/lobby?name=bo"), 409, "taken in the same room");
-    assert_eq!(status("/elsewhere?name=bo"), 409, "names are per server, not per room");
-    assert_eq!(status("/elsewhere?name=jay"), 409, "taken by a JSON client");
-    assert_eq!(status("/lobby?name=a%20b"), 400, "white space");
-    assert_eq!(status("/lobby?name=a%07"), 400, "control character");
-    assert_eq!(status(&format!("/lobby?name={}", "x".repeat(33))), 400, "33 characters");
-    assert_eq!(status("/lobby?name=%zz"), 400, "bad percent-encoding");
-    assert_eq!(status("/lobby?name="), 400, "empty");
-    assert_eq!(status(&format!("/lobby?name={}", "x".repeat(32))), 101, "32 characters");
-    assert_eq!(status("/lobby?name=Zo%C3%AB"), 101, "percent-encoded UTF-8");
+    for (path, code, why) in [
+        ("/lobby?name=bo", "err name_taken ", "taken in the same room"),
+        ("/elsewhere?name=bo", "err name_taken ", "names are per server, not per room"),
+        ("/elsewhere?name=jay", "err name_taken ", "taken by a JSON client"),
+        ("/lobby?name=a%20b", "err bad_field ", "white space"),
+        ("/lobby?name=a%07", "err bad_field ", "control character"),
+        ("/lobby?name=", "err bad_field ", "empty"),
+    ] {
+        let line = first_line(path);
+        assert!(line.starts_with(code) && line.contains("you are guest-"), "{why}: {line}");
+    }
+    let line = first_line(&format!("/lobby?name={}", "x".repeat(33)));
+    assert!(line.starts_with("err bad_field "), "33 characters: {line}");
+    assert_eq!(first_line(&format!("/lobby?name={}", "x".repeat(32))), "ok", "32 characters");
+    assert_eq!(first_line("/lobby?name=Zo%C3%AB"), "ok", "percent-encoded UTF-8");
+    let mut stream = raw_connect(&server);
+    let (head, _) = raw_handshake(&mut stream, upgrade_request("/lobby?name=%zz", "").as_bytes());
+    assert_eq!(status_of(&head), 400, "bad percent-encoding is a malformed request");
 }
 
 // ----- presence: every way of leaving --------------------------------------------------
@@ -468,7 +481,7 @@ fn assert_gone(server: &Server, observer: &mut JsonClient, room: &str, name: &st
     assert_name_free(server, observer, room, name);
 }
 
-/// A new raw client can take `name` (no 409), and is then listed.
+/// A new raw client can take `name` (no `err name_taken`), and is then listed.
 fn assert_name_free(server: &Server, observer: &mut JsonClient, room: &str, name: &str) {
     let again = TextClient::open(server, &format!("/{room}?name={name}"));
     assert!(observer.who(room).iter().any(|m| m == name), "the new {name} is not listed");
@@ -504,9 +517,8 @@ fn presence_on_leave_requests() {
     assert_eq!(rex.ask("/who p\n"), "who p observer");
     lea.expect_quiet();
     assert!(rex.sync().is_empty());
-    let mut stream = raw_connect(&server);
-    let (head, _) = raw_handshake(&mut stream, upgrade_request("/p?name=lea", "").as_bytes());
-    assert_eq!(status_of(&head), 409, "lea is still connected");
+    let mut twin = TextClient::open(&server, "/p?name=lea");
+    assert!(twin.recv().starts_with("err name_taken "), "lea is still connected");
 }
 
 #[test]

@@ -9,7 +9,7 @@
 //! clock (`now_secs` is passed in).
 
 use super::auth::{token_from_request, verify, AuthConfig, Identity, Patterns};
-use super::names::{percent_decode, NameError};
+use super::names::percent_decode;
 use super::rooms::room_from_path;
 use super::Chat;
 use crate::proto::handshake::query_param;
@@ -45,8 +45,6 @@ pub struct Admission {
 pub enum Refusal {
     /// The request names something invalid (a room, a name, a count): HTTP 400.
     Invalid(&'static str),
-    /// A raw client asked for a name someone holds: HTTP 409.
-    NameTaken,
     /// No token where one is needed, or one that does not verify: HTTP 401.
     Unauthorized(&'static str),
     /// The token does not allow this room: HTTP 403.
@@ -58,7 +56,6 @@ impl Refusal {
     pub fn code(self) -> &'static str {
         match self {
             Refusal::Invalid(_) => "bad_field",
-            Refusal::NameTaken => "name_taken",
             Refusal::Unauthorized(_) => "unauthorized",
             Refusal::Forbidden(_) => "forbidden",
         }
@@ -68,16 +65,14 @@ impl Refusal {
     pub fn reason(self) -> &'static str {
         match self {
             Refusal::Invalid(why) | Refusal::Unauthorized(why) | Refusal::Forbidden(why) => why,
-            Refusal::NameTaken => "name taken",
         }
     }
 }
 
 impl Chat {
     /// Judges an upgrade on `path` with `query` (undecoded) and the `Authorization`
-    /// header. A JSON client with a bad or taken name is admitted (it will get an
-    /// `error` and a guest name); a raw one is not. With tokens, the token names the
-    /// user and `?name=` is ignored.
+    /// header. A client with a bad or taken name is admitted (it will be told, and get a
+    /// guest name). With tokens, the token names the user and `?name=` is ignored.
     pub fn admit(
         &self,
         path: &str,
@@ -104,13 +99,8 @@ impl Chat {
             (None, Some(None)) => return Err(Refusal::Invalid("name is not valid percent-encoding")),
             (None, Some(Some(name))) => Some(name),
         };
-        if let (Some(name), false) = (&name, json) {
-            match self.name_available(name) {
-                Err(NameError::Invalid) => return Err(Refusal::Invalid("invalid name")),
-                Err(NameError::Taken) => return Err(Refusal::NameTaken),
-                Ok(()) => {}
-            }
-        }
+        // A bad or taken name is no reason to refuse: the client comes in as a guest and its
+        // first line says why (`err name_taken ...`), which websocat shows and a 409 is not.
         Ok(Admission { room: room.to_owned(), json, name, history, identity })
     }
 
@@ -173,10 +163,11 @@ mod tests {
     }
 
     #[test]
-    fn a_taken_name_refuses_raw_clients_only() {
+    fn a_taken_or_bad_name_is_told_after_the_upgrade() {
         let chat = chat_with_ann();
-        assert_eq!(chat.admit("/", "name=ann", false, None, 0), Err(Refusal::NameTaken));
-        assert_eq!(chat.admit("/", "name=a%20b", false, None, 0), Err(Refusal::Invalid("invalid name")));
-        assert!(chat.admit("/", "name=ann", true, None, 0).is_ok(), "JSON clients are told after the upgrade");
+        for json in [false, true] {
+            assert!(chat.admit("/", "name=ann", json, None, 0).is_ok());
+            assert!(chat.admit("/", "name=a%20b", json, None, 0).is_ok());
+        }
     }
 }

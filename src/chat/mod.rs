@@ -172,9 +172,9 @@ impl Chat {
     }
 
     /// A new connection after its upgrade: it gets the name it asked for if that is free
-    /// (a raw client's name was checked before the upgrade; a JSON client with a bad or
-    /// taken name gets an `error` and a generated name), joins its room, and is sent the
-    /// history it asked for (`?history=N`; JSON clients get the default count otherwise).
+    /// (else an `error` / `err` line saying why, first thing, and a generated name), joins
+    /// its room, and is sent the history it asked for (`?history=N`; JSON clients get the
+    /// default count otherwise).
     pub fn connect(&mut self, arrival: Arrival, now_ms: u64, out: &mut Outbox) {
         let Arrival { conn, json, name, room, history, identity, rate_limited } = arrival;
         let refused = name.and_then(|n| self.name_available(n).err());
@@ -196,7 +196,10 @@ impl Chat {
         let bucket = Bucket::full(self.limits.max_rate, now_ms);
         self.users.insert(conn, User { name, json, seats: Vec::new(), bucket, rate_limited, identity });
         if let Some(e) = refused {
-            self.fail(conn, Failure::from(e), None, out); // before `welcome`, which names the guest
+            // Before anything else, so a raw client (which gets no `welcome`) reads why.
+            let message =
+                format!("{}; you are {} (/nick or nick to choose another)", e.message(), self.users[&conn].name);
+            self.fail(conn, Failure::new(e.code(), message), None, out);
         }
         self.tell(conn, Reply::Welcome { you: &self.users[&conn].name, rooms: vec![room] }, out);
         // A raw client is sent nothing it did not ask for: no reply to this first join.

@@ -937,7 +937,6 @@ impl Server {
 fn rejection(refusal: Refusal) -> Rejection {
     let status = match refusal {
         Refusal::Invalid(_) => Status::BadRequest,
-        Refusal::NameTaken => Status::Conflict,
         Refusal::Unauthorized(_) => Status::Unauthorized,
         Refusal::Forbidden(_) => Status::Forbidden,
     };
