@@ -72,7 +72,7 @@ use history::History;
 use listener::{Accepted, Listener};
 use metrics::Stats;
 use peers::{client_addr, PeerLimits};
-use tls::{Certs, ReadStop};
+use tls::{Certs, ReadStop, TlsSession};
 
 /// The listening socket's token; client tokens are slab keys, far below it.
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -341,17 +341,25 @@ impl Server {
         };
         let counted = (!self.trusted(peer.ip())).then(|| peer.ip().to_canonical()).filter(|&ip| self.limited(ip));
         let _ = stream.set_nodelay(true); // frames are written whole; do not wait to coalesce
+        if let Some(client) = self.insert(stream, peer, tls) {
+            client.counted = counted;
+        }
+    }
+
+    /// Registers a new connection and gives it a slot (PHP's `$clients[] = $socket`), in
+    /// CONNECTING with its handshake deadline. Its request may already be here;
+    /// edge-triggered readiness will report it either way.
+    fn insert(&mut self, mut stream: TcpStream, peer: SocketAddr, tls: Option<TlsSession>) -> Option<&mut Client> {
         let entry = self.clients.vacant_entry();
         let key = entry.key();
         if let Err(e) = self.poll.registry().register(&mut stream, Token(key), Interest::READABLE) {
             log::warn!("cannot register {peer}: {e}");
-            return;
+            return None;
         }
         let session = Session::new(key, self.config.session_limits(), self.now);
         self.next_sweep = self.next_sweep.min(session.poll_timeout());
-        entry.insert(Client::new(stream, peer, session, tls)).counted = counted;
         log::trace!("conn {key}: accepted from {peer}");
-        // Its request may already be here; edge-triggered readiness will report it either way.
+        Some(entry.insert(Client::new(stream, peer, session, tls)))
     }
 
     /// The admin port: accepts until WouldBlock, each connection into the slab beside the
@@ -369,16 +377,10 @@ impl Server {
                 let _ = stream.write(&handshake::rejection_response(&refusal));
                 continue;
             }
-            let entry = self.clients.vacant_entry();
-            let key = entry.key();
-            if let Err(e) = self.poll.registry().register(&mut stream, Token(key), Interest::READABLE) {
-                log::warn!("cannot register admin connection {peer}: {e}");
-                continue;
+            if let Some(client) = self.insert(stream, peer, None) {
+                client.admin = true;
+                self.admin_clients += 1;
             }
-            let session = Session::new(key, self.config.session_limits(), self.now);
-            self.next_sweep = self.next_sweep.min(session.poll_timeout());
-            entry.insert(Client::new(stream, peer, session, None)).admin = true;
-            self.admin_clients += 1;
         }
     }
 
