@@ -147,6 +147,9 @@ pub fn error_kind(err: &rustls::Error) -> String {
                 CertificateError::UnknownIssuer => "unknown_issuer",
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => "wrong_name",
                 CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
+                // Signed by a key other than the trusted one of that name (say, two
+                // self-signed certificates with the same subject).
+                CertificateError::BadSignature => "bad_signature",
                 // webpki's own reasons, named as it names them (`CaUsedAsEndEntity`: a CA
                 // certificate, such as `openssl req -x509` makes by default, served as
                 // the leaf).
