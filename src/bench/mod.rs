@@ -113,7 +113,8 @@ pub struct Common {
     #[arg(long)]
     pub sources: Option<u32>,
 
-    /// Time allowed for TCP connect + upgrade, per connection.
+    /// Time allowed for TCP connect + upgrade (with wss://, the TLS handshake too), per
+    /// connection.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
 
