@@ -7,13 +7,18 @@
 #   SERVER: pollcast (no history), pollcast-history (SQLite on), pollcast-auth (no history,
 #           JWT tokens on: every bench connection carries one), tt (tokio-tungstenite,
 #           1 worker), node (Node ws). Default: pollcast pollcast-history tt node
+#           Over TLS (wss://, a self-signed P-256 certificate made once in the work
+#           directory, the bench run with --insecure): pollcast-tls (pollcast, no history,
+#           --tls-cert/--tls-key), tt-tls (bench/peers/tt-tls: tokio-tungstenite over
+#           tokio-rustls, 1 worker). Compare pollcast with pollcast-tls and tt with tt-tls.
 # env:    BENCH_WORK   where peers are built and results kept (default /tmp/pollcast-bench)
 #         SCENARIOS    space-separated subset of: fanout100 fanout1000 paced1000 tenbyten
 #                      tenbyten256 idle churn
 #         DURATION     seconds per throughput scenario (default 5)
 #         REPEAT       runs per scenario and server, each on a fresh server; the table shows
 #                      the median run (default 3: figures on a shared VM move ±15%)
-# Needs: taskset, python3; cargo (tt), node/npm (node). Stops every process by its PID.
+# Needs: taskset, python3; cargo (tt, tt-tls), node/npm (node), openssl (the TLS servers).
+# Stops every process by its PID.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,6 +32,8 @@ SERVERS=("$@")
 PORT=9690
 mkdir -p "$WORK"
 BIN="$ROOT/target/release/pollcast"
+CERT="$WORK/tls/cert.pem"
+KEY="$WORK/tls/key.pem"
 
 echo "bench: building pollcast" >&2
 cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
@@ -38,6 +45,13 @@ build_peer() {
         echo "bench: building tokio-tungstenite peer in $WORK" >&2
         rm -rf "$WORK/tokio-tungstenite" && cp -r "$PEERS_SRC/tokio-tungstenite" "$WORK/"
         CARGO_TARGET_DIR="$WORK/tt-target" cargo build --release --quiet --manifest-path "$WORK/tokio-tungstenite/Cargo.toml"
+      fi ;;
+    tt-tls) # our own peer's source, copied out of the tree and built in the work directory
+      local bin="$WORK/tt-tls-target/release/tt-tls-peer"
+      if [[ ! -x "$bin" || -n "$(find "$ROOT/bench/peers/tt-tls" -newer "$bin" -type f)" ]]; then
+        echo "bench: building tokio-tungstenite TLS peer in $WORK" >&2
+        rm -rf "$WORK/tt-tls" && cp -r "$ROOT/bench/peers/tt-tls" "$WORK/tt-tls"
+        CARGO_TARGET_DIR="$WORK/tt-tls-target" cargo build --release --quiet --manifest-path "$WORK/tt-tls/Cargo.toml"
       fi ;;
     node)
       if [[ ! -d "$WORK/node/node_modules" ]]; then
@@ -59,7 +73,10 @@ start_server() { # NAME: starts it on $PORT pinned to CPU 0, sets SERVER_PID
     pollcast-history)
       rm -f "$WORK"/history.db*
       taskset -c 0 "$BIN" --listen "127.0.0.1:$PORT" --admin-listen off --db "$WORK/history.db" 2>"$WORK/$name.log" & ;;
+    pollcast-tls)
+      taskset -c 0 "$BIN" --listen "127.0.0.1:$PORT" --admin-listen off --no-history --tls-cert "$CERT" --tls-key "$KEY" 2>"$WORK/$name.log" & ;;
     tt) taskset -c 0 "$WORK/tt-target/release/tt-peer" "$PORT" --threads 1 >"$WORK/$name.log" 2>&1 & ;;
+    tt-tls) taskset -c 0 "$WORK/tt-tls-target/release/tt-tls-peer" "$PORT" "$CERT" "$KEY" --threads 1 >"$WORK/$name.log" 2>&1 & ;;
     node) (cd "$WORK/node" && exec taskset -c 0 node server.js "$PORT") >"$WORK/$name.log" 2>&1 & ;;
     *) echo "bench: unknown server $name" >&2; exit 2 ;;
   esac
@@ -103,10 +120,23 @@ if [[ " ${SERVERS[*]} " == *" pollcast-auth "* ]]; then
   TOKEN="$("$BIN" token --sub bench --ttl 2h --jwt-secret-file "$WORK/jwt-secret")"
 fi
 
+# The TLS servers: one self-signed certificate for 127.0.0.1, made once (the bench does
+# not check it: --insecure; CA:FALSE so --ca-file would accept it too).
+if [[ " ${SERVERS[*]} " == *-tls\ * && ! -s "$CERT" ]]; then
+  mkdir -p "$WORK/tls"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+    -keyout "$KEY" -out "$CERT" -subj "/CN=127.0.0.1" \
+    -addext "subjectAltName=IP:127.0.0.1" -addext "basicConstraints=critical,CA:FALSE" \
+    2>"$WORK/tls/openssl.log" || { cat "$WORK/tls/openssl.log" >&2; exit 1; }
+fi
+
 for server in "${SERVERS[@]}"; do
   build_peer "$server"
   QUERY=""
   [[ "$server" != pollcast-auth ]] || QUERY="?token=$TOKEN"
+  SCHEME=ws
+  TLS_FLAGS=()
+  [[ "$server" != *-tls ]] || { SCHEME=wss; TLS_FLAGS=(--insecure); }
   for scenario in $SCENARIOS; do
     for run in $(seq 1 "$REPEAT"); do
       start_server "$server"
@@ -114,8 +144,8 @@ for server in "${SERVERS[@]}"; do
       echo "bench: $server $scenario (run $run of $REPEAT)" >&2
       out="$WORK/$server.$scenario.$run.json"
       # shellcheck disable=SC2046
-      taskset -c 1 "$BIN" bench $(scenario_args "$scenario") --url "ws://127.0.0.1:$PORT/bench$QUERY" \
-        --server-pid "$SERVER_PID" --json > "$out" || echo '{"error":"bench failed"}' > "$out"
+      taskset -c 1 "$BIN" bench $(scenario_args "$scenario") --url "$SCHEME://127.0.0.1:$PORT/bench$QUERY" \
+        "${TLS_FLAGS[@]}" --server-pid "$SERVER_PID" --json > "$out" || echo '{"error":"bench failed"}' > "$out"
       stop_server
     done
   done

@@ -1,4 +1,5 @@
-//! `pollcast bench` against the real server binary: each scenario once, tiny and short.
+//! `pollcast bench` against the real server binary: each scenario once, tiny and short,
+//! over `ws://` and (with a self-signed certificate made here) over `wss://`.
 //!
 //! Correctness only (the JSON parses, nothing is lost, something was delivered), never a
 //! timing assertion: these are smoke tests, not benchmarks. Every child process is
@@ -10,6 +11,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use rcgen::{CertificateParams, KeyPair};
 use serde_json::Value;
 
 /// The longest one bench run may take before it is killed and the test fails.
@@ -23,9 +25,15 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// The server with extra arguments (`--tls-cert ... --tls-key ...`).
+    fn start_with(extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pollcast"))
             // No history: the relay path alone, and no database file left behind.
             .args(["--listen", "127.0.0.1:0", "--no-history", "--admin-listen", "off"])
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -59,6 +67,44 @@ impl Server {
     fn url(&self, room: &str) -> String {
         format!("ws://127.0.0.1:{}/{room}", self.port)
     }
+
+    fn wss_url(&self, room: &str) -> String {
+        format!("wss://127.0.0.1:{}/{room}", self.port)
+    }
+}
+
+/// A directory of its own under the system's temp dir, removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(label: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!("pollcast-bench-smoke-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("make a temp dir");
+        TempDir(path)
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.0.join(name).to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A server on `wss://` with a self-signed certificate for 127.0.0.1 made by rcgen (kept
+/// in `dir` as `cert.pem` and `key.pem`, so a test can also trust it with --ca-file).
+fn tls_server(dir: &TempDir) -> Server {
+    let key = KeyPair::generate().expect("a key pair");
+    let params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("certificate params");
+    let cert = params.self_signed(&key).expect("a self-signed certificate");
+    let (cert_path, key_path) = (dir.file("cert.pem"), dir.file("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    Server::start_with(&["--tls-cert", &cert_path, "--tls-key", &key_path])
 }
 
 impl Drop for Server {
@@ -68,9 +114,10 @@ impl Drop for Server {
     }
 }
 
-/// The port of `pollcast listening on ws://127.0.0.1:PORT/`.
+/// The port of `pollcast listening on ws://127.0.0.1:PORT/` (or `wss://`).
 fn listening_port(line: &str) -> Option<u16> {
-    let rest = line.split("pollcast listening on ws://").nth(1)?;
+    let rest = line.split("pollcast listening on ").nth(1)?;
+    let rest = rest.strip_prefix("ws://").or_else(|| rest.strip_prefix("wss://"))?;
     let host_port = rest.split('/').next()?;
     host_port.rsplit(':').next()?.parse().ok()
 }
@@ -246,6 +293,60 @@ fn churn_completes_handshakes() {
 }
 
 #[test]
+fn fanout_over_wss() {
+    let dir = TempDir::new("wss-fanout");
+    let server = tls_server(&dir);
+    let url = server.wss_url("x");
+    let pid = server.child.id().to_string();
+    let args = ["fanout", "--url", &url, "--insecure", "--duration", "1", "--receivers", "5", "--server-pid", &pid];
+    let report = bench_json(&args);
+    assert_eq!(report["url"], url.as_str());
+    assert_eq!(number(&report, "deliveries_per_message"), 5);
+    assert!(number(&report, "deliveries") > 0, "{report}");
+    assert_eq!(number(&report, "deliveries"), 5 * number(&report, "sent"), "{report}");
+    assert_eq!(number(&report, "lost"), 0, "{report}");
+    assert_eq!(number(&report, "out_of_order"), 0, "{report}");
+    assert!(report["server_cpu_ns_per_delivery"].is_number(), "{report}");
+    // What the socket delivered: ciphertext, so each 64 B message costs more than its frame.
+    assert!(report["wire_bytes_per_delivery"].as_f64().unwrap() > 64.0, "{report}");
+    assert_eq!(report["errors"], serde_json::json!({}));
+}
+
+#[test]
+fn churn_over_wss() {
+    let dir = TempDir::new("wss-churn");
+    let server = tls_server(&dir);
+    let url = server.wss_url("x");
+    let report = bench_json(&["churn", "--url", &url, "--insecure", "--concurrency", "4", "--duration", "1"]);
+    assert!(number(&report, "handshakes") > 0, "{report}");
+    assert!(number(&report, "clean_closes") > 0, "{report}");
+    assert_eq!(report["errors"], serde_json::json!({}));
+}
+
+/// A self-signed server is refused unless the bench is told to trust it: the message
+/// names both ways to do so, and --ca-file with the very certificate works.
+#[test]
+fn wss_with_an_untrusted_certificate_is_refused() {
+    let dir = TempDir::new("wss-untrusted");
+    let server = tls_server(&dir);
+    let url = server.wss_url("x");
+    for scenario in [
+        vec!["fanout", "--url", &url, "--duration", "1", "--receivers", "2"],
+        vec!["churn", "--url", &url, "--duration", "1"],
+    ] {
+        let run = bench(&scenario);
+        assert_eq!(run.status.code(), Some(1), "{scenario:?}: {}", run.stderr);
+        assert!(run.stderr.contains("tls_cert_"), "{scenario:?}: {}", run.stderr);
+        assert!(run.stderr.contains("--insecure") && run.stderr.contains("--ca-file"), "{}", run.stderr);
+        assert!(run.stdout.is_empty());
+    }
+    let cert = dir.file("cert.pem");
+    let report = bench_json(&["fanout", "--url", &url, "--ca-file", &cert, "--duration", "0.5", "--receivers", "2"]);
+    assert!(number(&report, "deliveries") > 0, "{report}");
+    assert_eq!(report["errors"], serde_json::json!({}));
+}
+
+#[test]
 fn unreachable_server_is_a_clear_error() {
     // A port just freed by a listener we closed: nothing listens there.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -268,7 +369,9 @@ fn bad_arguments_are_refused_before_connecting() {
     for (args, expected) in [
         (vec!["fanout", "--size", "3"], "--size"),
         (vec!["fanout", "--receivers", "0"], "--receivers"),
-        (vec!["fanout", "--url", "wss://127.0.0.1/"], "TLS"),
+        (vec!["fanout", "--url", "ws://127.0.0.1/", "--insecure"], "wss://"),
+        (vec!["fanout", "--url", "wss://127.0.0.1/", "--ca-file", "/nonexistent/ca.pem"], "--ca-file"),
+        (vec!["fanout", "--url", "wss://127.0.0.1/", "--ca-file", "x.pem", "--insecure"], "--insecure"),
         (vec!["fanout", "--url", "http://127.0.0.1/"], "scheme"),
         (vec!["fanout", "--duration", "0"], "--duration"),
         (vec!["idle", "--connections", "200000"], "--connections"),
@@ -288,5 +391,6 @@ fn bad_arguments_are_refused_before_connecting() {
 fn port_is_parsed_from_the_log_line() {
     let line = "[2026-01-01T00:00:00Z INFO  pollcast] pollcast listening on ws://127.0.0.1:41234/";
     assert_eq!(listening_port(line), Some(41234));
+    assert_eq!(listening_port(&line.replace("ws://", "wss://")), Some(41234));
     assert_eq!(listening_port("something else"), None);
 }

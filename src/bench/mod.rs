@@ -11,6 +11,8 @@
 //!   of a turn); [`wire`]: the client half of RFC 6455 as pure code; [`stamp`]: what a
 //!   message carries; [`track`]: loss, duplicates, reordering, the closed-loop window;
 //!   [`pacing`]: the open-loop schedule; [`deflate`]: permessage-deflate (`--deflate`);
+//!   [`tls`]: `wss://` trust and TLS error names (the per-connection session is
+//!   `pool::tls`);
 //! - the scenarios: [`fanout`], [`idle`], [`churn`]; [`report`] and [`progress`] print.
 //!
 //! Works against any RFC 6455 server that relays every message to the *other* clients
@@ -27,17 +29,19 @@ pub mod report;
 pub mod stamp;
 pub mod sys;
 pub mod timer;
+pub mod tls;
 pub mod track;
 pub mod url;
 pub mod wire;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use crate::config::parse_duration;
-use pool::{AfterOpen, Handler, Pool, PoolConfig};
+use pool::{AfterOpen, Handler, Pool, PoolConfig, TlsTarget};
 use progress::Progress;
 use url::Target;
 
@@ -80,9 +84,20 @@ pub enum Scenario {
 /// Flags every scenario takes.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Common {
-    /// The relay to load (ws:// only); every client of this URL gets the others' messages.
+    /// The relay to load, ws://HOST[:PORT]/PATH or wss://HOST[:PORT]/PATH (TLS, default
+    /// port 443); every client of this URL gets the others' messages.
     #[arg(long, default_value = DEFAULT_URL)]
     pub url: String,
+
+    /// wss:// only: accept any server certificate without checking it. For servers with
+    /// self-signed test certificates only; it gives up what TLS authentication is for.
+    #[arg(long, conflicts_with = "ca_file")]
+    pub insecure: bool,
+
+    /// wss:// only: trust the CA certificates in this PEM file (or a self-signed server
+    /// certificate itself) instead of the system's bundle (/etc/ssl/certs/ca-certificates.crt).
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
 
     /// The server's process id: adds its CPU time per operation (fanout, churn) or its
     /// memory per connection (idle), read from /proc.
@@ -98,7 +113,8 @@ pub struct Common {
     #[arg(long)]
     pub sources: Option<u32>,
 
-    /// Time allowed for TCP connect + upgrade, per connection.
+    /// Time allowed for TCP connect + upgrade (with wss://, the TLS handshake too), per
+    /// connection.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
 
@@ -184,6 +200,7 @@ impl Bench {
         check_range("connections in total", connections, 1, MAX_CONNECTIONS)?;
         check_duration("handshake-timeout", common.handshake_timeout, true)?;
         let target = Target::parse(&common.url).map_err(BenchError::Usage)?;
+        let tls = tls_target(common, &target)?;
         if let Some(pid) = common.server_pid {
             sys::process_cpu(pid).map_err(|e| BenchError::Usage(format!("--server-pid: {e}")))?;
         }
@@ -203,6 +220,7 @@ impl Bench {
             handshake_timeout: common.handshake_timeout,
             close_timeout: CLOSE_TIMEOUT,
             deflate: common.deflate,
+            tls,
         };
         let pool = Pool::new(config, start).map_err(|e| BenchError::Failed(format!("cannot create a poll: {e}")))?;
         Ok(Bench {
@@ -260,6 +278,7 @@ impl Bench {
     /// The error for connections that failed, with a hint for the usual causes.
     pub fn connect_failure(&self) -> BenchError {
         let errors = self.pool.errors();
+        let wrong_name = format!("{}wrong_name", tls::CERT_ERROR_PREFIX);
         let hint = if errors.contains_key("refused") {
             " (is a server listening there?)"
         } else if errors.contains_key("http_503") {
@@ -268,6 +287,19 @@ impl Bench {
             " (raise the open-file limit: ulimit -n)"
         } else if errors.contains_key("no_source_port") {
             " (out of ephemeral ports: try --sources)"
+        } else if errors.contains_key(&wrong_name) {
+            &format!(
+                " (the server's certificate is not for '{}': use a host name it carries, or --insecure \
+                 for a test certificate)",
+                self.target.host
+            )
+        } else if errors.keys().any(|kind| kind.starts_with(tls::CERT_ERROR_PREFIX)) {
+            " (the server's certificate is not trusted: give its CA, or a self-signed certificate \
+             itself, with --ca-file PEM, or pass --insecure for a self-signed test certificate)"
+        } else if errors.contains_key("tls_not_tls") {
+            " (the server does not speak TLS: use ws://)"
+        } else if !self.target.tls && errors.contains_key("bad_response") {
+            " (a TLS server? use wss://)"
         } else {
             ""
         };
@@ -311,6 +343,28 @@ impl Bench {
         self.pool.reap();
         Ok(())
     }
+}
+
+/// The TLS settings every connection shares, for a `wss://` target; `--insecure` and
+/// `--ca-file` are refused with `ws://`, where they would silently mean nothing.
+fn tls_target(common: &Common, target: &Target) -> Result<Option<TlsTarget>, BenchError> {
+    if !target.tls {
+        if common.insecure || common.ca_file.is_some() {
+            return Err(BenchError::Usage(format!(
+                "--insecure and --ca-file apply to wss:// URLs only (got {})",
+                target.url
+            )));
+        }
+        return Ok(None);
+    }
+    let trust = match (&common.ca_file, common.insecure) {
+        (_, true) => tls::Trust::Anything,
+        (Some(path), false) => tls::Trust::CaFile(path),
+        (None, false) => tls::Trust::System,
+    };
+    let config = tls::client_config(trust).map_err(BenchError::Usage)?;
+    let name = tls::server_name(&target.host).map_err(BenchError::Usage)?;
+    Ok(Some(TlsTarget { config, name }))
 }
 
 /// Source addresses for `connections` connections: one (the kernel's choice) unless

@@ -9,6 +9,7 @@ use std::ops::ControlFlow;
 
 use mio::net::TcpStream;
 
+use super::tls::ClientTls;
 use super::{AfterOpen, End, Handler};
 use crate::bench::deflate::{ClientDeflate, RSV1};
 use crate::bench::wire::{parse_response, Frame, FrameReader, Piece};
@@ -63,6 +64,7 @@ impl Census {
 /// One client connection.
 pub(super) struct Conn {
     pub(super) stream: TcpStream,                   // the non-blocking socket
+    pub(super) tls: Option<Box<ClientTls>>,         // wss://: the TLS session (boxed: a plain connection pays 8 bytes)
     pub(super) phase: Phase,                        // see `Phase`
     pub(super) reader: FrameReader,                 // carries an incomplete frame between reads
     pub(super) outbox: Vec<u8>,                     // bytes queued for the server

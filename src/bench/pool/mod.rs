@@ -22,16 +22,25 @@
 //!
 //! Per data frame the pool does a header parse and one call; the clock is read once
 //! per `read(2)`, not per frame (every frame of one read arrived at the same moment).
+//!
+//! `wss://` connections carry a sans-IO rustls session ([`tls`]): the same reads and
+//! writes, with ciphertext decrypted into a second shared buffer before `take_input`
+//! and the outbox encrypted on its way to the socket. Plain connections only test that
+//! the session is absent. `bytes_read` counts what the socket delivered (ciphertext).
 
 mod conn;
 mod socket;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
 use slab::Slab;
 
 use super::deflate::RSV1;
@@ -45,6 +54,7 @@ use crate::sys::nb::retrying;
 use conn::{mark_dirty, queue_close, set_phase, take_input, Census, Conn, Phase, CLOSE_NORMAL};
 pub use socket::io_kind;
 use socket::{connect, connect_outcome};
+use tls::ClientTls;
 
 /// The wake-up timer's token; connection tokens are slab keys, far below it.
 const TIMER: Token = Token(usize::MAX);
@@ -98,6 +108,14 @@ pub struct PoolConfig {
     pub handshake_timeout: Duration,  // connect + upgrade, per connection
     pub close_timeout: Duration,      // our Close to the server's answer
     pub deflate: bool,                // offer permessage-deflate (--deflate)
+    pub tls: Option<TlsTarget>,       // wss://: how every connection speaks TLS
+}
+
+/// What every `wss://` connection of a run shares.
+#[derive(Clone, Debug)]
+pub struct TlsTarget {
+    pub config: Arc<ClientConfig>, // trust, versions, ALPN (see `bench::tls`)
+    pub name: ServerName<'static>, // SNI and the name the certificate must carry
 }
 
 /// Many client connections on one poll loop.
@@ -107,6 +125,7 @@ pub struct Pool {
     events: Events,         // reused across turns
     conns: Slab<Conn>,      // every connection; key = Token
     scratch: Vec<u8>,       // the one read buffer all connections share
+    plain: Vec<u8>,         // wss://: what one read decrypted (shared like `scratch`)
     dirty: Vec<usize>,      // connections with bytes to write this turn
     done: Vec<usize>,       // connections to drop after the next flush
     unfinished: Vec<usize>, // connections whose read budget ran out with input left
@@ -121,6 +140,15 @@ pub struct Pool {
     bytes_read: u64,        // bytes read from every socket so far (the wire cost of deliveries)
     compressor: Compressor, // --deflate: compresses what we send (no context takeover: one for all)
     compressed: Vec<u8>,    // --deflate: the message being sent, compressed (reused)
+}
+
+/// How a connection in `phase` ends when the server's stream ends (FIN, or close_notify).
+fn end_of_stream(phase: &Phase) -> End {
+    match phase {
+        Phase::Closing { .. } => End::Clean, // the server closed after our Close: done
+        Phase::Handshaking { .. } => End::Failed("eof_before_101".to_owned()),
+        _ => End::Failed("eof".to_owned()),
+    }
 }
 
 /// Failure counts by kind, in a stable order for reports.
@@ -138,6 +166,7 @@ impl Pool {
             events: Events::with_capacity(EVENTS_PER_TURN),
             conns: Slab::new(),
             scratch: vec![0; SCRATCH_LEN],
+            plain: Vec::new(),
             dirty: Vec::new(),
             done: Vec::new(),
             unfinished: Vec::new(),
@@ -218,6 +247,13 @@ impl Pool {
             Ok(stream) => stream,
             Err(e) => return Err(self.count_error(io_kind(&e))),
         };
+        let tls = match &self.config.tls {
+            None => None,
+            Some(t) => match ClientTls::new(Arc::clone(&t.config), t.name.clone()) {
+                Ok(tls) => Some(Box::new(tls)),
+                Err(kind) => return Err(self.count_error(kind)),
+            },
+        };
         let now_ns = self.now_ns();
         let entry = self.conns.vacant_entry();
         let key = entry.key();
@@ -230,6 +266,7 @@ impl Pool {
         let handshake = Handshake::new(&self.config.target, self.rng.nonce(), self.config.deflate);
         let mut conn = Conn {
             stream,
+            tls,
             phase: Phase::Done,
             reader: FrameReader::default(),
             outbox: handshake.request,
@@ -317,16 +354,28 @@ impl Pool {
                 continue; // WRITABLE (or the connect completing) will list it again
             }
             let mut failure = None;
-            while conn.written < conn.outbox.len() {
-                match retrying(|| conn.stream.write(&conn.outbox[conn.written..])) {
-                    Ok(Some(0)) | Ok(None) => {
-                        conn.blocked = true; // the kernel buffer is full: WRITABLE will tell us
-                        break;
+            if let Some(tls) = conn.tls.as_deref_mut() {
+                // wss://: encrypt the outbox, then write records until WouldBlock.
+                let then_close = matches!(conn.phase, Phase::Closing { .. });
+                match tls.send(&mut conn.stream, &conn.outbox[conn.written..], then_close) {
+                    Ok(sent) => {
+                        conn.written += sent.taken;
+                        conn.blocked = sent.blocked;
                     }
-                    Ok(Some(n)) => conn.written += n,
-                    Err(e) => {
-                        failure = Some(io_kind(&e));
-                        break;
+                    Err(e) => failure = Some(io_kind(&e)),
+                }
+            } else {
+                while conn.written < conn.outbox.len() {
+                    match retrying(|| conn.stream.write(&conn.outbox[conn.written..])) {
+                        Ok(Some(0)) | Ok(None) => {
+                            conn.blocked = true; // the kernel buffer is full: WRITABLE will tell us
+                            break;
+                        }
+                        Ok(Some(n)) => conn.written += n,
+                        Err(e) => {
+                            failure = Some(io_kind(&e));
+                            break;
+                        }
                     }
                 }
             }
@@ -405,7 +454,9 @@ impl Pool {
             }
         }
         conn.blocked = false;
-        if conn.written < conn.outbox.len() {
+        // A wss:// connection may have records pending with an empty outbox: its
+        // ClientHello once the connect completes, or the rest of a blocked flush.
+        if conn.written < conn.outbox.len() || conn.tls.as_ref().is_some_and(|t| t.wants_write()) {
             mark_dirty(&mut self.dirty, key, conn);
         }
     }
@@ -430,11 +481,7 @@ impl Pool {
             let answered = matches!(conn.phase, Phase::Closing { answered: true, .. });
             let n = match retrying(|| conn.stream.read(&mut self.scratch)) {
                 Ok(Some(0)) => {
-                    let end = match conn.phase {
-                        Phase::Closing { .. } => End::Clean, // the server closed TCP: done
-                        Phase::Handshaking { .. } => End::Failed("eof_before_101".to_owned()),
-                        _ => End::Failed("eof".to_owned()),
-                    };
+                    let end = end_of_stream(&conn.phase);
                     return self.end(key, end, handler);
                 }
                 Ok(Some(n)) => n,
@@ -447,18 +494,43 @@ impl Pool {
                 continue; // RFC 6455 §5.5.1: nothing may follow the server's Close; drop it
             }
             let now_ns = self.start.elapsed().as_nanos() as u64;
-            let outcome = take_input(
-                conn,
-                &self.scratch[..n],
-                now_ns,
-                self.config.close_timeout.as_nanos() as u64,
-                &mut self.census,
-                handler,
-            );
-            if outcome.wrote {
-                mark_dirty(&mut self.dirty, key, conn);
+            let mut peer_closed = false; // wss://: the server's close_notify came in this read
+            let input = match conn.tls.as_deref_mut() {
+                None => &self.scratch[..n],
+                Some(tls) => {
+                    self.plain.clear();
+                    let decrypted = tls.decrypt(&self.scratch[..n], &mut self.plain);
+                    if tls.wants_write() {
+                        // Handshake messages, the upgrade request released by the end of
+                        // the handshake, or an alert for the error below.
+                        mark_dirty(&mut self.dirty, key, conn);
+                    }
+                    match decrypted {
+                        Ok(closed) => peer_closed = closed,
+                        Err(kind) => return self.end(key, End::Failed(kind), handler),
+                    }
+                    &self.plain[..]
+                }
+            };
+            if !input.is_empty() {
+                let outcome = take_input(
+                    conn,
+                    input,
+                    now_ns,
+                    self.config.close_timeout.as_nanos() as u64,
+                    &mut self.census,
+                    handler,
+                );
+                if outcome.wrote {
+                    mark_dirty(&mut self.dirty, key, conn);
+                }
+                if let Some(end) = outcome.end {
+                    return self.end(key, end, handler);
+                }
             }
-            if let Some(end) = outcome.end {
+            if peer_closed {
+                // close_notify: the server sends nothing more, as with its FIN.
+                let end = end_of_stream(&conn.phase);
                 return self.end(key, end, handler);
             }
             if n < self.scratch.len() && !to_the_end {
