@@ -110,16 +110,28 @@ impl WriteQueue {
     }
 }
 
+/// A socket's write side for tests: at most `room` bytes per call and `calls` calls,
+/// then WouldBlock, like a kernel buffer that fills up. (Shared with the TLS tests.)
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::rc::Rc;
+pub(super) mod sink {
+    use std::io::{self, IoSlice, Write};
 
-    /// A sink that takes at most `room` bytes per call, then reports WouldBlock.
-    struct Trickle {
-        got: Vec<u8>,
-        room: usize,
-        calls_left: usize,
+    pub struct Trickle {
+        pub got: Vec<u8>,  // what the peer will read
+        pub room: usize,   // bytes accepted per call
+        pub calls: usize,  // calls left before WouldBlock
+        pub writes: usize, // calls that took bytes
+    }
+
+    impl Trickle {
+        pub fn new(room: usize, calls: usize) -> Trickle {
+            Trickle { got: Vec::new(), room, calls, writes: 0 }
+        }
+
+        /// A sink that never blocks.
+        pub fn open() -> Trickle {
+            Trickle::new(usize::MAX, usize::MAX)
+        }
     }
 
     impl Write for Trickle {
@@ -127,10 +139,11 @@ mod tests {
             self.write_vectored(&[IoSlice::new(buf)])
         }
         fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-            if self.calls_left == 0 {
+            if self.calls == 0 {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
-            self.calls_left -= 1;
+            self.calls -= 1;
+            self.writes += 1;
             let mut n = 0;
             for b in bufs {
                 let take = b.len().min(self.room - n);
@@ -143,6 +156,13 @@ mod tests {
             Ok(())
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sink::Trickle;
+    use super::*;
+    use std::rc::Rc;
 
     fn shared(bytes: &[u8]) -> Shared {
         Rc::new(bytes.to_vec())
@@ -159,7 +179,7 @@ mod tests {
         let mut pool = Pool::default();
         let mut q = WriteQueue::default();
         q.push(shared(b"x"), &mut pool);
-        let mut sink = Trickle { got: Vec::new(), room: 100, calls_left: 10 };
+        let mut sink = Trickle::new(100, 10);
         q.write_to(&mut sink, &mut pool).unwrap();
         assert_eq!((q.chunks.capacity(), pool.rings()), (0, 1), "the client holds nothing, the pool the ring");
         q.push(shared(b"y"), &mut pool);
@@ -175,7 +195,7 @@ mod tests {
         let (mut a, mut b) = (WriteQueue::default(), WriteQueue::default());
         a.push(Rc::clone(&chunk), &mut pool);
         b.push(chunk, &mut pool);
-        let mut sink = Trickle { got: Vec::new(), room: 100, calls_left: 10 };
+        let mut sink = Trickle::new(100, 10);
         a.write_to(&mut sink, &mut pool).unwrap();
         assert_eq!(pool.buffers(), 0, "b still holds the chunk");
         b.write_to(&mut sink, &mut pool).unwrap();
@@ -193,10 +213,10 @@ mod tests {
         q.push_test(shared(b"big "));
         q.push_test(shared(b"world"));
         assert_eq!(q.len(), 15);
-        let mut sink = Trickle { got: Vec::new(), room: 4, calls_left: 2 };
+        let mut sink = Trickle::new(4, 2);
         assert_eq!(q.write_to(&mut sink, &mut Pool::default()).unwrap(), 8);
         assert_eq!(q.len(), 7);
-        sink.calls_left = 100;
+        sink.calls = 100;
         assert_eq!(q.write_to(&mut sink, &mut Pool::default()).unwrap(), 7);
         assert_eq!(sink.got, b"hello big world");
         assert!(q.is_empty());
@@ -208,12 +228,12 @@ mod tests {
         let mut q = WriteQueue::default();
         q.push_test(shared(b"abcd"));
         q.push_test(shared(b"efgh"));
-        let mut sink = Trickle { got: Vec::new(), room: 2, calls_left: 1 };
+        let mut sink = Trickle::new(2, 1);
         q.write_to(&mut sink, &mut Pool::default()).unwrap();
         q.truncate_unstarted(&mut Pool::default());
         assert_eq!(q.len(), 2);
         q.push_test(shared(b"Z"));
-        sink.calls_left = 10;
+        sink.calls = 10;
         sink.room = 100;
         q.write_to(&mut sink, &mut Pool::default()).unwrap();
         assert_eq!(sink.got, b"abcdZ");
@@ -234,9 +254,9 @@ mod tests {
         for i in 0..200u8 {
             q.push_test(shared(&[i]));
         }
-        let mut sink = Trickle { got: Vec::new(), room: 1000, calls_left: 100 };
+        let mut sink = Trickle::new(1000, 100);
         assert_eq!(q.write_to(&mut sink, &mut Pool::default()).unwrap(), 200);
         assert_eq!(sink.got, (0..200u8).collect::<Vec<_>>());
-        assert_eq!(sink.calls_left, 100 - 4, "64 chunks per writev");
+        assert_eq!(sink.calls, 100 - 4, "64 chunks per writev");
     }
 }

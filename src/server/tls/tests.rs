@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::fs;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use rustls::{ClientConfig, ClientConnection, ProtocolVersion, RootCertStore, Sup
 
 use super::*;
 use crate::buffers::Pool;
+use crate::server::write_queue::sink::Trickle;
 use crate::server::write_queue::WriteQueue;
 
 const SCRATCH_LEN: usize = 64 << 10;
@@ -94,44 +95,6 @@ impl Read for Pipe {
         self.reads += 1;
         self.bytes.make_contiguous(); // a socket read is not cut short by a ring's wrap
         self.bytes.read(buf)
-    }
-}
-
-/// The server's view of the socket's write side: at most `room` bytes per call and
-/// `calls` calls, then WouldBlock, like a kernel buffer that fills up.
-struct Trickle {
-    got: Vec<u8>,  // what the client will read
-    room: usize,   // bytes accepted per call
-    calls: usize,  // calls left before WouldBlock
-    writes: usize, // calls that took bytes
-}
-
-impl Trickle {
-    fn open() -> Trickle {
-        Trickle { got: Vec::new(), room: usize::MAX, calls: usize::MAX, writes: 0 }
-    }
-}
-
-impl Write for Trickle {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.write_vectored(&[IoSlice::new(buf)])
-    }
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        if self.calls == 0 {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        self.calls -= 1;
-        self.writes += 1;
-        let mut n = 0;
-        for b in bufs {
-            let take = b.len().min(self.room - n);
-            self.got.extend_from_slice(&b[..take]);
-            n += take;
-        }
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 
