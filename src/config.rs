@@ -96,6 +96,16 @@ pub struct Config {
     #[arg(long, env = "POLLCAST_MAX_TEXT", default_value = "8KiB", value_parser = parse_size)]
     pub max_text: usize,
 
+    /// Largest shared file (`file` upload), judged on its header before a byte is kept;
+    /// larger ones get error too_large. Each upload holds at most this much in memory.
+    #[arg(long, env = "POLLCAST_MAX_FILE", default_value = "1MiB", value_parser = parse_size)]
+    pub max_file: usize,
+
+    /// Uploads open at once across the server (each buffers up to --max-file); a `file`
+    /// header beyond it gets error busy. 0: no uploads.
+    #[arg(long, env = "POLLCAST_MAX_UPLOADS", default_value = "16")]
+    pub max_uploads: usize,
+
     /// SQLite file keeping message history (created if missing; WAL mode).
     #[arg(long, env = "POLLCAST_DB", default_value = "pollcast.db")]
     pub db: PathBuf,
@@ -367,6 +377,8 @@ impl Config {
             history_default: self.history_default.min(self.history_max),
             history_max: self.history_max,
             max_rate: self.max_rate.unwrap_or(DEFAULT_MAX_RATE),
+            max_file: self.max_file,
+            max_uploads: self.max_uploads,
         }
     }
 
@@ -507,6 +519,7 @@ mod tests {
         assert_eq!((config.max_connections, config.max_message, config.max_queue), (10_000, 64 << 10, 1 << 20));
         assert_eq!(config.idle_timeout(), Duration::from_secs(50), "twice the ping interval");
         assert_eq!(config.history_db(), Some(Path::new("pollcast.db")));
+        assert_eq!((config.max_file, config.max_uploads), (1 << 20, 16));
         assert!(config.warnings().is_empty());
         assert!(at_least_one("0").is_err() && parse_nonzero_size("0").is_err());
     }

@@ -37,11 +37,12 @@ impl Chat {
         Ok(())
     }
 
-    /// A JSON request.
+    /// A JSON request; `reference` is its `ref` (or `cid`), for answers the shell gives later.
     pub(super) fn request(
         &mut self,
         conn: usize,
         request: Request,
+        reference: Option<&Value>,
         now_ms: u64,
         out: &mut Outbox,
     ) -> Result<(), Failure> {
@@ -64,6 +65,8 @@ impl Chat {
             Request::Nick { name } => self.nick(conn, &name, out),
             Request::Stats {} => self.stats(conn, out),
             Request::Refresh { token } => self.refresh(conn, &token, now_ms, out),
+            Request::File(header) => self.file_header(conn, header, now_ms, out),
+            Request::Fetch { id } => self.fetch(conn, id, reference, out),
         }
     }
 

@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::reply::{DmView, Reply};
+use super::reply::{DmView, FileView, Reply};
 
 /// A client → server request.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -59,10 +59,31 @@ pub enum Request {
     Stats {},
     /// A fresh token for the same user, before the current one expires.
     Refresh { token: String },
+    /// Share a file: this header, then its bytes as binary frames (`chat/files.rs`).
+    File(FileHeader),
+    /// The bytes of a shared file: a `file_data` envelope, then one binary frame.
+    Fetch { id: u64 },
+}
+
+/// A `file` request: where the file goes (`room` or `to`, one of them), what it is, and
+/// how many bytes follow it in binary frames.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHeader {
+    #[serde(default)]
+    pub room: Option<String>, // a room the sender is in
+    #[serde(default)]
+    pub to: Option<String>, // or a user, for a direct file
+    pub name: String, // shown to people; data, never a path (`files::check_name`)
+    pub mime: String, // `type/subtype` (`files::check_mime`)
+    pub size: u64,    // bytes that follow, exactly
+    #[serde(default)]
+    pub cid: Option<Value>, // the sender's id for the request, echoed in `ack` / `error`
 }
 
 /// The request types, for telling `unknown_type` from `bad_field`.
-const TYPES: [&str; 10] = ["join", "leave", "history", "send", "dm", "who", "rooms", "nick", "stats", "refresh"];
+const TYPES: [&str; 12] =
+    ["join", "leave", "history", "send", "dm", "who", "rooms", "nick", "stats", "refresh", "file", "fetch"];
 
 /// A request that could not be understood.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,6 +168,23 @@ pub enum Envelope<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         recovered: Option<bool>,
     },
+    /// A shared file (no bytes: `fetch` asks for them). `room` for a room's file, `to`
+    /// for a direct one.
+    File {
+        id: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        to: Option<&'a str>,
+        from: &'a str,
+        name: &'a str,
+        mime: &'a str,
+        size: u64,
+        ts: u64,
+    },
+    /// The answer to a `fetch`: one binary frame with the file's bytes follows.
+    #[serde(rename = "file_data")]
+    FileData { id: u64, name: &'a str, mime: &'a str, size: u64 },
     /// A request failed; the connection stays open.
     Error {
         code: &'a str,
@@ -156,7 +194,13 @@ pub enum Envelope<'a> {
     },
 }
 
-impl Envelope<'_> {
+impl<'a> Envelope<'a> {
+    /// The `file` envelope of a shared file.
+    pub fn file(view: &FileView<'a>) -> Envelope<'a> {
+        let FileView { id, room, to, from, name, mime, size, ts } = *view;
+        Envelope::File { id, room, to, from, name, mime, size, ts }
+    }
+
     /// The JSON text.
     pub fn to_json(&self) -> String {
         // Serialising these types cannot fail: every key is a string, no map has non-string keys.
@@ -179,6 +223,7 @@ pub fn render(reply: &Reply, mut emit: impl FnMut(&str)) {
         }
         Reply::Dm(view) => dm(view),
         Reply::Refreshed { exp } => Envelope::Refreshed { exp: *exp }.to_json(),
+        Reply::File(view) => Envelope::file(view).to_json(),
         Reply::DmSent { to_self: true, .. } | Reply::Help => return,
         Reply::DmSent { dm: view, to_self: false } => dm(view),
         Reply::Failure { code, message, reference } => {
@@ -217,6 +262,18 @@ mod tests {
             ),
             (r#"{"type":"nick","name":"x"}"#, Request::Nick { name: "x".into() }),
             (r#"{"type":"stats","ref":"r1"}"#, Request::Stats {}),
+            (
+                r#"{"type":"file","room":"a","name":"x.png","mime":"image/png","size":3,"cid":"c"}"#,
+                Request::File(FileHeader {
+                    room: Some("a".into()),
+                    to: None,
+                    name: "x.png".into(),
+                    mime: "image/png".into(),
+                    size: 3,
+                    cid: Some("c".into()),
+                }),
+            ),
+            (r#"{"type":"fetch","id":7,"ref":"f"}"#, Request::Fetch { id: 7 }),
         ];
         for (text, want) in cases {
             assert_eq!(parse(text).1.unwrap(), want, "{text}");
@@ -234,6 +291,10 @@ mod tests {
         assert_eq!(code(r#"{"type":"join","room":5}"#), "bad_field");
         assert_eq!(code(r#"{"type":"send","room":"a"}"#), "bad_field");
         assert_eq!(code(r#"{"type":"rooms","extra":1}"#), "bad_field");
+        assert_eq!(code(r#"{"type":"file","room":"a","name":"x","mime":"a/b","size":-1}"#), "bad_field");
+        assert_eq!(code(r#"{"type":"file","room":"a","name":"x","mime":"a/b"}"#), "bad_field");
+        assert_eq!(code(r#"{"type":"file","room":"a","name":"x","mime":"a/b","size":1,"path":"/"}"#), "bad_field");
+        assert_eq!(code(r#"{"type":"fetch","id":"7"}"#), "bad_field");
     }
 
     #[test]
@@ -254,5 +315,21 @@ mod tests {
         assert_eq!(presence.to_json(), r#"{"type":"presence","room":"a","user":"bo","event":"join"}"#);
         let error = Envelope::Error { code: "not_member", message: "m", reference: &Value::Null };
         assert_eq!(error.to_json(), r#"{"type":"error","code":"not_member","message":"m","ref":null}"#);
+        let view = FileView {
+            id: 3,
+            room: Some("a"),
+            to: None,
+            from: "ann",
+            name: "<b>.png",
+            mime: "image/png",
+            size: 9,
+            ts: 5,
+        };
+        assert_eq!(
+            Envelope::file(&view).to_json(),
+            r#"{"type":"file","id":3,"room":"a","from":"ann","name":"<b>.png","mime":"image/png","size":9,"ts":5}"#
+        );
+        let data = Envelope::FileData { id: 3, name: "x", mime: "a/b", size: 9 };
+        assert_eq!(data.to_json(), r#"{"type":"file_data","id":3,"name":"x","mime":"a/b","size":9}"#);
     }
 }

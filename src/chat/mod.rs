@@ -18,12 +18,14 @@
 //! Files: `actions.rs` (join, send, dm, ...), `outbox.rs` (where output goes),
 //! `reply.rs` (what a connection is told), `json.rs` and `text.rs` (the two codecs),
 //! `rooms.rs` (membership and room names), `names.rs`, `rate.rs` (`--max-rate`),
-//! `record.rs` (what history keeps), `replay.rs` (acks and history pages).
+//! `record.rs` (what history keeps), `replay.rs` (acks and history pages), `files.rs`
+//! (uploads, shared files and fetches).
 
 mod actions;
 pub mod admission;
 pub mod api;
 pub mod auth;
+pub mod files;
 pub mod json;
 pub mod names;
 pub mod outbox;
@@ -45,6 +47,7 @@ pub use replay::{history_frames, Ack};
 
 use admission::Access;
 use auth::Identity;
+use files::Upload;
 use json::BadRequest;
 use names::NameError;
 use rate::Bucket;
@@ -74,6 +77,8 @@ pub struct ChatLimits {
     pub history_default: usize,      // messages a JSON client is sent on joining a room
     pub history_max: usize,          // most messages one history answer carries
     pub max_rate: u32,               // messages per second per client (bursts of twice that); 0 = no limit
+    pub max_file: usize,             // bytes of one shared file (`file` upload)
+    pub max_uploads: usize,          // uploads open at once across the server
 }
 
 /// One connection of a user (with tokens, one user may hold several: two tabs, a phone).
@@ -85,6 +90,7 @@ struct User {
     bucket: Bucket,             // what is left of its message allowance (`max_rate`)
     rate_limited: bool,         // `max_rate` applies (the shell exempts loopback by default)
     identity: Option<Identity>, // with tokens: user id, expiry, the rooms it may join and send to
+    upload: Option<Upload>,     // a file arriving (or a refused one's bytes being skipped): `files.rs`
 }
 
 /// A message body as the chat received it: text is already proven UTF-8 by `proto`.
@@ -114,6 +120,7 @@ pub struct Chat {
     last_id: u64,                       // the last message id given out
     messages: u64,                      // messages accepted since start
     guests: u64,                        // counter behind generated names
+    uploads: usize,                     // uploads receiving bytes now (at most `max_uploads`)
 }
 
 impl Chat {
@@ -128,6 +135,7 @@ impl Chat {
             last_id: 0,
             messages: 0,
             guests: 0,
+            uploads: 0,
         }
     }
 
@@ -194,7 +202,8 @@ impl Chat {
         }
         self.names.entry(name.clone()).or_default().push(conn);
         let bucket = Bucket::full(self.limits.max_rate, now_ms);
-        self.users.insert(conn, User { name, json, seats: Vec::new(), bucket, rate_limited, identity });
+        let seats = Vec::new();
+        self.users.insert(conn, User { name, json, seats, bucket, rate_limited, identity, upload: None });
         if let Some(e) = refused {
             // Before anything else, so a raw client (which gets no `welcome`) reads why.
             let message =
@@ -215,7 +224,9 @@ impl Chat {
     /// and its name is free again.
     pub fn disconnect(&mut self, conn: usize, out: &mut Outbox) {
         let Some(user) = self.users.get(&conn) else { return };
-        for seat in user.seats.clone().into_iter().rev() {
+        let seats = user.seats.clone();
+        self.end_upload(conn);
+        for seat in seats.into_iter().rev() {
             self.leave_seat(conn, seat, out);
         }
         if let Some(user) = self.users.remove(&conn) {
@@ -254,7 +265,9 @@ impl Chat {
         if json {
             let (reference, request) = json::parse(text);
             let result = request.map_err(|BadRequest { code, message }| Failure { code, message });
-            if let Err(failure) = result.and_then(|request| self.request(conn, request, now_ms, out)) {
+            if let Err(failure) =
+                result.and_then(|request| self.request(conn, request, reference.as_ref(), now_ms, out))
+            {
                 self.fail(conn, failure, reference.as_ref(), out);
             }
             return;
@@ -269,14 +282,16 @@ impl Chat {
         }
     }
 
-    /// A binary message: relayed by raw clients, refused from JSON clients.
+    /// A binary message: relayed by raw clients; from a JSON client, the bytes of the
+    /// file it is uploading (`files.rs`), else refused.
     pub fn binary(&mut self, conn: usize, data: &[u8], now_ms: u64, out: &mut Outbox) {
-        let Some(json) = self.allowed(conn, now_ms, out) else { return };
-        let result = match json {
-            true => Err(Failure::new("bad_json", "pollcast.v1 takes JSON text frames, not binary")),
-            false => self.say(conn, Said::Binary(data), now_ms, out),
-        };
-        if let Err(failure) = result {
+        if self.users.get(&conn).is_some_and(|user| user.json) {
+            return self.file_bytes(conn, data, now_ms, out);
+        }
+        if self.allowed(conn, now_ms, out).is_none() {
+            return;
+        }
+        if let Err(failure) = self.say(conn, Said::Binary(data), now_ms, out) {
             self.fail(conn, failure, None, out);
         }
     }
@@ -304,6 +319,7 @@ impl Chat {
                 binary,
                 body: body.to_vec(),
                 ts,
+                file: None,
             });
         }
         self.last_id

@@ -34,6 +34,10 @@ pub enum Output {
     /// Part of a room's history for one connection: the shell reads the store here, in
     /// order, and sends `replay::history_frames()` of the page.
     History { conn: usize, room: String, query: Query, json: bool },
+    /// A `fetch` of shared file `id` for one connection: the shell reads the file from
+    /// the store here, in order, and sends `Chat::fetch_answer()` of it (`reference`: the
+    /// request's `ref`, for an `error`).
+    Fetch { conn: usize, id: u64, reference: serde_json::Value },
 }
 
 /// The outputs of one read, plus what history must keep of them.
@@ -104,6 +108,11 @@ impl Outbox {
     /// Asks for part of a room's history to be sent to `conn` at this point.
     pub fn history(&mut self, conn: usize, room: &str, query: Query, json: bool) {
         self.outputs.push(Output::History { conn, room: room.to_owned(), query, json });
+    }
+
+    /// Asks for shared file `id` to be sent to `conn` at this point.
+    pub fn fetch(&mut self, conn: usize, id: u64, reference: serde_json::Value) {
+        self.outputs.push(Output::Fetch { conn, id, reference });
     }
 
     /// Takes the outputs, leaving the outbox empty.

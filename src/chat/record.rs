@@ -11,13 +11,23 @@ pub const DM_ROOM: &str = "@dm";
 /// One relayed message, as history keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
-    pub id: u64,            // server-wide, strictly increasing, survives restarts
-    pub room: String,       // the room, or DM_ROOM for a direct message
-    pub from: String,       // sender's display name at the time
-    pub to: Option<String>, // recipient of a direct message
-    pub binary: bool,       // opcode: binary (true) or text
-    pub body: Vec<u8>,      // the message as relayed
-    pub ts: u64,            // ms since the Unix epoch
+    pub id: u64,                // server-wide, strictly increasing, survives restarts
+    pub room: String,           // the room, or DM_ROOM for a direct message
+    pub from: String,           // sender's display name at the time
+    pub to: Option<String>,     // recipient of a direct message
+    pub binary: bool,           // opcode: binary (true) or text; a file is binary
+    pub body: Vec<u8>,          // the message as relayed; a file's bytes (empty when read without them)
+    pub ts: u64,                // ms since the Unix epoch
+    pub file: Option<FileMeta>, // a shared file (`file` upload): its name and type
+}
+
+/// What history keeps about a shared file besides its bytes. The name and the type are
+/// the client's words, kept as data: they are shown, never used as a path or as markup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileMeta {
+    pub name: String, // as the uploader gave it (validated: `chat::files::check_name`)
+    pub mime: String, // `type/subtype`, as given
+    pub size: u64,    // bytes; known even when a record is read without its bytes
 }
 
 /// What part of a room's history to read.

@@ -9,8 +9,9 @@ use serde_json::Value;
 use crate::proto::frame::{write_frame, OpCode};
 
 use super::json::Envelope;
-use super::record::Page;
-use super::text::line_text;
+use super::record::{FileMeta, Page, Record};
+use super::reply::FileView;
+use super::text::{file_line, line_text};
 
 /// A JSON `send` or `dm` accepted as message `id`: the shell sends the `ack` once the
 /// message is committed to history (or an `error` if the commit failed).
@@ -38,12 +39,16 @@ impl Ack {
 }
 
 /// The frames answering a history query: raw clients get each message as its own frame
-/// (as it was relayed), JSON clients one `history` envelope (text messages only).
+/// (as it was relayed: a file as its `file ...` line), JSON clients one `history`
+/// envelope (text messages and files).
 pub fn history_frames(room: &str, page: &Page, json: bool) -> Vec<u8> {
     let mut frames = Vec::new();
     if !json {
         for m in &page.messages {
-            write_frame(&mut frames, if m.binary { OpCode::Binary } else { OpCode::Text }, &m.body);
+            match &m.file {
+                Some(file) => write_frame(&mut frames, OpCode::Text, file_line(&file_view(room, m, file)).as_bytes()),
+                None => write_frame(&mut frames, if m.binary { OpCode::Binary } else { OpCode::Text }, &m.body),
+            }
         }
         return frames;
     }
@@ -51,18 +56,27 @@ pub fn history_frames(room: &str, page: &Page, json: bool) -> Vec<u8> {
     frames
 }
 
-/// A page as one `history` envelope (text messages only): what a JSON client is sent,
-/// and what the admin API answers.
+/// A page as one `history` envelope (text messages, and files as `file` envelopes without
+/// their bytes): what a JSON client is sent, and what the admin API answers.
 pub fn history_json(room: &str, page: &Page) -> String {
     let messages = page
         .messages
         .iter()
-        .filter(|m| !m.binary)
-        .map(|m| {
-            // Text records were valid UTF-8 when relayed; a damaged one shows as empty.
-            let text = line_text(std::str::from_utf8(&m.body).unwrap_or_default());
-            Envelope::Message { id: m.id, room, from: &m.from, text, ts: m.ts }
+        .filter(|m| !m.binary || m.file.is_some())
+        .map(|m| match &m.file {
+            Some(file) => Envelope::file(&file_view(room, m, file)),
+            None => {
+                // Text records were valid UTF-8 when relayed; a damaged one shows as empty.
+                let text = line_text(std::str::from_utf8(&m.body).unwrap_or_default());
+                Envelope::Message { id: m.id, room, from: &m.from, text, ts: m.ts }
+            }
         })
         .collect();
     Envelope::History { room, messages, more: page.more, recovered: page.recovered }.to_json()
+}
+
+/// A stored file of `room` as a history page shows it.
+fn file_view<'a>(room: &'a str, m: &'a Record, file: &'a FileMeta) -> FileView<'a> {
+    let (name, mime, size) = (file.name.as_str(), file.mime.as_str(), file.size);
+    FileView { id: m.id, room: Some(room), to: None, from: &m.from, name, mime, size, ts: m.ts }
 }

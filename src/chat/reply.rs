@@ -18,6 +18,19 @@ pub struct DmView<'a> {
     pub ts: u64,       // ms since the Unix epoch
 }
 
+/// A shared file, as the people it is for are told of it (never its bytes).
+#[derive(Debug, Clone, Copy)]
+pub struct FileView<'a> {
+    pub id: u64,               // the message id (what `fetch` asks for)
+    pub room: Option<&'a str>, // a room's file
+    pub to: Option<&'a str>,   // or a direct file's recipient
+    pub from: &'a str,         // uploader's name
+    pub name: &'a str,         // the uploader's name for it (data, never a path)
+    pub mime: &'a str,         // `type/subtype`, as given
+    pub size: u64,             // bytes
+    pub ts: u64,               // ms since the Unix epoch
+}
+
 /// One reply to one connection.
 #[derive(Debug)]
 pub enum Reply<'a> {
@@ -42,6 +55,8 @@ pub enum Reply<'a> {
     DmSent { dm: DmView<'a>, to_self: bool },
     /// The command list (raw clients; JSON has no command for it).
     Help,
+    /// A direct file, to each connection of its two users.
+    File(FileView<'a>),
     /// A fresh token was taken; it expires at `exp` (Unix seconds), if ever.
     Refreshed { exp: Option<u64> },
     /// A request failed; `reference` is the request's `ref` (JSON only).

@@ -13,6 +13,8 @@ pub(super) const LIMITS: ChatLimits = ChatLimits {
     history_default: 50,
     history_max: 500,
     max_rate: 0,
+    max_file: 64,
+    max_uploads: 2,
 };
 
 /// The payloads of the server frames in `bytes`, as text.
@@ -30,8 +32,14 @@ fn texts(bytes: &[u8]) -> Vec<String> {
 
 /// Every output flattened to `(recipient, text)`, rooms expanded to their members.
 pub(super) fn deliveries(chat: &Chat, out: &mut Outbox) -> Vec<(usize, String)> {
+    let outputs = out.take();
+    expand(chat, out, outputs)
+}
+
+/// `deliveries` of outputs already taken from `out` (then its acks).
+pub(super) fn expand(chat: &Chat, out: &mut Outbox, outputs: Vec<Output>) -> Vec<(usize, String)> {
     let mut list = Vec::new();
-    for output in out.take() {
+    for output in outputs {
         match output {
             Output::To { conn, frames } => list.extend(texts(&frames).into_iter().map(|t| (conn, t))),
             Output::Room { room, except, raw, json, .. } => {
@@ -42,6 +50,7 @@ pub(super) fn deliveries(chat: &Chat, out: &mut Outbox) -> Vec<(usize, String)> 
             }
             Output::History { conn, room, query, .. } => list.push((conn, format!("history {room} {query:?}"))),
             Output::Own { .. } => unreachable!("only the shell adds session bytes"),
+            Output::Fetch { conn, id, .. } => list.push((conn, format!("fetch {id}"))),
         }
     }
     for ack in std::mem::take(&mut out.acks) {

@@ -7,7 +7,7 @@
 //! else is relayed verbatim. Every reply is one line whose first word is a fixed tag:
 //! `ok`, `err`, `who`, `rooms`, `dm`, `stats`, `help`, so `grep` and `awk` can sort them.
 
-use super::reply::Reply;
+use super::reply::{FileView, Reply};
 
 /// A parsed text line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,8 +112,16 @@ pub fn render(reply: &Reply, mut emit: impl FnMut(&str)) {
         Reply::Refreshed { exp: Some(exp) } => format!("ok token {exp}"),
         Reply::Refreshed { exp: None } => "ok token".to_owned(),
         Reply::Failure { code, message, .. } => err(code, message),
+        Reply::File(view) => file_line(view),
     };
     emit(&line);
+}
+
+/// `file FROM NAME SIZE id=ID`: a shared file as a terminal sees it (never its bytes). The
+/// name may hold spaces (never a control character, so never a line break): its words are
+/// the ones between the sender and the last two fields.
+pub fn file_line(view: &FileView) -> String {
+    format!("file {} {} {} id={}", view.from, view.name, view.size, view.id)
 }
 
 /// A raw client's text as JSON clients see it: websocat sends each line with its

@@ -166,6 +166,13 @@ impl Router {
                     slow.push((conn, chunk.len()));
                 }
             }
+            Output::Fetch { conn, id, reference } => {
+                let file = history.file(id, stats);
+                let chunk = Rc::new(chat.fetch_answer(conn, id, &reference, file.as_ref()));
+                if self.push(clients, history, stats, conn, &chunk, 0) == Pushed::Slow {
+                    slow.push((conn, chunk.len()));
+                }
+            }
         }
     }
 

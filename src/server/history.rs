@@ -94,4 +94,20 @@ impl History {
             }
         }
     }
+
+    /// Reads one shared file with its bytes (for a `fetch`), after committing what is
+    /// pending (a file shared earlier in this turn is fetchable). `None` without history,
+    /// when there is no such file, or when the read failed (logged and counted).
+    pub fn file(&mut self, id: u64, stats: &mut Stats) -> Option<Record> {
+        let _ = self.commit(stats); // a failure is logged, counted and answered inside
+        let store = self.store.as_mut()?;
+        match store.file(id) {
+            Ok(file) => file,
+            Err(StoreError(e)) => {
+                stats.store_errors += 1;
+                log::error!("history: reading file {id} failed: {e}");
+                None
+            }
+        }
+    }
 }

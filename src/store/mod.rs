@@ -28,8 +28,12 @@ pub trait Store {
     /// Makes every buffered record durable in one step; returns how many there were.
     fn commit(&mut self) -> Result<usize, StoreError>;
     /// Reads part of a room's history, oldest first, at most `cap` records; `text_only`
-    /// leaves binary records out in the query itself (so a page is full).
+    /// leaves binary records out in the query itself (so a page is full); shared files
+    /// are in every page, without their bytes (`Record::file` says what they are).
     fn query(&mut self, room: &str, query: Query, cap: usize, text_only: bool) -> Result<Page, StoreError>;
+    /// One shared file with its bytes, for a `fetch`: `None` when `id` is not a file
+    /// (never was, or retention has taken it). Sees everything committed.
+    fn file(&mut self, id: u64) -> Result<Option<Record>, StoreError>;
 }
 
 /// A storage failure, in the engine's words (never with message bodies).

@@ -12,6 +12,13 @@
 //! 1.9 µs per message as one row each, 1.2-1.6 µs in segments (1.0 µs without
 //! trimming); a commit of one message costs about 20 µs.
 //!
+//! Shared files (`file` uploads) are records like any other, in the same segments under the
+//! same retention, with flag bit 4 and their name and type in front of their bytes. A side
+//! table (`files`, migration 2) maps a file's id to its segment, so a `fetch` is one
+//! indexed lookup instead of a scan. Rows written before files existed never have bit 4
+//! set, and decode as before; an older pollcast reading a newer file sees a file as a
+//! binary message (its name and type inside the body), not as corruption.
+//!
 //! The file is opened with an exclusive lock, so a second pollcast on the same file
 //! fails at start with a clear message instead of two servers handing out the same ids.
 
@@ -21,10 +28,10 @@ use std::path::Path;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{Store, StoreError};
-use crate::chat::record::{Page, Query, Record};
+use crate::chat::record::{FileMeta, Page, Query, Record};
 
 /// Schema migrations, in order; `PRAGMA user_version` records how many have run.
-const MIGRATIONS: [&str; 1] = [
+const MIGRATIONS: [&str; 2] = [
     // 1: segments of messages keyed by their first id, an index for per-room reads
     //    (newest or oldest first), and how far retention has trimmed each room.
     "CREATE TABLE segments (
@@ -39,7 +46,19 @@ const MIGRATIONS: [&str; 1] = [
          room            TEXT PRIMARY KEY,
          trimmed_through INTEGER NOT NULL
      );",
+    // 2: shared files: which segment holds each one (`Store::file`), so a fetch reads one
+    //    row by key. Retention deletes a segment's entries with the segment.
+    "CREATE TABLE files (
+         id      INTEGER PRIMARY KEY,
+         segment INTEGER NOT NULL
+     );
+     CREATE INDEX files_by_segment ON files (segment);",
 ];
+
+/// Segment flag bits of one message.
+const FLAG_BINARY: u8 = 1; // a binary message (files too)
+const FLAG_TO: u8 = 2; // has a recipient (a direct message)
+const FLAG_FILE: u8 = 4; // a shared file: its name and type precede its bytes in the body
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> StoreError {
@@ -137,6 +156,12 @@ impl Store for SqliteStore {
             for s in &segments {
                 insert.execute(params![s.first_id as i64, s.room, s.last_id as i64, s.count as i64, s.data])?;
             }
+            let mut file = tx.prepare_cached("INSERT INTO files (id, segment) VALUES (?1, ?2)")?;
+            for s in &segments {
+                for id in &s.files {
+                    file.execute(params![*id as i64, s.first_id as i64])?;
+                }
+            }
         }
         let mut cuts = Vec::new();
         for s in &segments {
@@ -183,7 +208,7 @@ impl Store for SqliteStore {
         };
         let n = n.min(cap);
         let wanted = |m: &Record| {
-            !(text_only && m.binary)
+            !(text_only && m.binary && m.file.is_none()) // files are shown to everyone, as notices
                 && m.id > floor
                 && match query {
                     Query::Last(_) => true,
@@ -198,7 +223,7 @@ impl Store for SqliteStore {
         let mut messages = Vec::new();
         while messages.len() <= n {
             let Some(row) = rows.next()? else { break };
-            let mut decoded = decode(row.get_ref(0)?.as_blob()?, room)?;
+            let mut decoded = decode(row.get_ref(0)?.as_blob()?, room, FileBytes::Left)?;
             if newest_first {
                 decoded.reverse();
             }
@@ -214,6 +239,21 @@ impl Store for SqliteStore {
             _ => None,
         };
         Ok(Page { messages, more, recovered })
+    }
+
+    /// A shared file with its bytes, through the `files` index: one row by key. `None`
+    /// when there is no such file, the id is not a file, or retention has taken it.
+    fn file(&mut self, id: u64) -> Result<Option<Record>, StoreError> {
+        let Ok(key) = i64::try_from(id) else { return Ok(None) };
+        let sql = "SELECT s.room, s.data FROM files f JOIN segments s ON s.first_id = f.segment WHERE f.id = ?1";
+        let row: Option<(String, Vec<u8>)> =
+            self.db.prepare_cached(sql)?.query_row([key], |row| Ok((row.get(0)?, row.get(1)?))).optional()?;
+        let Some((room, data)) = row else { return Ok(None) };
+        if id <= self.trimmed_through(&room)? {
+            return Ok(None); // hidden by retention, even if its segment is not deleted yet
+        }
+        let decoded = decode(&data, &room, FileBytes::Of(id))?;
+        Ok(decoded.into_iter().find(|m| m.id == id && m.file.is_some()))
     }
 }
 
@@ -233,35 +273,51 @@ impl SqliteStore {
 
 /// The messages of one room in one commit, encoded back to back.
 struct Segment<'a> {
-    room: &'a str, // the room they share
-    first_id: u64, // the row's key
-    last_id: u64,  // for reads newest first and for recovery
-    count: usize,  // messages in `data`
-    data: Vec<u8>, // the encoding below, one message after another
+    room: &'a str,   // the room they share
+    first_id: u64,   // the row's key
+    last_id: u64,    // for reads newest first and for recovery
+    count: usize,    // messages in `data`
+    data: Vec<u8>,   // the encoding below, one message after another
+    files: Vec<u64>, // ids of the shared files among them, for the `files` index
 }
 
 impl<'a> Segment<'a> {
     fn new(m: &'a Record) -> Segment<'a> {
-        let mut segment = Segment { room: &m.room, first_id: m.id, last_id: m.id, count: 0, data: Vec::new() };
+        let mut segment =
+            Segment { room: &m.room, first_id: m.id, last_id: m.id, count: 0, data: Vec::new(), files: Vec::new() };
         segment.push(m);
         segment
     }
 
-    /// Appends one message: id u64, ts u64, flags u8 (1 = binary, 2 = has a recipient),
-    /// sender (u16 length + bytes), recipient if any (likewise), body (u32 length + bytes);
-    /// all little-endian.
+    /// Appends one message: id u64, ts u64, flags u8 (`FLAG_BINARY`, `FLAG_TO`,
+    /// `FLAG_FILE`), sender (u16 length + bytes), recipient if any (likewise), body (u32
+    /// length + bytes); all little-endian. A file's body is its name and its type (u16
+    /// length + bytes each) and then its bytes: inside the body's length, so a reader
+    /// that does not know `FLAG_FILE` still walks the segment right.
     fn push(&mut self, m: &Record) {
         self.last_id = m.id;
         self.count += 1;
         let data = &mut self.data;
         data.extend_from_slice(&m.id.to_le_bytes());
         data.extend_from_slice(&m.ts.to_le_bytes());
-        data.push(u8::from(m.binary) | if m.to.is_some() { 2 } else { 0 });
+        let mut flags = if m.binary { FLAG_BINARY } else { 0 };
+        flags |= if m.to.is_some() { FLAG_TO } else { 0 };
+        flags |= if m.file.is_some() { FLAG_FILE | FLAG_BINARY } else { 0 };
+        data.push(flags);
         put_short(data, m.from.as_bytes());
         if let Some(to) = &m.to {
             put_short(data, to.as_bytes());
         }
-        data.extend_from_slice(&(m.body.len() as u32).to_le_bytes());
+        match &m.file {
+            Some(file) => {
+                self.files.push(m.id);
+                let len = 2 + file.name.len().min(u16::MAX as usize) + 2 + file.mime.len().min(u16::MAX as usize);
+                data.extend_from_slice(&((len + m.body.len()) as u32).to_le_bytes());
+                put_short(data, file.name.as_bytes());
+                put_short(data, file.mime.as_bytes());
+            }
+            None => data.extend_from_slice(&(m.body.len() as u32).to_le_bytes()),
+        }
         data.extend_from_slice(&m.body);
     }
 }
@@ -296,7 +352,7 @@ fn skip_messages(segment: &[u8], n: usize) -> Result<(usize, u64), StoreError> {
         last_id = u64::from_le_bytes(take(&mut data, 8)?.try_into().expect("take returned 8 bytes"));
         take(&mut data, 8)?; // ts
         let flags = take(&mut data, 1)?[0];
-        let names = if flags & 2 != 0 { 2 } else { 1 }; // sender, and recipient if any
+        let names = if flags & FLAG_TO != 0 { 2 } else { 1 }; // sender, and recipient if any
         for _ in 0..names {
             let len = u16::from_le_bytes(take(&mut data, 2)?.try_into().expect("2 bytes"));
             take(&mut data, usize::from(len))?;
@@ -307,8 +363,16 @@ fn skip_messages(segment: &[u8], n: usize) -> Result<(usize, u64), StoreError> {
     Ok((segment.len() - data.len(), last_id))
 }
 
+/// Which shared files' bytes a decode copies out: a page of history needs none of them
+/// (files are listed, not sent), a fetch needs one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FileBytes {
+    Left,    // no file's bytes (the record's `body` stays empty; `FileMeta::size` tells)
+    Of(u64), // the bytes of the file with this id only
+}
+
 /// Decodes a segment written by `Segment::push`.
-fn decode(mut data: &[u8], room: &str) -> Result<Vec<Record>, StoreError> {
+fn decode(mut data: &[u8], room: &str, file_bytes: FileBytes) -> Result<Vec<Record>, StoreError> {
     fn text(bytes: &[u8]) -> Result<String, StoreError> {
         String::from_utf8(bytes.to_vec()).map_err(|_| StoreError("history: a stored name is not UTF-8".into()))
     }
@@ -320,7 +384,7 @@ fn decode(mut data: &[u8], room: &str) -> Result<Vec<Record>, StoreError> {
         let flags = take(&mut data, 1)?[0];
         let len = u16::from_le_bytes(take(&mut data, 2)?.try_into().expect("2 bytes")) as usize;
         let from = text(take(&mut data, len)?)?;
-        let to = match flags & 2 {
+        let to = match flags & FLAG_TO {
             0 => None,
             _ => {
                 let len = u16::from_le_bytes(take(&mut data, 2)?.try_into().expect("2 bytes")) as usize;
@@ -328,8 +392,24 @@ fn decode(mut data: &[u8], room: &str) -> Result<Vec<Record>, StoreError> {
             }
         };
         let len = u32::from_le_bytes(take(&mut data, 4)?.try_into().expect("4 bytes")) as usize;
-        let body = take(&mut data, len)?.to_vec();
-        messages.push(Record { id, room: room.to_owned(), from, to, binary: flags & 1 != 0, body, ts });
+        let mut body = take(&mut data, len)?;
+        let file = match flags & FLAG_FILE {
+            0 => None,
+            _ => {
+                let len = u16::from_le_bytes(take(&mut body, 2)?.try_into().expect("2 bytes")) as usize;
+                let name = text(take(&mut body, len)?)?;
+                let len = u16::from_le_bytes(take(&mut body, 2)?.try_into().expect("2 bytes")) as usize;
+                let mime = text(take(&mut body, len)?)?;
+                Some(FileMeta { name, mime, size: body.len() as u64 })
+            }
+        };
+        let body = match (&file, file_bytes) {
+            (Some(_), FileBytes::Of(wanted)) if wanted == id => body.to_vec(),
+            (Some(_), _) => Vec::new(),
+            (None, _) => body.to_vec(),
+        };
+        let binary = flags & FLAG_BINARY != 0;
+        messages.push(Record { id, room: room.to_owned(), from, to, binary, body, ts, file });
     }
     Ok(messages)
 }
@@ -364,8 +444,10 @@ fn trim(tx: &rusqlite::Transaction, room: &str, count: usize, keep: usize) -> Re
         }
     }
     let mut delete = tx.prepare_cached("DELETE FROM segments WHERE first_id = ?1")?;
+    let mut delete_files = tx.prepare_cached("DELETE FROM files WHERE segment = ?1")?;
     for first in whole {
         delete.execute([first])?;
+        delete_files.execute([first])?;
     }
     if let Some(first) = boundary {
         // The cut falls inside this segment: its older messages become invisible (reads
@@ -443,6 +525,7 @@ mod timing_probe {
                     binary: true,
                     body: vec![7; 64],
                     ts: 1,
+                    file: None,
                 });
             }
             store.commit().unwrap();

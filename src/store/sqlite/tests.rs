@@ -11,7 +11,13 @@ fn message(id: u64, room: &str) -> Record {
         binary: false,
         body: format!("m{id}").into_bytes(),
         ts: id * 10,
+        file: None,
     }
+}
+
+fn shared_file(id: u64, room: &str, bytes: &[u8]) -> Record {
+    let file = FileMeta { name: "a b.png".into(), mime: "image/png".into(), size: bytes.len() as u64 };
+    Record { binary: true, body: bytes.to_vec(), file: Some(file), ..message(id, room) }
 }
 
 fn temp_db() -> (tempdir::Dir, std::path::PathBuf) {
@@ -154,4 +160,70 @@ fn binary_and_dm_rows_round_trip() {
     store.append(dm.clone());
     store.commit().unwrap();
     assert_eq!(store.query(crate::chat::record::DM_ROOM, Query::Last(1), 10, false).unwrap().messages, vec![dm]);
+}
+
+#[test]
+fn files_are_read_by_id_with_their_bytes_and_listed_without() {
+    let (_dir, path) = temp_db();
+    let mut store = SqliteStore::open(&path, 10).unwrap();
+    let file = shared_file(2, "a", &[0x89, b'P', b'N', b'G', 0, 1, 2]);
+    for record in [message(1, "a"), file.clone(), message(3, "b"), message(4, "a")] {
+        store.append(record);
+    }
+    store.commit().unwrap();
+    assert_eq!(store.file(2).unwrap(), Some(file.clone()));
+    assert_eq!(store.file(1).unwrap(), None, "a message is not a file");
+    assert_eq!(store.file(99).unwrap(), None);
+    assert_eq!(store.file(u64::MAX).unwrap(), None);
+    // A page lists the file (also for text-only readers), without its bytes.
+    let page = store.query("a", Query::Last(10), 10, true).unwrap();
+    assert_eq!(ids(&page), [1, 2, 4]);
+    let listed = &page.messages[1];
+    assert_eq!((listed.body.len(), listed.file.as_ref().map(|f| f.size)), (0, Some(7)));
+    // Still there after a reopen (the index is in the file).
+    drop(store);
+    let mut store = SqliteStore::open(&path, 10).unwrap();
+    assert_eq!(store.file(2).unwrap(), Some(file));
+}
+
+#[test]
+fn retention_takes_files_and_their_index_entries() {
+    let (_dir, path) = temp_db();
+    let mut store = SqliteStore::open(&path, 2).unwrap();
+    store.append(shared_file(1, "a", b"old"));
+    store.commit().unwrap();
+    for id in 2..=6 {
+        store.append(message(id, "a"));
+        store.commit().unwrap();
+    }
+    assert_eq!(store.file(1).unwrap(), None, "trimmed");
+    let left: i64 = store.db.query_row("SELECT count(*) FROM files", [], |row| row.get(0)).unwrap();
+    assert_eq!(left, 0, "the index entry went with its segment");
+}
+
+#[test]
+fn a_version_1_file_is_migrated_and_its_rows_still_read() {
+    let (_dir, path) = temp_db();
+    {
+        // A database as the version before files left it: schema 1, one segment.
+        let db = Connection::open(&path).unwrap();
+        db.execute_batch(&format!("BEGIN; {}; PRAGMA user_version = 1; COMMIT;", MIGRATIONS[0])).unwrap();
+        let first = message(1, "a");
+        let mut segment = Segment::new(&first);
+        segment.push(&Record { binary: true, body: vec![1, 2], ..message(2, "a") });
+        db.execute(
+            "INSERT INTO segments (first_id, room, last_id, count, data) VALUES (1, 'a', 2, 2, ?1)",
+            [&segment.data],
+        )
+        .unwrap();
+    }
+    let mut store = SqliteStore::open(&path, 10).unwrap();
+    let version: usize = store.db.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
+    assert_eq!(version, MIGRATIONS.len());
+    let page = store.query("a", Query::Last(10), 10, false).unwrap();
+    assert_eq!(page.messages, [message(1, "a"), Record { binary: true, body: vec![1, 2], ..message(2, "a") }]);
+    assert_eq!(store.last_id(), 2);
+    store.append(shared_file(3, "a", b"new"));
+    store.commit().unwrap();
+    assert_eq!(store.file(3).unwrap().map(|f| f.body), Some(b"new".to_vec()));
 }
