@@ -654,7 +654,8 @@ impl Server {
         client.session.accept(self.now);
         let user = admission.identity.as_ref().map(|identity| identity.user.clone());
         let user = user.or_else(|| admission.name.clone()).unwrap_or_default();
-        client.upgraded = Some(Upgraded { at: self.now, room: admission.room.clone(), user, json });
+        let deflate = agreed.is_some();
+        client.upgraded = Some(Upgraded { at: self.now, room: admission.room.clone(), user, json, deflate });
         log::debug!("conn {key}: {} joined room {}", client.addr, admission.room);
         let extensions = agreed.map(|agreed| agreed.response_header());
         self.router.outbox().own(key, handshake::switching_protocols(upgrade, extensions.as_deref()), false);
@@ -865,11 +866,12 @@ impl Server {
             (Some(_), false) => "server",
         };
         let t = client.traffic;
-        let fields: [(&str, String); 11] = [
+        let fields: [(&str, String); 12] = [
             ("addr", client.addr.to_string()),
             ("room", upgraded.room.clone()),
             ("user", upgraded.user.clone()),
             ("protocol", if upgraded.json { SUBPROTOCOL_JSON } else { "raw" }.to_owned()),
+            ("deflate", if upgraded.deflate { "on" } else { "off" }.to_owned()),
             ("close", code.to_string()),
             ("closed_by", by.to_owned()),
             ("duration", format!("{:.3}s", (self.now - upgraded.at).as_secs_f64())),
