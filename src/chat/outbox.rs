@@ -126,7 +126,8 @@ impl Shrink {
     }
 
     /// Adds the message just framed at `plain[start..]` to a compressed chunk: compressed
-    /// when `wanted` and worth it, else as that plain frame (if the chunk exists yet).
+    /// when `message` is given (some recipient takes compressed frames) and it is worth
+    /// it, else as that plain frame (if the chunk exists yet).
     fn add(
         &mut self,
         chunk: &mut Option<Vec<u8>>,
