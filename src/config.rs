@@ -12,6 +12,7 @@ use std::time::Duration;
 use crate::chat::admission::Access;
 use crate::chat::auth::{AuthConfig, Patterns};
 use crate::chat::ChatLimits;
+use crate::proto::deflate::{DeflateConfig, DEFAULT_THRESHOLD};
 use crate::proto::handshake::RequestLimits;
 use crate::proto::session::Limits;
 use crate::server::peers::Cidr;
@@ -210,9 +211,27 @@ pub struct Config {
     #[arg(long, env = "POLLCAST_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// permessage-deflate (RFC 7692): on: accept a client's offer (browsers make one), so
+    /// messages of at least --deflate-threshold go compressed to clients that agreed,
+    /// compressed once per broadcast; off: decline every offer.
+    #[arg(long, env = "POLLCAST_DEFLATE", value_enum, default_value = "on")]
+    pub deflate: Switch,
+
+    /// Messages shorter than this are sent uncompressed: below it compressing costs more
+    /// time than the bytes it saves are worth (measured: see proto/deflate.rs).
+    #[arg(long, env = "POLLCAST_DEFLATE_THRESHOLD", default_value_t = DEFAULT_THRESHOLD, value_parser = parse_size)]
+    pub deflate_threshold: usize,
+
     /// Rooms guests may join and send to (repeatable; names, prefixes ending in *, or *).
     #[arg(long = "guest-rooms", env = "POLLCAST_GUEST_ROOMS", value_delimiter = ',', default_value = "lobby")]
     pub guest_rooms: Vec<String>,
+}
+
+/// A feature switch: `on` or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 /// `--admin-listen`: an address, or `off`.
@@ -382,6 +401,11 @@ impl Config {
         }
     }
 
+    /// What the server agrees to in permessage-deflate, or `None` with `--deflate off`.
+    pub fn deflate(&self) -> Option<DeflateConfig> {
+        (self.deflate == Switch::On).then(DeflateConfig::default)
+    }
+
     /// The request-head part, handed to the handshake parser.
     pub fn request_limits(&self) -> RequestLimits {
         RequestLimits { max_bytes: self.max_request, max_headers: self.max_headers }
@@ -398,7 +422,7 @@ impl Config {
         format!(
             "limits: connections={} message={} queue={} request={} headers={} handshake-timeout={:?} \
              ping-interval={:?} idle-timeout={:?} close-timeout={:?} mode={:?} origins={} history={} \
-             per-ip={} auth={} tls={}",
+             per-ip={} auth={} tls={} deflate={}",
             self.max_connections,
             human_bytes(self.max_message),
             human_bytes(self.effective_max_queue()),
@@ -424,6 +448,10 @@ impl Config {
                 _ => "jwt",
             },
             if self.tls_cert.is_some() { "on" } else { "off" },
+            match self.deflate() {
+                Some(_) => format!("on(threshold={})", human_bytes(self.deflate_threshold)),
+                None => "off".to_owned(),
+            },
         )
     }
 }
@@ -522,6 +550,8 @@ mod tests {
         assert_eq!((config.max_file, config.max_uploads), (1 << 20, 16));
         assert!(config.warnings().is_empty());
         assert!(at_least_one("0").is_err() && parse_nonzero_size("0").is_err());
+        assert_eq!((config.deflate, config.deflate_threshold), (Switch::On, DEFAULT_THRESHOLD));
+        assert!(config.deflate().is_some());
     }
 
     #[test]

@@ -45,14 +45,17 @@
 //!    [`proto::frame::FrameHeader::parse`], [`proto::message::Assembler::check_header`]
 //!    (judged once, before the payload is buffered), [`proto::frame::apply_mask`],
 //!    [`proto::message::Assembler::push`], which validates the UTF-8 once and hands out
-//!    `Event::Message(Message::Text(&str))`.
+//!    `Event::Message(Message::Text(&str))`. (A compressed message, RSV1 set on a
+//!    connection whose 101 agreed to permessage-deflate, is first inflated there by
+//!    [`proto::deflate::Inflater`], never past `--max-message`.)
 //! 4. `Server::on_message` → [`chat::Chat::text`] → `Chat::say` (`chat/actions.rs`) →
 //!    `Chat::accept` (the message id, the count, the [`chat::record::Record`] for
 //!    history) → [`chat::Outbox::to_room`] frames it once per codec, back to back with
-//!    the other messages of this read.
+//!    the other messages of this read, and compresses it once per codec when the room
+//!    has members that agreed to permessage-deflate ([`proto::deflate::Compressor`]).
 //! 5. `Server::route` → `Router::route`: the records go to `History::append`; the room
-//!    output becomes one `Rc` chunk per codec, and `Router::push` puts a reference in
-//!    each member's `WriteQueue`.
+//!    output becomes one `Rc` chunk per codec (and per form, plain or compressed), and
+//!    `Router::push` puts a reference in each member's `WriteQueue`.
 //! 6. Later in the same turn, `Server::commit`: `History::commit` commits the turn's
 //!    records in one transaction ([`store::Store::commit`]) before any byte leaves.
 //! 7. `Server::flush`: `WriteQueue::write_to` hands each recipient's chunks to the

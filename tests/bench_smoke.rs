@@ -241,11 +241,11 @@ fn fanout_closed_loop_with_several_senders() {
     assert_eq!(report["server_cpu_ns_per_delivery"], Value::Null);
 }
 
-/// `--deflate` against a server that does not (yet) speak permessage-deflate: the offer
-/// is declined, frames stay plain, and everything is delivered as before.
+/// `--deflate` against a server that does not speak permessage-deflate (`--deflate off`):
+/// the offer is declined, frames stay plain, and everything is delivered as before.
 #[test]
 fn fanout_with_deflate_offered_but_declined() {
-    let server = Server::start();
+    let server = Server::start_with(&["--deflate", "off"]);
     let url = server.url("smoke-deflate");
     let args = [
         "fanout",
@@ -267,6 +267,34 @@ fn fanout_with_deflate_offered_but_declined() {
     assert_eq!(number(&report, "lost"), 0, "{report}");
     assert_eq!(report["params"]["deflate"], true);
     assert!(report["wire_bytes_per_delivery"].as_f64().unwrap() > 300.0, "plain frames: {report}");
+    assert_eq!(report["errors"], serde_json::json!({}));
+}
+
+/// `--deflate` against the server's default (`--deflate on`): accepted, and the 300-byte
+/// messages arrive compressed, every one of them.
+#[test]
+fn fanout_with_deflate_accepted() {
+    let server = Server::start();
+    let url = server.url("smoke-deflate-on");
+    let args = [
+        "fanout",
+        "--url",
+        &url,
+        "--receivers",
+        "3",
+        "--rate",
+        "200",
+        "--duration",
+        "0.5",
+        "--size",
+        "300",
+        "--deflate",
+    ];
+    let report = bench_json(&args);
+    assert!(number(&report, "deliveries") > 0);
+    assert_eq!(number(&report, "deliveries"), 3 * number(&report, "sent"), "{report}");
+    assert_eq!(number(&report, "lost"), 0, "{report}");
+    assert!(report["wire_bytes_per_delivery"].as_f64().unwrap() < 300.0, "compressed frames: {report}");
     assert_eq!(report["errors"], serde_json::json!({}));
 }
 

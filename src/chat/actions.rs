@@ -33,7 +33,7 @@ impl Chat {
             Said::Text(text) => ((OpCode::Text, text.as_bytes()), None),
             Said::Binary(data) => ((OpCode::Binary, data), None),
         };
-        out.to_room(seat.room, Some(conn), Some(raw), json.as_deref());
+        out.to_room(seat.room, Some(conn), Some(raw), json.as_deref(), self.deflate_for(seat.room, Some(conn)));
         Ok(())
     }
 
@@ -109,7 +109,7 @@ impl Chat {
         }
         self.may_join(conn, room)?;
         let user = &self.users[&conn];
-        let json = user.json;
+        let (json, deflate) = (user.json, user.deflate);
         if let Some(id) = self.rooms.find(room).filter(|id| user.seats.iter().any(|s| s.room == *id)) {
             self.tell(conn, Reply::Joined { room, members: self.member_names(id) }, out);
             return Ok(());
@@ -121,13 +121,13 @@ impl Chat {
         if let (false, Some(&seat)) = (json, user.seats.first()) {
             self.leave_seat(conn, seat, out); // a raw client has one current room: it moves
         }
-        let seat = self.rooms.join(room, Member { conn, json });
+        let seat = self.rooms.join(room, Member { conn, json, deflate });
         let already_there = self.present_elsewhere(conn, seat.room); // this user, on another connection
         let user = self.users.get_mut(&conn).expect("callers pass connected users");
         user.seats.push(seat);
         if !already_there {
             let presence = Envelope::Presence { room, user: &user.name, event: "join", old: None }.to_json();
-            out.to_room(seat.room, Some(conn), None, Some(&presence));
+            out.to_room(seat.room, Some(conn), None, Some(&presence), self.deflate_for(seat.room, Some(conn)));
         }
         if reply {
             self.tell(conn, Reply::Joined { room, members: self.member_names(seat.room) }, out);
@@ -161,7 +161,8 @@ impl Chat {
         let user = &self.users[&conn];
         if self.rooms.has_json_members(seat.room) && !self.present_elsewhere(conn, seat.room) {
             let presence = Envelope::Presence { room: &room_name, user: &user.name, event: "leave", old: None };
-            out.to_room(seat.room, Some(conn), None, Some(&presence.to_json()));
+            let deflate = self.deflate_for(seat.room, Some(conn));
+            out.to_room(seat.room, Some(conn), None, Some(&presence.to_json()), deflate);
         }
     }
 
@@ -181,7 +182,8 @@ impl Chat {
         self.check_text(text)?;
         let id = self.accept(Author::Conn(conn), room, None, Said::Text(text), now_ms, out);
         let envelope = Envelope::Message { id, room, from: &self.users[&conn].name, text, ts: now_ms }.to_json();
-        out.to_room(room_id, Some(conn), Some((OpCode::Text, text.as_bytes())), Some(&envelope));
+        let deflate = self.deflate_for(room_id, Some(conn));
+        out.to_room(room_id, Some(conn), Some((OpCode::Text, text.as_bytes())), Some(&envelope), deflate);
         out.send(conn, &envelope);
         out.acks.push(Ack { conn, cid: cid.unwrap_or(Value::Null), id });
         Ok(())
@@ -282,7 +284,7 @@ impl Chat {
         for seat in &self.users[&conn].seats {
             let room = self.rooms.name(seat.room);
             let presence = Envelope::Presence { room, user: name, event: "rename", old: Some(&old) }.to_json();
-            out.to_room(seat.room, Some(conn), None, Some(&presence));
+            out.to_room(seat.room, Some(conn), None, Some(&presence), self.deflate_for(seat.room, Some(conn)));
         }
         self.tell(conn, Reply::Nick { old: &old, you: name }, out);
         Ok(())

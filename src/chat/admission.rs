@@ -143,6 +143,7 @@ mod tests {
             history: None,
             identity: None,
             rate_limited: true,
+            deflate: false,
         };
         chat.connect(arrival, 0, &mut Outbox::default());
         chat

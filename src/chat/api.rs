@@ -38,7 +38,13 @@ impl Chat {
         let id = self.accept(Author::Named(from), room, None, Said::Text(text), now_ms, out);
         if let Some(room_id) = self.rooms.find(room) {
             let envelope = Envelope::Message { id, room, from, text, ts: now_ms }.to_json();
-            out.to_room(room_id, None, Some((OpCode::Text, text.as_bytes())), Some(&envelope));
+            out.to_room(
+                room_id,
+                None,
+                Some((OpCode::Text, text.as_bytes())),
+                Some(&envelope),
+                self.deflate_for(room_id, None),
+            );
         }
         Ok(id)
     }

@@ -271,7 +271,14 @@ impl Chat {
                 let from = &self.users[&conn].name;
                 let view = view(id, (Some(&room), None), from, &meta, now_ms);
                 let envelope = Envelope::file(&view).to_json();
-                out.to_room(room_id, Some(conn), Some((OpCode::Text, file_line(&view).as_bytes())), Some(&envelope));
+                let deflate = self.deflate_for(room_id, Some(conn));
+                out.to_room(
+                    room_id,
+                    Some(conn),
+                    Some((OpCode::Text, file_line(&view).as_bytes())),
+                    Some(&envelope),
+                    deflate,
+                );
                 out.send(conn, &envelope);
                 id
             }
@@ -347,7 +354,16 @@ mod tests {
     }
 
     fn json_arrival(conn: usize, name: &str) -> Arrival<'_> {
-        Arrival { conn, json: true, name: Some(name), room: "lobby", history: None, identity: None, rate_limited: true }
+        Arrival {
+            conn,
+            json: true,
+            name: Some(name),
+            room: "lobby",
+            history: None,
+            identity: None,
+            rate_limited: true,
+            deflate: false,
+        }
     }
 
     /// `lobby()` with history on: raw `ann` (1), JSON `jay` (2).

@@ -42,7 +42,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use serde_json::Value;
 
-pub use outbox::{Outbox, Output};
+pub use outbox::{Deflate, Outbox, Output};
 pub use replay::{history_frames, Ack};
 
 use admission::Access;
@@ -66,6 +66,7 @@ pub struct Arrival<'a> {
     pub history: Option<usize>,         // `?history=N`
     pub identity: Option<&'a Identity>, // with tokens: who it is (an empty user id: a guest)
     pub rate_limited: bool,             // `--max-rate` applies to it
+    pub deflate: bool,                  // takes compressed broadcasts (permessage-deflate agreed, full window)
 }
 
 /// Limits of the chat layer, from `Config`.
@@ -91,6 +92,7 @@ struct User {
     rate_limited: bool,         // `max_rate` applies (the shell exempts loopback by default)
     identity: Option<Identity>, // with tokens: user id, expiry, the rooms it may join and send to
     upload: Option<Upload>,     // a file arriving (or a refused one's bytes being skipped): `files.rs`
+    deflate: bool,              // takes compressed broadcasts (the shell's judgement at the upgrade)
 }
 
 /// A message body as the chat received it: text is already proven UTF-8 by `proto`.
@@ -184,7 +186,7 @@ impl Chat {
     /// its room, and is sent the history it asked for (`?history=N`; JSON clients get the
     /// default count otherwise).
     pub fn connect(&mut self, arrival: Arrival, now_ms: u64, out: &mut Outbox) {
-        let Arrival { conn, json, name, room, history, identity, rate_limited } = arrival;
+        let Arrival { conn, json, name, room, history, identity, rate_limited, deflate } = arrival;
         let refused = name.and_then(|n| self.name_available(n).err());
         let name = match (identity, name, refused) {
             (Some(identity), _, _) => self.name_for(identity),
@@ -203,7 +205,7 @@ impl Chat {
         self.names.entry(name.clone()).or_default().push(conn);
         let bucket = Bucket::full(self.limits.max_rate, now_ms);
         let seats = Vec::new();
-        self.users.insert(conn, User { name, json, seats, bucket, rate_limited, identity, upload: None });
+        self.users.insert(conn, User { name, json, seats, bucket, rate_limited, identity, upload: None, deflate });
         if let Some(e) = refused {
             // Before anything else, so a raw client (which gets no `welcome`) reads why.
             let message =
@@ -337,6 +339,19 @@ impl Chat {
         let message = format!("over {rate} messages per second; this one was dropped");
         self.fail(conn, Failure::new("rate_limited", message), None, out);
         None
+    }
+
+    /// Which codecs of `room`'s members but `except` take compressed frames: a message is
+    /// compressed only for them (never for a room without such members, nor for a sender
+    /// that is the only one).
+    fn deflate_for(&self, room: RoomId, except: Option<usize>) -> Deflate {
+        let mut count = self.rooms.deflaters(room);
+        let sender = except.and_then(|conn| self.users.get(&conn));
+        if let Some(sender) = sender.filter(|u| u.deflate && u.seats.iter().any(|s| s.room == room)) {
+            let slot = if sender.json { &mut count.json } else { &mut count.raw };
+            *slot = slot.saturating_sub(1);
+        }
+        Deflate { raw: count.raw > 0, json: count.json > 0 }
     }
 
     /// The id of `room` if `conn` is a member of it.

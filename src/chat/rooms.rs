@@ -35,8 +35,9 @@ pub type RoomId = u64;
 /// One member of a room, with what the fan-out needs to know about it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Member {
-    pub conn: usize, // the connection (the shell's slab key)
-    pub json: bool,  // speaks pollcast.v1 (gets envelopes) rather than raw text
+    pub conn: usize,   // the connection (the shell's slab key)
+    pub json: bool,    // speaks pollcast.v1 (gets envelopes) rather than raw text
+    pub deflate: bool, // takes the compressed form of broadcasts (permessage-deflate, full window)
 }
 
 /// Where a user sits: its room and its index in that room's member list.
@@ -52,6 +53,26 @@ struct Room {
     name: String,         // as in the URL path or the join request
     members: Vec<Member>, // in no particular order
     json_members: usize,  // how many members speak JSON (0: skip building envelopes)
+    deflate: Deflaters,   // how many members of each codec take compressed frames (0: never compress)
+}
+
+/// How many members of a room take the compressed form of each codec's frames.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Deflaters {
+    pub raw: usize,  // raw members with permessage-deflate
+    pub json: usize, // pollcast.v1 members with permessage-deflate
+}
+
+impl Deflaters {
+    /// `member` counted in (it `joins`) or out.
+    fn count(&mut self, member: Member, joins: bool) {
+        let slot = if member.json { &mut self.json } else { &mut self.raw };
+        match (member.deflate, joins) {
+            (false, _) => {}
+            (true, true) => *slot += 1,
+            (true, false) => *slot -= 1,
+        }
+    }
 }
 
 /// Every non-empty room.
@@ -70,7 +91,9 @@ impl Rooms {
             None => {
                 self.next_id += 1;
                 let id = self.next_id;
-                self.rooms.insert(id, Room { name: name.to_owned(), members: Vec::new(), json_members: 0 });
+                let room =
+                    Room { name: name.to_owned(), members: Vec::new(), json_members: 0, deflate: Deflaters::default() };
+                self.rooms.insert(id, room);
                 self.by_name.insert(name.to_owned(), id);
                 id
             }
@@ -78,6 +101,7 @@ impl Rooms {
         let room = self.rooms.get_mut(&id).expect("by_name and rooms hold the same ids");
         room.members.push(member);
         room.json_members += usize::from(member.json);
+        room.deflate.count(member, true);
         Seat { room: id, index: room.members.len() - 1 }
     }
 
@@ -87,6 +111,7 @@ impl Rooms {
         let room = self.rooms.get_mut(&seat.room)?;
         let gone = room.members.swap_remove(seat.index);
         room.json_members -= usize::from(gone.json);
+        room.deflate.count(gone, false);
         let moved = room.members.get(seat.index).copied();
         if room.members.is_empty() {
             let name = std::mem::take(&mut room.name);
@@ -109,6 +134,12 @@ impl Rooms {
     /// Does the room have members that speak JSON?
     pub fn has_json_members(&self, room: RoomId) -> bool {
         self.rooms.get(&room).is_some_and(|r| r.json_members > 0)
+    }
+
+    /// How many members of each codec take compressed frames (a room without such
+    /// members never compresses).
+    pub fn deflaters(&self, room: RoomId) -> Deflaters {
+        self.rooms.get(&room).map_or(Deflaters::default(), |r| r.deflate)
     }
 
     /// The name of a room.
@@ -136,7 +167,7 @@ mod tests {
     use super::*;
 
     fn raw(conn: usize) -> Member {
-        Member { conn, json: false }
+        Member { conn, json: false, deflate: false }
     }
 
     #[test]
@@ -155,15 +186,32 @@ mod tests {
         let mut rooms = Rooms::default();
         let a = rooms.join("lobby", raw(10));
         let _ = rooms.join("lobby", raw(11));
-        let _ = rooms.join("lobby", Member { conn: 12, json: true });
+        let json = Member { conn: 12, json: true, deflate: false };
+        let _ = rooms.join("lobby", json);
         assert!(rooms.has_json_members(a.room));
-        assert_eq!(rooms.leave(a), Some(Member { conn: 12, json: true }), "the last member moves into the gap");
-        assert_eq!(rooms.members(a.room), &[Member { conn: 12, json: true }, raw(11)]);
+        assert_eq!(rooms.leave(a), Some(json), "the last member moves into the gap");
+        assert_eq!(rooms.members(a.room), &[json, raw(11)]);
         assert_eq!(rooms.leave(Seat { room: a.room, index: 0 }), Some(raw(11)));
         assert!(!rooms.has_json_members(a.room));
         assert_eq!(rooms.leave(Seat { room: a.room, index: 0 }), None);
         assert!(rooms.is_empty());
         assert_eq!(rooms.find("lobby"), None);
+    }
+
+    #[test]
+    fn deflate_members_are_counted_per_codec() {
+        let mut rooms = Rooms::default();
+        let plain = rooms.join("lobby", raw(1));
+        assert_eq!(rooms.deflaters(plain.room), Deflaters::default(), "nobody to compress for");
+        let raw_z = rooms.join("lobby", Member { conn: 2, json: false, deflate: true });
+        let json_z = rooms.join("lobby", Member { conn: 3, json: true, deflate: true });
+        rooms.join("lobby", Member { conn: 4, json: true, deflate: true });
+        assert_eq!(rooms.deflaters(plain.room), Deflaters { raw: 1, json: 2 });
+        rooms.leave(raw_z);
+        assert_eq!(rooms.deflaters(plain.room), Deflaters { raw: 0, json: 2 });
+        // conn 4 moved into index 1 when conn 2 left; conn 3 is still at index 2.
+        rooms.leave(json_z);
+        assert_eq!(rooms.deflaters(plain.room), Deflaters { raw: 0, json: 1 });
     }
 
     #[test]

@@ -65,7 +65,16 @@ pub(super) fn to(list: &[(usize, String)], conn: usize) -> Vec<String> {
 }
 
 fn arrival(conn: usize, json: bool, name: &str) -> Arrival<'_> {
-    Arrival { conn, json, name: Some(name), room: "lobby", history: None, identity: None, rate_limited: true }
+    Arrival {
+        conn,
+        json,
+        name: Some(name),
+        room: "lobby",
+        history: None,
+        identity: None,
+        rate_limited: true,
+        deflate: false,
+    }
 }
 
 fn json(text: &str) -> Value {
@@ -286,4 +295,85 @@ fn ids_increase_across_rooms_and_dms() {
         .map(|v| v["id"].as_u64().unwrap())
         .collect();
     assert_eq!(ids, vec![101, 102, 103]);
+}
+
+/// The payloads of the frames in `bytes`, inflated where RSV1 marks them compressed.
+fn inflated_texts(bytes: &[u8]) -> Vec<(bool, String)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let (header, len) = FrameHeader::parse(&bytes[at..]).unwrap().unwrap();
+        let end = at + len + header.payload_len as usize;
+        let payload = &bytes[at + len..end];
+        let compressed = header.rsv == crate::proto::frame::RSV1_BIT;
+        let text = match compressed {
+            true => {
+                let mut inflater = crate::proto::deflate::Inflater::new(false);
+                let mut text = Vec::new();
+                inflater.push(payload, &mut text, 1 << 20).unwrap();
+                inflater.finish(&mut text, 1 << 20).unwrap();
+                text
+            }
+            false => payload.to_vec(),
+        };
+        out.push((compressed, String::from_utf8(text).unwrap()));
+        at = end;
+    }
+    out
+}
+
+fn deflating(conn: usize, json: bool, name: &str) -> Arrival<'_> {
+    Arrival { deflate: true, ..arrival(conn, json, name) }
+}
+
+#[test]
+fn a_broadcast_is_compressed_once_per_codec_for_deflate_members_only() {
+    let (mut chat, mut out) = lobby(); // plain raw ann (1), plain JSON jay (2)
+    chat.connect(deflating(3, false, "zed"), 0, &mut out);
+    chat.connect(deflating(4, true, "zoe"), 0, &mut out);
+    chat.connect(deflating(5, true, "zia"), 0, &mut out);
+    out.take();
+    out.take_compressed();
+    let long = "a line long enough to be worth compressing, ".repeat(4);
+    chat.text(1, "short", 0, &mut out); // below the threshold: plain in every chunk
+    chat.text(1, &long, 0, &mut out);
+    chat.text(1, "short again", 0, &mut out);
+    let outputs = out.take();
+    assert_eq!(outputs.len(), 1, "one read's burst is one output");
+    let Output::Room { raw, json, raw_deflate: Some(raw_z), json_deflate: Some(json_z), messages, .. } = &outputs[0]
+    else {
+        panic!("both compressed chunks are built: {outputs:?}")
+    };
+    assert_eq!(*messages, 3);
+    assert_eq!(out.take_compressed(), 2, "the long line once per codec, not per member");
+    let raw_got = inflated_texts(raw_z);
+    assert_eq!(raw_got.iter().map(|(z, _)| *z).collect::<Vec<_>>(), [false, true, false]);
+    assert_eq!(raw_got.into_iter().map(|(_, t)| t).collect::<Vec<_>>(), texts(raw), "same messages, same order");
+    let json_got = inflated_texts(json_z);
+    assert_eq!(json_got.iter().map(|(z, _)| *z).collect::<Vec<_>>(), [false, true, false]);
+    assert_eq!(json_got.into_iter().map(|(_, t)| t).collect::<Vec<_>>(), texts(json));
+    assert!(raw_z.len() < raw.len() && json_z.len() < json.len());
+}
+
+#[test]
+fn nothing_is_compressed_without_a_deflate_recipient() {
+    let long = "a line long enough to be worth compressing, ".repeat(4);
+    // Plain members only.
+    let (mut chat, mut out) = lobby();
+    chat.text(1, &long, 0, &mut out);
+    let outputs = out.take();
+    assert!(matches!(&outputs[0], Output::Room { raw_deflate: None, json_deflate: None, .. }));
+    // The sender is the room's only deflate member: nobody to compress for.
+    chat.connect(deflating(3, false, "zed"), 0, &mut out);
+    out.take();
+    chat.text(3, &long, 0, &mut out);
+    let outputs = out.take();
+    assert!(matches!(&outputs[0], Output::Room { raw_deflate: None, json_deflate: None, .. }), "{outputs:?}");
+    // A deflate JSON member: only the JSON form is compressed.
+    chat.connect(deflating(4, true, "zoe"), 0, &mut out);
+    out.take();
+    chat.text(3, &long, 0, &mut out);
+    let outputs = out.take();
+    assert!(matches!(&outputs[0], Output::Room { raw_deflate: None, json_deflate: Some(_), .. }), "{outputs:?}");
+    assert_eq!(out.take_compressed(), 1);
 }

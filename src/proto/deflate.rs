@@ -527,6 +527,16 @@ pub struct Inflater {
     ended: bool,               // a final block (BFINAL = 1) ended the stream in this message
 }
 
+impl fmt::Debug for Inflater {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inflater")
+            .field("context_takeover", &self.context_takeover)
+            .field("holds_state", &self.holds_state())
+            .field("produced", &self.produced)
+            .finish()
+    }
+}
+
 impl Inflater {
     /// An inflater; `context_takeover`: the client did not agree to reset its window.
     pub fn new(context_takeover: bool) -> Inflater {

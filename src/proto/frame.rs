@@ -28,6 +28,8 @@ use std::fmt;
 const FIN_BIT: u8 = 0x80;
 /// RSV1..RSV3: reserved for extensions (RFC 6455 §5.2).
 const RSV_BITS: u8 = 0x70;
+/// RSV1, the "Per-Message Compressed" bit once permessage-deflate is agreed (RFC 7692 §6).
+pub const RSV1_BIT: u8 = 0x40;
 /// The low nibble of the first byte.
 const OPCODE_BITS: u8 = 0x0f;
 /// MASK bit of the second byte.
@@ -175,8 +177,6 @@ pub fn write_header(out: &mut Vec<u8>, fin: bool, opcode: OpCode, payload_len: u
 /// compressed by permessage-deflate (RFC 7692 §6: "the "Per-Message Compressed" bit ...
 /// RSV1"). Only `deflate.rs` calls this, and only on a connection that agreed to it.
 pub fn write_header_rsv1(out: &mut Vec<u8>, fin: bool, opcode: OpCode, payload_len: usize) {
-    /// RFC 7692 §6: RSV1 of the first frame marks a compressed message.
-    const RSV1_BIT: u8 = 0x40;
     let at = out.len();
     write_header(out, fin, opcode, payload_len);
     out[at] |= RSV1_BIT;

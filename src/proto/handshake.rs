@@ -135,6 +135,7 @@ pub struct Upgrade {
     pub authorization: Option<String>, // the Authorization header, if any (a bearer token)
     pub forwarded_for: Vec<String>,    // every X-Forwarded-For line (believed only from a trusted proxy)
     pub forwarded: Vec<String>,        // every Forwarded line (RFC 7239), likewise
+    pub extensions: Vec<String>, // every Sec-WebSocket-Extensions line, in order (the shell negotiates: `deflate::negotiate`)
 }
 
 impl Upgrade {
@@ -251,6 +252,7 @@ fn check_request(req: &httparse::Request, allowed_origins: &[String]) -> Result<
         authorization: header("Authorization").and_then(text),
         forwarded_for: all("X-Forwarded-For"),
         forwarded: all("Forwarded"),
+        extensions: all("Sec-WebSocket-Extensions"),
     }))
 }
 
@@ -267,13 +269,17 @@ pub fn accept_key(key: &str) -> String {
     BASE64.encode(sha.finalize())
 }
 
-/// The `101 Switching Protocols` answer to a valid upgrade.
-pub fn switching_protocols(upgrade: &Upgrade) -> Vec<u8> {
+/// The `101 Switching Protocols` answer to a valid upgrade; `extensions`: the
+/// `Sec-WebSocket-Extensions` value agreed on (RFC 6455 §9.1), if any was.
+pub fn switching_protocols(upgrade: &Upgrade, extensions: Option<&str>) -> Vec<u8> {
     let mut out = String::with_capacity(160);
     out.push_str("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n");
     let _ = write!(out, "Sec-WebSocket-Accept: {}\r\n", upgrade.accept);
     if let Some(protocol) = &upgrade.protocol {
         let _ = write!(out, "Sec-WebSocket-Protocol: {protocol}\r\n");
+    }
+    if let Some(extensions) = extensions {
+        let _ = write!(out, "Sec-WebSocket-Extensions: {extensions}\r\n");
     }
     out.push_str("\r\n");
     out.into_bytes()
@@ -342,7 +348,7 @@ mod tests {
         assert_eq!(up.query_param("history"), Some("5"));
         assert_eq!(up.accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         assert_eq!(up.protocol, None);
-        let resp = String::from_utf8(switching_protocols(&up)).unwrap();
+        let resp = String::from_utf8(switching_protocols(&up, None)).unwrap();
         assert!(resp.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
         assert!(resp.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
         assert!(resp.ends_with("\r\n\r\n"));
@@ -364,12 +370,27 @@ mod tests {
         let req = GOOD.replace("\r\n\r\n", "\r\nSec-WebSocket-Protocol: chat, pollcast.v1\r\n\r\n");
         let Some((Request::Upgrade(up), _)) = parse(&req).unwrap() else { panic!() };
         assert_eq!(up.protocol.as_deref(), Some("pollcast.v1"));
-        assert!(String::from_utf8(switching_protocols(&up))
+        assert!(String::from_utf8(switching_protocols(&up, None))
             .unwrap()
             .contains("Sec-WebSocket-Protocol: pollcast.v1\r\n"));
         let req = GOOD.replace("\r\n\r\n", "\r\nSec-WebSocket-Protocol: chat\r\n\r\n");
         let Some((Request::Upgrade(up), _)) = parse(&req).unwrap() else { panic!() };
         assert_eq!(up.protocol, None);
+    }
+
+    #[test]
+    fn every_extension_offer_is_handed_out_and_the_answer_written() {
+        let offers = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\
+                      sec-websocket-extensions: x-foo, permessage-deflate\r\n";
+        let req = GOOD.replace("Host: x\r\n", &format!("Host: x\r\n{offers}"));
+        let Some((Request::Upgrade(up), _)) = parse(&req).unwrap() else { panic!() };
+        assert_eq!(up.extensions, vec!["permessage-deflate; client_max_window_bits", "x-foo, permessage-deflate"]);
+        let answer = "permessage-deflate; server_no_context_takeover";
+        let resp = String::from_utf8(switching_protocols(&up, Some(answer))).unwrap();
+        assert!(resp.contains("\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n"));
+        assert!(!String::from_utf8(switching_protocols(&up, None)).unwrap().contains("Extensions"));
+        let Some((Request::Upgrade(none), _)) = parse(GOOD).unwrap() else { panic!() };
+        assert!(none.extensions.is_empty());
     }
 
     #[test]

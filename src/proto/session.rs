@@ -15,6 +15,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use super::close::{close_body, parse_close_body, CloseCode};
+use super::deflate::Agreed;
 use super::frame::{apply_mask, write_frame, FrameHeader, OpCode};
 use super::handshake::{rejection_response, Rejection, Status};
 use super::message::{Assembled, Assembler, Message, Violation};
@@ -80,6 +81,7 @@ pub struct Session {
     close_code: Option<CloseCode>, // the code of the Close we sent or echoed, for logs and tests
     peer_closed_first: bool,       // the peer's Close came before ours (we echoed it)
     violation: Option<Violation>,  // the rule the peer broke, if that is why the connection failed
+    deflate: Option<Agreed>,       // permessage-deflate parameters, when the handshake agreed them
 }
 
 impl Session {
@@ -96,6 +98,7 @@ impl Session {
             close_code: None,
             peer_closed_first: false,
             violation: None,
+            deflate: None,
         }
     }
 
@@ -126,9 +129,23 @@ impl Session {
         self.violation
     }
 
-    /// Bytes held for a fragmented message in flight (for memory accounting).
+    /// Bytes held for a message in flight: its fragments, and an inflate state while a
+    /// compressed one arrives (for memory accounting).
     pub fn buffered_capacity(&self) -> usize {
         self.assembler.buffered_capacity()
+    }
+
+    /// The handshake agreed on permessage-deflate (RFC 7692) with these parameters: the
+    /// peer may compress its messages from now on, and the shell may compress ours.
+    /// Call it before `accept`, as the 101 that states them is sent.
+    pub fn use_deflate(&mut self, agreed: Agreed) {
+        self.assembler.use_deflate(agreed.inflater());
+        self.deflate = Some(agreed);
+    }
+
+    /// The permessage-deflate parameters in force, if any were agreed.
+    pub fn deflate(&self) -> Option<Agreed> {
+        self.deflate
     }
 
     /// The one place the phase changes, so every transition is logged.

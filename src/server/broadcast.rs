@@ -10,7 +10,9 @@
 //! All messages decoded from one read of one sender to the same room land in the same
 //! outbox entry, framed back to back, and become a single shared chunk: the cost per
 //! recipient is a reference-count increment and a queue push, whatever the number or
-//! size of the messages.
+//! size of the messages. With permessage-deflate the same holds per form: each message
+//! is compressed at most once per codec (`chat/outbox.rs`), and a member that agreed to
+//! it is pushed the compressed chunk of its codec, or the plain one when none was built.
 //!
 //! ## What a slow consumer sees
 //!
@@ -54,8 +56,11 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(queue_limit: usize) -> Router {
-        Router { outbox: Outbox::default(), dirty: Vec::new(), queue_limit }
+    /// `deflate_threshold`: messages shorter than this are broadcast uncompressed.
+    pub fn new(queue_limit: usize, deflate_threshold: usize) -> Router {
+        let mut outbox = Outbox::default();
+        outbox.set_deflate_threshold(deflate_threshold);
+        Router { outbox, dirty: Vec::new(), queue_limit }
     }
 
     /// Where the chat and the sessions put their output.
@@ -91,6 +96,7 @@ impl Router {
     ) {
         let (records, acks) = (std::mem::take(&mut self.outbox.records), std::mem::take(&mut self.outbox.acks));
         history.append(records, acks);
+        stats.compressed += self.outbox.take_compressed();
         while !self.outbox.is_empty() {
             let mut slow = Vec::new();
             for output in self.outbox.take() {
@@ -128,17 +134,25 @@ impl Router {
     ) {
         match output {
             Output::Own { conn, bytes, last } => self.push_own(clients, conn, bytes, last),
+            // Replies, errors, echoes: to one connection, plain unless `Outbox::echo`
+            // compressed them (RFC 7692 §6: RSV1 clear is always legal).
             Output::To { conn, frames } => {
                 let chunk = Rc::new(frames);
                 if self.push(clients, history, stats, conn, &chunk, 1) == Pushed::Slow {
                     slow.push((conn, chunk.len()));
                 }
             }
-            Output::Room { room, except, raw, json, messages } => {
+            Output::Room { room, except, raw, json, raw_deflate, json_deflate, messages } => {
                 let (raw, json) = (Rc::new(raw), Rc::new(json));
+                let (raw_deflate, json_deflate) = (raw_deflate.map(Rc::new), json_deflate.map(Rc::new));
                 let mut recipients = 0;
                 for member in chat.members(room) {
-                    let chunk = if member.json { &json } else { &raw };
+                    let chunk = match (member.json, member.deflate) {
+                        (false, false) => &raw,
+                        (true, false) => &json,
+                        (false, true) => raw_deflate.as_ref().unwrap_or(&raw),
+                        (true, true) => json_deflate.as_ref().unwrap_or(&json),
+                    };
                     if Some(member.conn) == except || chunk.is_empty() {
                         continue; // relay never echoes; a codec with nothing to get
                     }
@@ -148,7 +162,8 @@ impl Router {
                         Pushed::Slow => slow.push((member.conn, chunk.len())),
                     }
                 }
-                for unshared in [raw, json].into_iter().filter_map(|chunk| Rc::try_unwrap(chunk).ok()) {
+                let all = [Some(raw), Some(json), raw_deflate, json_deflate];
+                for unshared in all.into_iter().flatten().filter_map(|chunk| Rc::try_unwrap(chunk).ok()) {
                     self.outbox.pool().give_buffer(unshared); // nobody took it (or a codec nobody speaks)
                 }
                 stats.deliveries += recipients * messages;

@@ -40,10 +40,11 @@ pub struct Client {
 /// What an upgraded connection was, for its access log line.
 #[derive(Debug)]
 pub struct Upgraded {
-    pub at: Instant,  // when the 101 was sent
-    pub room: String, // the room of its URL
-    pub user: String, // the name it came in under (with tokens, the token's user id)
-    pub json: bool,   // spoke pollcast.v1
+    pub at: Instant,   // when the 101 was sent
+    pub room: String,  // the room of its URL
+    pub user: String,  // the name it came in under (with tokens, the token's user id)
+    pub json: bool,    // spoke pollcast.v1
+    pub deflate: bool, // agreed to permessage-deflate
 }
 
 /// Messages and bytes each way over a connection's life.

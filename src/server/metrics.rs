@@ -48,6 +48,8 @@ pub struct Stats {
     pub store_errors: u64,            // failed history commits or reads
     pub refused_per_address: u64,     // answered 429: an address over its connection or upgrade-rate limit
     pub refused_auth: u64,            // refused for a missing or bad token, or a room it does not allow
+    pub deflate_upgrades: u64,        // upgrades that agreed to permessage-deflate
+    pub compressed: u64,              // messages compressed (once per codec, however many members got them)
     pub closes: BTreeMap<u16, u64>, // connections ended, by the close code sent (1006: none, the TCP connection ended)
     pub refusals: BTreeMap<u16, u64>, // requests refused, by HTTP status
     pub turn: Histogram,            // seconds from waking up to going back to sleep, per loop turn
@@ -76,6 +78,8 @@ impl Default for Stats {
             store_errors: 0,
             refused_per_address: 0,
             refused_auth: 0,
+            deflate_upgrades: 0,
+            compressed: 0,
             closes: BTreeMap::new(),
             refusals: BTreeMap::new(),
             turn: histogram(TURN_BUCKETS),
@@ -126,7 +130,7 @@ pub fn gauges(clients: &Slab<Client>, chat: &Chat) -> Gauges {
 /// memory and `pollcast_build_info{version}`.
 pub fn render(stats: &Stats, gauges: Gauges) -> String {
     let mut registry = Registry::with_prefix("pollcast");
-    let counters: [(&str, &str, u64); 18] = [
+    let counters: [(&str, &str, u64); 20] = [
         ("connections_accepted", "TCP connections accepted.", stats.accepted),
         ("connections_refused", "Connections answered 503 at --max-connections.", stats.refused_full),
         ("accept_fd_errors", "accept() failures for lack of file descriptors.", stats.accept_fd_errors),
@@ -145,6 +149,8 @@ pub fn render(stats: &Stats, gauges: Gauges) -> String {
         ("history_errors", "Failed history commits or reads.", stats.store_errors),
         ("refused_per_address", "Connections answered 429 (per-address limits).", stats.refused_per_address),
         ("refused_auth", "Upgrades refused for their token or room.", stats.refused_auth),
+        ("deflate_upgrades", "Upgrades that agreed to permessage-deflate.", stats.deflate_upgrades),
+        ("deflate_compressed", "Messages compressed, once per codec however many members got them.", stats.compressed),
     ];
     for (name, help, value) in counters {
         let counter: Counter = Counter::default();

@@ -60,6 +60,7 @@ use crate::chat::json::Envelope;
 use crate::chat::{Arrival, Chat};
 use crate::config::{Config, Mode};
 use crate::proto::close::CloseCode;
+use crate::proto::deflate::{self, Agreed};
 use crate::proto::handshake::{self, Rejection, Request, Status, Upgrade, SUBPROTOCOL_JSON};
 use crate::proto::message::Message;
 use crate::proto::session::{Event, Phase, Session};
@@ -155,7 +156,7 @@ impl Server {
         Ok(Server {
             chat,
             history,
-            router: Router::new(config.effective_max_queue()),
+            router: Router::new(config.effective_max_queue(), config.deflate_threshold),
             config,
             poll,
             listener,
@@ -617,6 +618,7 @@ impl Server {
     /// a JSON client refused for its token or room is upgraded, told with one `error`
     /// and closed with 4401 or 4403, because a browser cannot read an HTTP status.
     fn upgrade(&mut self, key: usize, upgrade: &Upgrade) -> Result<(), Rejection> {
+        let agreed = self.negotiate_deflate(key, upgrade)?;
         let peer = self.clients[key].peer.ip();
         if self.trusted(peer) {
             let (xff, fwd) = (str_refs(&upgrade.forwarded_for), str_refs(&upgrade.forwarded));
@@ -647,17 +649,27 @@ impl Server {
         };
         self.stats.upgrades += 1;
         let client = &mut self.clients[key];
+        if let Some(agreed) = agreed {
+            self.stats.deflate_upgrades += 1;
+            client.session.use_deflate(agreed);
+        }
         client.session.accept(self.now);
         let user = admission.identity.as_ref().map(|identity| identity.user.clone());
         let user = user.or_else(|| admission.name.clone()).unwrap_or_default();
-        client.upgraded = Some(Upgraded { at: self.now, room: admission.room.clone(), user, json });
+        let deflate = agreed.is_some();
+        client.upgraded = Some(Upgraded { at: self.now, room: admission.room.clone(), user, json, deflate });
         log::debug!("conn {key}: {} joined room {}", client.addr, admission.room);
-        self.router.outbox().own(key, handshake::switching_protocols(upgrade), false);
+        let extensions = agreed.map(|agreed| agreed.response_header());
+        self.router.outbox().own(key, handshake::switching_protocols(upgrade, extensions.as_deref()), false);
         if self.config.mode == Mode::Relay {
             let Admission { room, json, name, history, identity } = &admission;
             let (name, identity) = (name.as_deref(), identity.as_ref());
             let rate_limited = self.config.rate_limited(self.clients[key].addr);
-            let arrival = Arrival { conn: key, json: *json, name, room, history: *history, identity, rate_limited };
+            // Broadcasts go compressed to members whose window fits any message (the
+            // policy for smaller windows is in chat/outbox.rs).
+            let deflate = agreed.is_some_and(|agreed| agreed.may_compress(usize::MAX));
+            let history = *history;
+            let arrival = Arrival { conn: key, json: *json, name, room, history, identity, rate_limited, deflate };
             self.chat.connect(arrival, self.now_ms, self.router.outbox());
             self.schedule_expiry();
         }
@@ -678,12 +690,26 @@ impl Server {
         log::info!(target: "pollcast::access", "refused {} {} {} (pollcast.v1: error, then close {})", client.addr, status.code(), refusal.reason(), code.0);
         client.session.accept(self.now);
         let out = self.router.outbox();
-        out.own(key, handshake::switching_protocols(upgrade), false);
+        // Declines any extension offer: the connection carries one error and a Close.
+        out.own(key, handshake::switching_protocols(upgrade, None), false);
         let error =
             Envelope::Error { code: refusal.code(), message: refusal.reason(), reference: &serde_json::Value::Null };
         out.send(key, &error.to_json());
         client.session.close(code, refusal.reason(), self.now);
         client.session_output_to(key, out);
+    }
+
+    /// permessage-deflate (RFC 7692) with `--deflate on`: the parameters agreed to, or
+    /// `None` (no offer we can honour: nothing is stated in the 101). An offer that breaks
+    /// RFC 7692's rules is declined, not refused (`proto/deflate.rs`); only a header that
+    /// is not an extension list at all is a 400. With `--deflate off` the headers are not
+    /// read, as before the extension existed.
+    fn negotiate_deflate(&self, key: usize, upgrade: &Upgrade) -> Result<Option<Agreed>, Rejection> {
+        let Some(config) = self.config.deflate() else { return Ok(None) };
+        deflate::negotiate(&str_refs(&upgrade.extensions), &config).map_err(|bad| {
+            log::debug!("conn {key}: {bad}");
+            Rejection { status: Status::BadRequest, why: "Sec-WebSocket-Extensions is not an extension list" }
+        })
     }
 
     /// Makes sure the timer sweep runs when the soonest token expires.
@@ -701,7 +727,10 @@ impl Server {
         self.clients[sender].traffic.messages_in += 1;
         let out = self.router.outbox();
         match (self.config.mode, message) {
-            (Mode::Echo, message) => out.send_frame(sender, message.opcode(), message.as_bytes()),
+            (Mode::Echo, message) => {
+                let deflate = self.clients[sender].session.deflate();
+                out.echo(sender, message.opcode(), message.as_bytes(), deflate);
+            }
             (Mode::Relay, Message::Text(text)) => self.chat.text(sender, text, self.now_ms, out),
             (Mode::Relay, Message::Binary(data)) => self.chat.binary(sender, data, self.now_ms, out),
         }
@@ -839,11 +868,12 @@ impl Server {
             (Some(_), false) => "server",
         };
         let t = client.traffic;
-        let fields: [(&str, String); 11] = [
+        let fields: [(&str, String); 12] = [
             ("addr", client.addr.to_string()),
             ("room", upgraded.room.clone()),
             ("user", upgraded.user.clone()),
             ("protocol", if upgraded.json { SUBPROTOCOL_JSON } else { "raw" }.to_owned()),
+            ("deflate", if upgraded.deflate { "on" } else { "off" }.to_owned()),
             ("close", code.to_string()),
             ("closed_by", by.to_owned()),
             ("duration", format!("{:.3}s", (self.now - upgraded.at).as_secs_f64())),

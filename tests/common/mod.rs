@@ -488,15 +488,22 @@ impl RawWs {
 
     /// Reads one server frame; `None` at EOF.
     pub fn read_frame(&mut self) -> Option<ServerFrame> {
+        let (rsv, frame) = self.read_frame_rsv()?;
+        assert_eq!(rsv, 0, "server frame with RSV bits");
+        Some(frame)
+    }
+
+    /// Reads one server frame and its RSV bits (RSV1: compressed, on a connection that
+    /// agreed to permessage-deflate); `None` at EOF.
+    pub fn read_frame_rsv(&mut self) -> Option<(u8, ServerFrame)> {
         loop {
             if let Some((header, header_len)) = FrameHeader::parse(&self.buf).expect("server frame header") {
                 assert!(header.mask.is_none(), "RFC 6455 §5.1: server frames must not be masked");
-                assert_eq!(header.rsv, 0, "server frame with RSV bits");
                 let end = header_len + header.payload_len as usize;
                 if self.buf.len() >= end {
                     let payload = self.buf[header_len..end].to_vec();
                     self.buf.drain(..end);
-                    return Some(ServerFrame { fin: header.fin, opcode: header.opcode_bits, payload });
+                    return Some((header.rsv, ServerFrame { fin: header.fin, opcode: header.opcode_bits, payload }));
                 }
             }
             let mut chunk = [0u8; 64 << 10];
