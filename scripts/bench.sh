@@ -13,7 +13,8 @@
 #           tokio-rustls, 1 worker). Compare pollcast with pollcast-tls and tt with tt-tls.
 # env:    BENCH_WORK   where peers are built and results kept (default /tmp/pollcast-bench)
 #         SCENARIOS    space-separated subset of: fanout100 fanout1000 paced1000 tenbyten
-#                      tenbyten256 idle churn
+#                      tenbyten256 idle churn, and the compression rows chat100 chat100z
+#                      chat1000 chat1000z idlez (the default set leaves those out)
 #         DURATION     seconds per throughput scenario (default 5)
 #         REPEAT       runs per scenario and server, each on a fresh server; the table shows
 #                      the median run (default 3: figures on a shared VM move ±15%)
@@ -53,7 +54,7 @@ build_peer() {
         rm -rf "$WORK/tt-tls" && cp -r "$ROOT/bench/peers/tt-tls" "$WORK/tt-tls"
         CARGO_TARGET_DIR="$WORK/tt-tls-target" cargo build --release --quiet --manifest-path "$WORK/tt-tls/Cargo.toml"
       fi ;;
-    node)
+    node | node-deflate)
       if [[ ! -d "$WORK/node/node_modules" ]]; then
         echo "bench: installing Node ws peer in $WORK" >&2
         rm -rf "$WORK/node" && cp -r "$PEERS_SRC/node" "$WORK/"
@@ -78,6 +79,7 @@ start_server() { # NAME: starts it on $PORT pinned to CPU 0, sets SERVER_PID
     tt) taskset -c 0 "$WORK/tt-target/release/tt-peer" "$PORT" --threads 1 >"$WORK/$name.log" 2>&1 & ;;
     tt-tls) taskset -c 0 "$WORK/tt-tls-target/release/tt-tls-peer" "$PORT" "$CERT" "$KEY" --threads 1 >"$WORK/$name.log" 2>&1 & ;;
     node) (cd "$WORK/node" && exec taskset -c 0 node server.js "$PORT") >"$WORK/$name.log" 2>&1 & ;;
+    node-deflate) (cd "$WORK/node" && exec taskset -c 0 node server.js "$PORT" --compress) >"$WORK/$name.log" 2>&1 & ;;
     *) echo "bench: unknown server $name" >&2; exit 2 ;;
   esac
   SERVER_PID=$!
@@ -110,6 +112,14 @@ scenario_args() {
     tenbyten) echo "fanout --receivers 10 --senders 10 --size 1024 --rate max --window 64 --duration $DURATION" ;;
     tenbyten256) echo "fanout --receivers 10 --senders 10 --size 1024 --rate max --window 256 --duration $DURATION" ;;
     idle) echo "idle --connections 10000 --hold 2" ;;
+    # Compression (issue 13): 1 KiB of chat-like JSON text, paced so every server is
+    # offered the same 100k deliveries/s and CPU per delivery compares like with like;
+    # the -z rows offer permessage-deflate, and wire bytes per delivery say what it saved.
+    chat100) echo "fanout --receivers 100 --senders 1 --size 1024 --encoding text --payload chat --rate 1000 --duration $DURATION" ;;
+    chat100z) echo "$(scenario_args chat100) --deflate" ;;
+    chat1000) echo "fanout --receivers 1000 --senders 1 --size 1024 --encoding text --payload chat --rate 100 --duration $DURATION" ;;
+    chat1000z) echo "$(scenario_args chat1000) --deflate" ;;
+    idlez) echo "idle --connections 10000 --hold 2 --deflate" ;;
     churn) echo "churn --concurrency 32 --duration $DURATION" ;;
   esac
 }
@@ -154,7 +164,7 @@ done
 python3 - "$WORK" "$SCENARIOS" "$REPEAT" "${SERVERS[@]}" <<'PY'
 import json, os, sys
 work, scenarios, repeat, servers = sys.argv[1], sys.argv[2].split(), int(sys.argv[3]), sys.argv[4:]
-KEY = {"idle": "server_anon_kib_per_conn", "churn": "handshakes_per_sec"}
+KEY = {"idle": "server_anon_kib_per_conn", "idlez": "server_anon_kib_per_conn", "churn": "handshakes_per_sec"}
 
 def load(server, scenario):
     """The median run of the scenario by its headline figure (None if every run failed)."""
@@ -174,20 +184,24 @@ def load(server, scenario):
 def cell(r, scenario):
     if r is None or "error" in r and isinstance(r["error"], str):
         return "failed"
-    if scenario == "idle":
+    if scenario in ("idle", "idlez"):
         return f"{r['server_anon_kib_per_conn']:.2f} KiB/conn ({r['held']} held)"
     if scenario == "churn":
         return (f"{r['handshakes_per_sec']/1e3:.1f}k/s, server {r['server_cpu_ns_per_handshake']/1e3:.1f} µs/hs "
                 f"({r['server_cpu_share']*100:.0f}% busy), bench {r['bench_cpu_share']*100:.0f}%")
     lat = r["latency_us"]
     lost = f", lost {r['lost']}" if r["lost"] else ""
+    wire = f", {r['wire_bytes_per_delivery']:.0f} B/dlv on the wire" if scenario.startswith("chat") else ""
     return (f"{r['deliveries_per_sec']/1e6:.2f}M/s, p99 {lat['p99']/1e3:.1f} ms, server {r['server_cpu_ns_per_delivery']:.0f} ns/dlv "
-            f"({r['server_cpu_share']*100:.0f}% busy), bench {r['bench_cpu_share']*100:.0f}%{lost}")
+            f"({r['server_cpu_share']*100:.0f}% busy), bench {r['bench_cpu_share']*100:.0f}%{wire}{lost}")
 
 names = {"fanout100": "fanout R=100 S=1 64 B max (W=256)", "fanout1000": "fanout R=1000 S=1 64 B max (W=256)",
          "paced1000": "fanout R=1000 at 1000 msg/s", "tenbyten": "fanout 10×10 1 KiB max (W=64)",
          "tenbyten256": "fanout 10×10 1 KiB max (W=256)",
-         "idle": "idle 10,000 connections (RssAnon)", "churn": "churn, 32 at a time"}
+         "idle": "idle 10,000 connections (RssAnon)", "churn": "churn, 32 at a time",
+         "chat100": "chat R=100 1 KiB at 1000 msg/s, plain", "chat100z": "chat R=100 1 KiB at 1000 msg/s, deflate offered",
+         "chat1000": "chat R=1000 1 KiB at 100 msg/s, plain", "chat1000z": "chat R=1000 1 KiB at 100 msg/s, deflate offered",
+         "idlez": "idle 10,000 connections, deflate negotiated (RssAnon)"}
 print(f"(median of {repeat} runs per cell)")
 print()
 print("| scenario | " + " | ".join(servers) + " |")

@@ -29,6 +29,83 @@ pub const TEXT_LEN: usize = 44;
 /// What the payload is padded with after the stamp: ASCII, so valid in text frames too.
 pub const FILLER: u8 = b'x';
 
+/// What a message carries after its stamp.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Payload {
+    /// `FILLER` repeated: the cheapest to make, and far more compressible than any chat.
+    Filler,
+    /// Chat-like JSON: a `message` envelope whose text is words from a small vocabulary in
+    /// a pseudo-random order, so deflate finds what it finds in real chat (about 3×).
+    Chat,
+}
+
+/// Words for `Payload::Chat`.
+const WORDS: [&str; 40] = [
+    "the",
+    "meeting",
+    "is",
+    "moved",
+    "to",
+    "three",
+    "o'clock",
+    "please",
+    "bring",
+    "your",
+    "notes",
+    "and",
+    "laptop",
+    "we",
+    "will",
+    "review",
+    "release",
+    "plan",
+    "for",
+    "next",
+    "week",
+    "thanks",
+    "everyone",
+    "who",
+    "helped",
+    "with",
+    "deploy",
+    "yesterday",
+    "great",
+    "work",
+    "on",
+    "tests",
+    "see",
+    "you",
+    "at",
+    "standup",
+    "tomorrow",
+    "morning",
+    "cheers",
+    "ok",
+];
+
+impl Payload {
+    /// A payload of `size` bytes (its start is overwritten by each message's stamp).
+    pub fn template(self, size: usize) -> Vec<u8> {
+        match self {
+            Payload::Filler => vec![FILLER; size],
+            Payload::Chat => {
+                let mut text =
+                    String::from(r#"{"type":"message","id":4242,"room":"team-chat","from":"casey","text":""#);
+                let mut seed: u32 = 0x9e37_79b9;
+                while text.len() < size {
+                    seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223); // an LCG: same text every run
+                    text.push_str(WORDS[(seed >> 16) as usize % WORDS.len()]);
+                    text.push(' ');
+                }
+                let mut bytes = text.into_bytes();
+                bytes.truncate(size);
+                bytes
+            }
+        }
+    }
+}
+
 /// How messages are framed and stamped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

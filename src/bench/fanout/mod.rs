@@ -32,7 +32,7 @@ mod summary;
 use std::time::Duration;
 
 use super::report::{self, CpuMark};
-use super::stamp::Encoding;
+use super::stamp::{Encoding, Payload};
 use super::track::AckRing;
 use super::{check_duration, check_range, Bench, BenchError, Common, IDLE_POLL};
 use crate::config::{parse_duration, parse_size};
@@ -115,6 +115,11 @@ pub struct FanoutArgs {
     /// Binary or text frames.
     #[arg(long, value_enum, default_value = "binary")]
     pub encoding: Encoding,
+
+    /// What follows the stamp: `x` repeated, or chat-like JSON text (words from a small
+    /// vocabulary), which compresses about as real chat does (for --deflate runs).
+    #[arg(long, value_enum, default_value = "filler")]
+    pub payload: Payload,
 }
 
 /// Runs the scenario.

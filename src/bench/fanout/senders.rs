@@ -10,7 +10,7 @@ use super::{FanoutArgs, Rate, Timeline, MAX_SENDS_PER_TURN, PACED_OUTBOX_CAP};
 use crate::bench::pacing::Pacer;
 use crate::bench::pool::Pool;
 use crate::bench::report;
-use crate::bench::stamp::{Encoding, Stamp, FILLER};
+use crate::bench::stamp::{Encoding, Stamp};
 use crate::bench::track::AckRing;
 
 /// The sending side: what each sender has sent and may send next.
@@ -40,7 +40,7 @@ impl Senders {
                 Rate::Max => None,
             },
             window: u64::from(args.window),
-            template: vec![FILLER; args.size],
+            template: args.payload.template(args.size),
             encoding: args.encoding,
             t0: timeline.t0,
             measure: timeline.measure_from..timeline.measure_to,
