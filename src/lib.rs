@@ -35,8 +35,9 @@
 //!
 //! What happens when a client sends a text frame, from the readiness event to the
 //! `writev`, as the functions that do it. Read three files in this order to follow it:
-//! this tour, `server/mod.rs` (the loop and the read path), `server/broadcast.rs`
-//! (routing); the calls into `proto` and `chat` are named here so they can be looked up.
+//! this tour, `server/read.rs` (the read path, with the loop's phases one file up in
+//! `server/mod.rs`), `server/broadcast.rs` (routing); the calls into `proto` and `chat`
+//! are named here so they can be looked up.
 //!
 //! 1. `Server::wait`: `poll` returns a READABLE event for the client's `Token`.
 //! 2. `Server::dispatch` → `Server::read_client`: `read` until WouldBlock (at most

@@ -313,6 +313,26 @@ pub(super) fn set_phase(census: &mut Census, conn: &mut Conn, phase: Phase) {
 
 /// Lists a connection for the next flush (once).
 #[inline]
+/// `wss://`: decrypts one read's ciphertext into `plain`, listing the connection for the
+/// flush when TLS has records to send (handshake messages, the upgrade request released
+/// by the end of the handshake, or an alert for an error). Returns whether the server's
+/// close_notify came, or the error's kind.
+pub(super) fn decrypt_read(
+    conn: &mut Conn,
+    key: usize,
+    ciphertext: &[u8],
+    plain: &mut Vec<u8>,
+    dirty: &mut Vec<usize>,
+) -> Result<bool, String> {
+    let Some(tls) = conn.tls.as_deref_mut() else { return Ok(false) };
+    plain.clear();
+    let decrypted = tls.decrypt(ciphertext, plain);
+    if tls.wants_write() {
+        mark_dirty(dirty, key, conn);
+    }
+    decrypted
+}
+
 pub(super) fn mark_dirty(dirty: &mut Vec<usize>, key: usize, conn: &mut Conn) {
     if !conn.dirty {
         conn.dirty = true;

@@ -6,6 +6,10 @@
 //! the closing handshake), timeouts, and error counts by kind. Must not touch: what a
 //! scenario measures; data frames go to a [`Handler`] the scenario supplies.
 //!
+//! This file runs a little past 500 lines: it is the pool's one loop (`Pool` and its
+//! turn), kept whole so the read and write paths read side by side; the per-connection
+//! codec is `conn.rs`, sockets `socket.rs`, TLS `tls.rs`.
+//!
 //! A scenario drives the pool one turn at a time, in this order:
 //!
 //! 1. **Queue**: the scenario queues its messages ([`Pool::send`]) and opens or closes
@@ -51,7 +55,7 @@ use super::wire::{Frame, FrameReader, Handshake};
 use crate::proto::deflate::{Compressor, DEFAULT_THRESHOLD};
 use crate::proto::frame::{write_masked_frame, OpCode};
 use crate::sys::nb::retrying;
-use conn::{mark_dirty, queue_close, set_phase, take_input, Census, Conn, Phase, CLOSE_NORMAL};
+use conn::{decrypt_read, mark_dirty, queue_close, set_phase, take_input, Census, Conn, Phase, CLOSE_NORMAL};
 pub use socket::io_kind;
 use socket::{connect, connect_outcome};
 use tls::ClientTls;
@@ -495,32 +499,19 @@ impl Pool {
             }
             let now_ns = self.start.elapsed().as_nanos() as u64;
             let mut peer_closed = false; // wss://: the server's close_notify came in this read
-            let input = match conn.tls.as_deref_mut() {
-                None => &self.scratch[..n],
-                Some(tls) => {
-                    self.plain.clear();
-                    let decrypted = tls.decrypt(&self.scratch[..n], &mut self.plain);
-                    if tls.wants_write() {
-                        // Handshake messages, the upgrade request released by the end of
-                        // the handshake, or an alert for the error below.
-                        mark_dirty(&mut self.dirty, key, conn);
+            let input = match conn.tls.is_some() {
+                false => &self.scratch[..n],
+                true => match decrypt_read(conn, key, &self.scratch[..n], &mut self.plain, &mut self.dirty) {
+                    Ok(closed) => {
+                        peer_closed = closed;
+                        &self.plain[..]
                     }
-                    match decrypted {
-                        Ok(closed) => peer_closed = closed,
-                        Err(kind) => return self.end(key, End::Failed(kind), handler),
-                    }
-                    &self.plain[..]
-                }
+                    Err(kind) => return self.end(key, End::Failed(kind), handler),
+                },
             };
             if !input.is_empty() {
-                let outcome = take_input(
-                    conn,
-                    input,
-                    now_ns,
-                    self.config.close_timeout.as_nanos() as u64,
-                    &mut self.census,
-                    handler,
-                );
+                let close_timeout_ns = self.config.close_timeout.as_nanos() as u64;
+                let outcome = take_input(conn, input, now_ns, close_timeout_ns, &mut self.census, handler);
                 if outcome.wrote {
                     mark_dirty(&mut self.dirty, key, conn);
                 }
