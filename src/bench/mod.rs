@@ -84,7 +84,7 @@ pub enum Scenario {
 /// Flags every scenario takes.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Common {
-    /// The relay to load, ws://HOST[:PORT]/PATH or wss://HOST[:PORT]/PATH (TLS, default
+    /// The relay to load, ws://HOST(:PORT)/PATH or wss://HOST(:PORT)/PATH (TLS, default
     /// port 443); every client of this URL gets the others' messages.
     #[arg(long, default_value = DEFAULT_URL)]
     pub url: String,

@@ -27,7 +27,7 @@
 //! Per data frame the pool does a header parse and one call; the clock is read once
 //! per `read(2)`, not per frame (every frame of one read arrived at the same moment).
 //!
-//! `wss://` connections carry a sans-IO rustls session ([`tls`]): the same reads and
+//! `wss://` connections carry a sans-IO rustls session (`tls`): the same reads and
 //! writes, with ciphertext decrypted into a second shared buffer before `take_input`
 //! and the outbox encrypted on its way to the socket. Plain connections only test that
 //! the session is absent. `bytes_read` counts what the socket delivered (ciphertext).
