@@ -309,7 +309,7 @@ impl Chat {
         }
         let exp = fresh.exp;
         let user = self.users.get_mut(&conn).expect("callers pass connected users");
-        user.identity = Some(fresh);
+        user.identity = Some(Box::new(fresh));
         let seats = self.users[&conn].seats.clone();
         let lost: Vec<Seat> =
             seats.into_iter().filter(|s| self.may_join(conn, self.rooms.name(s.room)).is_err()).collect();

@@ -85,14 +85,14 @@ pub struct ChatLimits {
 /// One connection of a user (with tokens, one user may hold several: two tabs, a phone).
 #[derive(Debug)]
 struct User {
-    name: String,               // unique among users; shared by one user's connections
-    json: bool,                 // speaks pollcast.v1
-    seats: Vec<Seat>,           // rooms it is in; a raw user has at most one, its current room
-    bucket: Bucket,             // what is left of its message allowance (`max_rate`)
-    rate_limited: bool,         // `max_rate` applies (the shell exempts loopback by default)
-    identity: Option<Identity>, // with tokens: user id, expiry, the rooms it may join and send to
-    upload: Option<Upload>,     // a file arriving (or a refused one's bytes being skipped): `files.rs`
-    deflate: bool,              // takes compressed broadcasts (the shell's judgement at the upgrade)
+    name: String,                    // unique among users; shared by one user's connections
+    json: bool,                      // speaks pollcast.v1
+    seats: Vec<Seat>,                // rooms it is in; a raw user has at most one, its current room
+    bucket: Bucket,                  // what is left of its message allowance (`max_rate`)
+    rate_limited: bool,              // `max_rate` applies (the shell exempts loopback by default)
+    identity: Option<Box<Identity>>, // with tokens: user id, expiry, rooms (boxed: an anonymous user stays small)
+    upload: Option<Upload>,          // a file arriving (or a refused one's bytes being skipped): `files.rs`
+    deflate: bool,                   // takes compressed broadcasts (the shell's judgement at the upgrade)
 }
 
 /// A message body as the chat received it: text is already proven UTF-8 by `proto`.
@@ -205,6 +205,7 @@ impl Chat {
         self.names.entry(name.clone()).or_default().push(conn);
         let bucket = Bucket::full(self.limits.max_rate, now_ms);
         let seats = Vec::new();
+        let identity = identity.map(Box::new);
         self.users.insert(conn, User { name, json, seats, bucket, rate_limited, identity, upload: None, deflate });
         if let Some(e) = refused {
             // Before anything else, so a raw client (which gets no `welcome`) reads why.
@@ -237,6 +238,15 @@ impl Chat {
                 self.expiries.remove(&(exp, conn));
             }
         }
+    }
+
+    /// Who `conn` is and where, for the access log: its user id with tokens, else its
+    /// name; and its (first) room, `-` when in none.
+    pub fn describe(&self, conn: usize) -> Option<(String, String)> {
+        let user = self.users.get(&conn)?;
+        let who = user.identity.as_ref().map_or(&user.name, |identity| &identity.user).clone();
+        let room = user.seats.first().map_or("-", |seat| self.rooms.name(seat.room)).to_owned();
+        Some((who, room))
     }
 
     /// The soonest token expiry among connected users (Unix seconds), for the shell's
@@ -460,5 +470,16 @@ impl Chat {
                 return name;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod size {
+    /// Every connection has a `User`: it must stay small (tokens and uploads are boxed).
+    #[test]
+    fn a_user_stays_small() {
+        let size = std::mem::size_of::<super::User>();
+        eprintln!("User: {size} bytes");
+        assert!(size <= 128, "User grew to {size} bytes");
     }
 }

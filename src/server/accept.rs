@@ -56,7 +56,7 @@ impl Server {
         }
         let tls = match self.certs.as_ref().map(Certs::accept) {
             None => None,
-            Some(Ok(session)) => Some(session),
+            Some(Ok(session)) => Some(Box::new(session)),
             Some(Err(e)) => return log::warn!("cannot start TLS for {peer}: {e}"),
         };
         let counted = (!self.trusted(peer.ip())).then(|| peer.ip().to_canonical()).filter(|&ip| self.limited(ip));
@@ -73,7 +73,7 @@ impl Server {
         &mut self,
         mut stream: TcpStream,
         peer: SocketAddr,
-        tls: Option<TlsSession>,
+        tls: Option<Box<TlsSession>>,
     ) -> Option<&mut Client> {
         let entry = self.clients.vacant_entry();
         let key = entry.key();

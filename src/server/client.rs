@@ -20,12 +20,12 @@ use crate::proto::session::{Phase, Session};
 /// A connected client: the Rust form of one entry of PHP's `$clients` array plus its
 /// `$handshake[$i]` flag (now `session.phase()`) and read buffer.
 pub struct Client {
-    pub stream: TcpStream,          // the non-blocking socket, registered with Token(slab key)
-    pub tls: Option<TlsSession>,    // `wss://`: the TLS state between the socket and everything else
-    pub peer: SocketAddr,           // the TCP peer (a reverse proxy, when there is one)
-    pub addr: IpAddr,               // the client's address: the peer's, or the one a trusted proxy forwarded
-    pub counted: Option<IpAddr>,    // the address this connection counts against in the per-address limits
-    pub session: Session,           // protocol state: phase, assembly, timers
+    pub stream: TcpStream,               // the non-blocking socket, registered with Token(slab key)
+    pub tls: Option<Box<TlsSession>>, // `wss://`: the TLS state between the socket and the rest (boxed: a plain slot stays small)
+    pub peer: SocketAddr,             // the TCP peer (a reverse proxy, when there is one)
+    pub addr: IpAddr,                 // the client's address: the peer's, or the one a trusted proxy forwarded
+    pub counted: Option<IpAddr>,      // the address this connection counts against in the per-address limits
+    pub session: Session,             // protocol state: phase, assembly, timers
     pub inbox: Vec<u8>, // bytes read but not consumed (a partial head or frame); empty, unallocated, otherwise
     pub queue: WriteQueue, // encoded frames waiting to be written, shared with other queues
     pub dirty: bool,    // already listed for this turn's flush
@@ -34,17 +34,25 @@ pub struct Client {
     pub registered: Interest, // the interest the poller currently has for this socket
     pub admin: bool,    // came in on the admin port: HTTP requests only
     pub upgraded: Option<Upgraded>, // what the access log line says of it, once upgraded
+    pub farewell: Option<Box<Farewell>>, // who and where it was, taken from the chat as it leaves
     pub traffic: Traffic, // messages and bytes each way, for the access log
 }
 
-/// What an upgraded connection was, for its access log line.
-#[derive(Debug)]
+/// What an upgraded connection was, for its access log line. No strings: an idle
+/// connection pays for what it is, not for the line it will be logged with.
+#[derive(Debug, Clone, Copy)]
 pub struct Upgraded {
     pub at: Instant,   // when the 101 was sent
-    pub room: String,  // the room of its URL
-    pub user: String,  // the name it came in under (with tokens, the token's user id)
     pub json: bool,    // spoke pollcast.v1
     pub deflate: bool, // agreed to permessage-deflate
+}
+
+/// Who a connection was and where, taken from the chat when it leaves (the chat forgets
+/// it then), for the access log line written when its slot is reaped.
+#[derive(Debug)]
+pub struct Farewell {
+    pub user: String, // its name (with tokens, the token's user id)
+    pub room: String, // the room it was in (its first, for a JSON client in several)
 }
 
 /// Messages and bytes each way over a connection's life.
@@ -57,7 +65,7 @@ pub struct Traffic {
 }
 
 impl Client {
-    pub fn new(stream: TcpStream, peer: SocketAddr, session: Session, tls: Option<TlsSession>) -> Client {
+    pub fn new(stream: TcpStream, peer: SocketAddr, session: Session, tls: Option<Box<TlsSession>>) -> Client {
         Client {
             stream,
             tls,
@@ -73,6 +81,7 @@ impl Client {
             registered: Interest::READABLE,
             admin: false,
             upgraded: None,
+            farewell: None,
             traffic: Traffic::default(),
         }
     }
@@ -90,7 +99,7 @@ impl Client {
 
     /// TLS records (handshake messages, data, an alert) wait for the socket.
     pub fn tls_wants_write(&self) -> bool {
-        self.tls.as_ref().is_some_and(TlsSession::wants_write)
+        self.tls.as_ref().is_some_and(|tls| tls.wants_write())
     }
 
     /// Writes what is queued as far as the socket takes it: one `writev` of the queue's
@@ -161,5 +170,18 @@ impl Client {
     /// Whether the linger after CLOSED is over.
     pub fn expired(&self, now: Instant) -> bool {
         self.session.is_expired(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// An idle connection costs its slab slot and little else (no read buffer, no queue
+    /// ring, no TLS state unless it speaks TLS): the slot must stay small, so what a new
+    /// feature adds to every connection is a choice made here, not by accident.
+    #[test]
+    fn a_client_slot_stays_small() {
+        let size = std::mem::size_of::<super::Client>();
+        eprintln!("Client slot: {size} bytes");
+        assert!(size <= 640, "Client grew to {size} bytes: box what an idle connection does not need");
     }
 }

@@ -63,7 +63,7 @@ use crate::proto::handshake::SUBPROTOCOL_JSON;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 use broadcast::Router;
-use client::Client;
+use client::{Client, Farewell};
 use history::History;
 use listener::Listener;
 use metrics::Stats;
@@ -372,8 +372,8 @@ impl Server {
         let t = client.traffic;
         let fields: [(&str, String); 12] = [
             ("addr", client.addr.to_string()),
-            ("room", upgraded.room.clone()),
-            ("user", upgraded.user.clone()),
+            ("room", client.farewell.as_ref().map_or("-", |f| f.room.as_str()).to_owned()),
+            ("user", client.farewell.as_ref().map_or("-", |f| f.user.as_str()).to_owned()),
             ("protocol", if upgraded.json { SUBPROTOCOL_JSON } else { "raw" }.to_owned()),
             ("deflate", if upgraded.deflate { "on" } else { "off" }.to_owned()),
             ("close", code.to_string()),
@@ -406,9 +406,13 @@ impl Server {
     /// consumer, timeout, shutdown): its rooms are told, its name is free, it gets no
     /// more messages. Idempotent.
     fn part(&mut self, key: usize) {
-        if self.chat.has(key) {
-            self.chat.disconnect(key, self.router.outbox());
+        if !self.chat.has(key) {
+            return;
         }
+        if let Some(client) = self.clients.get_mut(key).filter(|c| c.farewell.is_none()) {
+            client.farewell = self.chat.describe(key).map(|(user, room)| Box::new(Farewell { user, room }));
+        }
+        self.chat.disconnect(key, self.router.outbox());
     }
 }
 

@@ -98,10 +98,7 @@ impl Server {
             client.session.use_deflate(agreed);
         }
         client.session.accept(self.now);
-        let user = admission.identity.as_ref().map(|identity| identity.user.clone());
-        let user = user.or_else(|| admission.name.clone()).unwrap_or_default();
-        let deflate = agreed.is_some();
-        client.upgraded = Some(Upgraded { at: self.now, room: admission.room.clone(), user, json, deflate });
+        client.upgraded = Some(Upgraded { at: self.now, json, deflate: agreed.is_some() });
         log::debug!("conn {key}: {} joined room {}", client.addr, admission.room);
         let extensions = agreed.map(|agreed| agreed.response_header());
         self.router.outbox().own(key, handshake::switching_protocols(upgrade, extensions.as_deref()), false);
