@@ -55,7 +55,7 @@ status=0
 (
   cd tests/browser
   files=("$@")
-  [ "${#files[@]}" -gt 0 ] || files=(chat.test.mjs layout.test.mjs auth.test.mjs files.test.mjs)
+  [ "${#files[@]}" -gt 0 ] || files=(chat.test.mjs layout.test.mjs auth.test.mjs files.test.mjs tls.test.mjs)
   POLLCAST_URL="http://127.0.0.1:$port/" ARTIFACTS_DIR="$root/test-artifacts" HISTORY_DEFAULT=10 \
     POLLCAST_BIN="$bin" timeout 240 node --test --test-concurrency=1 --test-reporter=spec "${files[@]##*/}"
 ) || status=$?
