@@ -241,27 +241,19 @@ fn fanout_closed_loop_with_several_senders() {
     assert_eq!(report["server_cpu_ns_per_delivery"], Value::Null);
 }
 
+/// A short paced fanout of 300-byte messages to 3 receivers, offering permessage-deflate.
+fn deflate_fanout(url: &str) -> Vec<&str> {
+    let mut args = vec!["fanout", "--url", url, "--receivers", "3", "--rate", "200", "--duration", "0.5"];
+    args.extend(["--size", "300", "--deflate"]);
+    args
+}
+
 /// `--deflate` against a server that does not speak permessage-deflate (`--deflate off`):
 /// the offer is declined, frames stay plain, and everything is delivered as before.
 #[test]
 fn fanout_with_deflate_offered_but_declined() {
     let server = Server::start_with(&["--deflate", "off"]);
-    let url = server.url("smoke-deflate");
-    let args = [
-        "fanout",
-        "--url",
-        &url,
-        "--receivers",
-        "3",
-        "--rate",
-        "200",
-        "--duration",
-        "0.5",
-        "--size",
-        "300",
-        "--deflate",
-    ];
-    let report = bench_json(&args);
+    let report = bench_json(&deflate_fanout(&server.url("smoke-deflate")));
     assert!(number(&report, "deliveries") > 0);
     assert_eq!(number(&report, "deliveries"), 3 * number(&report, "sent"), "{report}");
     assert_eq!(number(&report, "lost"), 0, "{report}");
@@ -275,22 +267,7 @@ fn fanout_with_deflate_offered_but_declined() {
 #[test]
 fn fanout_with_deflate_accepted() {
     let server = Server::start();
-    let url = server.url("smoke-deflate-on");
-    let args = [
-        "fanout",
-        "--url",
-        &url,
-        "--receivers",
-        "3",
-        "--rate",
-        "200",
-        "--duration",
-        "0.5",
-        "--size",
-        "300",
-        "--deflate",
-    ];
-    let report = bench_json(&args);
+    let report = bench_json(&deflate_fanout(&server.url("smoke-deflate-on")));
     assert!(number(&report, "deliveries") > 0);
     assert_eq!(number(&report, "deliveries"), 3 * number(&report, "sent"), "{report}");
     assert_eq!(number(&report, "lost"), 0, "{report}");

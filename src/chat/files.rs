@@ -354,16 +354,7 @@ mod tests {
     }
 
     fn json_arrival(conn: usize, name: &str) -> Arrival<'_> {
-        Arrival {
-            conn,
-            json: true,
-            name: Some(name),
-            room: "lobby",
-            history: None,
-            identity: None,
-            rate_limited: true,
-            deflate: false,
-        }
+        crate::chat::tests::arrival(conn, true, name)
     }
 
     /// `lobby()` with history on: raw `ann` (1), JSON `jay` (2).

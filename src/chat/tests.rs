@@ -64,7 +64,7 @@ pub(super) fn to(list: &[(usize, String)], conn: usize) -> Vec<String> {
     list.iter().filter(|(c, _)| *c == conn).map(|(_, t)| t.clone()).collect()
 }
 
-fn arrival(conn: usize, json: bool, name: &str) -> Arrival<'_> {
+pub(super) fn arrival(conn: usize, json: bool, name: &str) -> Arrival<'_> {
     Arrival {
         conn,
         json,
