@@ -11,7 +11,7 @@ use super::record::{Query, DM_ROOM};
 use super::reply::{DmView, Failure, Reply};
 use super::rooms::{valid_room_name, Member, Seat};
 use super::text::{line_text, Command};
-use super::{Ack, Author, Chat, Said};
+use super::{Ack, Author, Chat, Place, Said};
 use crate::proto::frame::OpCode;
 
 impl Chat {
@@ -21,13 +21,12 @@ impl Chat {
         let Some(&seat) = self.users[&conn].seats.first() else {
             return Err(Failure::new("not_member", "you are in no room (try /join ROOM)"));
         };
-        let room = self.rooms.name(seat.room).to_owned();
-        self.may_publish(conn, &room)?;
-        let id = self.accept(Author::Conn(conn), &room, None, said, now_ms, out);
+        self.may_publish(conn, self.rooms.name(seat.room))?;
+        let id = self.accept(Author::Conn(conn), Place::Room(seat.room), None, said, now_ms, out);
         let (raw, json) = match said {
             Said::Text(text) if self.rooms.has_json_members(seat.room) => {
-                let from = &self.users[&conn].name;
-                let envelope = Envelope::Message { id, room: &room, from, text: line_text(text), ts: now_ms };
+                let (room, from) = (self.rooms.name(seat.room), &self.users[&conn].name);
+                let envelope = Envelope::Message { id, room, from, text: line_text(text), ts: now_ms };
                 ((OpCode::Text, text.as_bytes()), Some(envelope.to_json()))
             }
             Said::Text(text) => ((OpCode::Text, text.as_bytes()), None),
@@ -180,7 +179,7 @@ impl Chat {
         let room_id = self.membership(conn, room)?;
         self.may_publish(conn, room)?;
         self.check_text(text)?;
-        let id = self.accept(Author::Conn(conn), room, None, Said::Text(text), now_ms, out);
+        let id = self.accept(Author::Conn(conn), Place::Named(room), None, Said::Text(text), now_ms, out);
         let envelope = Envelope::Message { id, room, from: &self.users[&conn].name, text, ts: now_ms }.to_json();
         let deflate = self.deflate_for(room_id, Some(conn));
         out.to_room(room_id, Some(conn), Some((OpCode::Text, text.as_bytes())), Some(&envelope), deflate);
@@ -205,7 +204,7 @@ impl Chat {
             return Err(Failure::new("no_such_user", format!("{to} is not connected")));
         };
         self.check_text(text)?;
-        let id = self.accept(Author::Conn(conn), DM_ROOM, Some(to), Said::Text(text), now_ms, out);
+        let id = self.accept(Author::Conn(conn), Place::Named(DM_ROOM), Some(to), Said::Text(text), now_ms, out);
         let sender = &self.users[&conn];
         let dm = DmView { id, from: &sender.name, to, text, ts: now_ms };
         for &target in &targets {

@@ -11,7 +11,7 @@ use super::outbox::Outbox;
 use super::record::DM_ROOM;
 use super::reply::{DmView, Failure, Reply};
 use super::rooms::valid_room_name;
-use super::{Author, Chat, Said};
+use super::{Author, Chat, Place, Said};
 use crate::proto::frame::OpCode;
 
 /// The name the application posts under when it gives none.
@@ -35,7 +35,7 @@ impl Chat {
         names::validate(from)
             .map_err(|_| Failure::new("bad_field", "from must be 1-32 printable characters, no spaces"))?;
         self.check_text(text)?;
-        let id = self.accept(Author::Named(from), room, None, Said::Text(text), now_ms, out);
+        let id = self.accept(Author::Named(from), Place::Named(room), None, Said::Text(text), now_ms, out);
         if let Some(room_id) = self.rooms.find(room) {
             let envelope = Envelope::Message { id, room, from, text, ts: now_ms }.to_json();
             out.to_room(
@@ -57,7 +57,7 @@ impl Chat {
             return Err(Failure::new("no_such_user", format!("{to} is not connected")));
         };
         self.check_text(text)?;
-        let id = self.accept(Author::Named(from), DM_ROOM, Some(to), Said::Text(text), now_ms, out);
+        let id = self.accept(Author::Named(from), Place::Named(DM_ROOM), Some(to), Said::Text(text), now_ms, out);
         for target in targets {
             self.tell(target, Reply::Dm(DmView { id, from, to, text, ts: now_ms }), out);
         }

@@ -39,7 +39,7 @@ use super::outbox::Outbox;
 use super::record::{FileMeta, Record, DM_ROOM};
 use super::reply::{Failure, FileView, Reply};
 use super::text::file_line;
-use super::{Ack, Author, Chat, Said};
+use super::{Ack, Author, Chat, Place, Said};
 use crate::proto::frame::{write_frame, OpCode};
 
 /// Longest file name, in bytes (what most file systems allow for one name).
@@ -312,7 +312,7 @@ impl Chat {
         now_ms: u64,
         out: &mut Outbox,
     ) -> u64 {
-        let id = self.accept(Author::Conn(conn), room, to, Said::Binary(&[]), now_ms, out);
+        let id = self.accept(Author::Conn(conn), Place::Named(room), to, Said::Binary(&[]), now_ms, out);
         // With history on, `accept` just pushed this message's record (bodiless): make it the file.
         if let Some(record) = out.records.last_mut().filter(|record| record.id == id) {
             record.body = data;

@@ -110,6 +110,14 @@ enum Author<'a> {
     Named(&'a str),
 }
 
+/// Where a message goes, for its record: a room by id (the relay's hot path, so no name
+/// is copied unless history keeps it), or by name (a request's room, `DM_ROOM`).
+#[derive(Debug, Clone, Copy)]
+enum Place<'a> {
+    Room(RoomId),
+    Named(&'a str),
+}
+
 /// The chat state of the whole server.
 #[derive(Debug)]
 pub struct Chat {
@@ -312,10 +320,14 @@ impl Chat {
 
     /// Accepts a message: the next id, one more in the count, and a record for history
     /// (when it is on). Every message a client sends passes here exactly once.
-    fn accept(&mut self, author: Author, room: &str, to: Option<&str>, body: Said, ts: u64, out: &mut Outbox) -> u64 {
+    fn accept(&mut self, author: Author, place: Place, to: Option<&str>, body: Said, ts: u64, out: &mut Outbox) -> u64 {
         self.last_id += 1;
         self.messages += 1;
         if self.limits.history {
+            let room = match place {
+                Place::Room(id) => self.rooms.name(id),
+                Place::Named(name) => name,
+            };
             let (binary, body) = match body {
                 Said::Text(text) => (false, text.as_bytes()),
                 Said::Binary(data) => (true, data),
