@@ -368,6 +368,9 @@ impl Chat {
     /// that is the only one).
     fn deflate_for(&self, room: RoomId, except: Option<usize>) -> Deflate {
         let mut count = self.rooms.deflaters(room);
+        if count.raw == 0 && count.json == 0 {
+            return Deflate { raw: false, json: false }; // the plain relay's case: no user lookup
+        }
         let sender = except.and_then(|conn| self.users.get(&conn));
         if let Some(sender) = sender.filter(|u| u.deflate && u.seats.iter().any(|s| s.room == room)) {
             let slot = if sender.json { &mut count.json } else { &mut count.raw };
