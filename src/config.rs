@@ -15,6 +15,8 @@ use crate::chat::ChatLimits;
 use crate::proto::deflate::{DeflateConfig, DEFAULT_THRESHOLD};
 use crate::proto::handshake::RequestLimits;
 use crate::proto::session::Limits;
+use crate::redis::RedisUrl;
+use crate::server::cluster::ClusterConfig;
 use crate::server::peers::Cidr;
 
 /// What the server does with a data message.
@@ -222,9 +224,53 @@ pub struct Config {
     #[arg(long, env = "POLLCAST_DEFLATE_THRESHOLD", default_value_t = DEFAULT_THRESHOLD, value_parser = parse_size)]
     pub deflate_threshold: usize,
 
+    /// Join a cluster of nodes through Redis: redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]
+    /// (the password is never logged). Without it the node stands alone, as always.
+    #[arg(long, env = "POLLCAST_REDIS", value_name = "URL")]
+    pub redis: Option<SecretUrl>,
+
+    /// This node's id in the cluster (letters, digits, - _ .) [default: generated at start].
+    #[arg(long, env = "POLLCAST_NODE_ID", requires = "redis")]
+    pub node_id: Option<String>,
+
+    /// Longest wait on Redis: a connect, the handshake, and the oldest command's reply.
+    /// Past it the link is dropped and reconnects (so a stuck Redis is never a hang).
+    #[arg(long, env = "POLLCAST_REDIS_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+
+    /// Longest delay between reconnect attempts (they start at 100ms and double).
+    #[arg(long, env = "POLLCAST_REDIS_BACKOFF_MAX", default_value = "5s", value_parser = parse_duration)]
+    pub redis_backoff_max: Duration,
+
+    /// Bytes one Redis link may hold: queued to write, or read and not yet a whole reply.
+    /// Past it the command is refused (or the link dropped and reconnected).
+    #[arg(long, env = "POLLCAST_REDIS_MAX_BUFFER", default_value = "16MiB", value_parser = parse_size)]
+    pub redis_max_buffer: usize,
+
     /// Rooms guests may join and send to (repeatable; names, prefixes ending in *, or *).
     #[arg(long = "guest-rooms", env = "POLLCAST_GUEST_ROOMS", value_delimiter = ',', default_value = "lobby")]
     pub guest_rooms: Vec<String>,
+}
+
+/// A URL that may hold a password (`--redis`): taken as given (a clap parse error would
+/// print the value), parsed by `Config::cluster`, and never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(pub String);
+
+impl std::str::FromStr for SecretUrl {
+    type Err = std::convert::Infallible;
+    fn from_str(text: &str) -> Result<SecretUrl, Self::Err> {
+        Ok(SecretUrl(text.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match RedisUrl::parse(&self.0) {
+            Ok(url) => write!(f, "{url}"),
+            Err(_) => f.write_str("(an unparsable URL)"),
+        }
+    }
 }
 
 /// A feature switch: `on` or `off`.
@@ -274,6 +320,31 @@ impl Config {
     /// Silence before a client is closed: `--idle-timeout`, else twice the ping interval.
     pub fn idle_timeout(&self) -> Duration {
         self.idle_timeout_flag.unwrap_or(2 * self.ping_interval)
+    }
+
+    /// The cluster settings with `--redis`, else `None`; an error (without the
+    /// password) when the URL or the node id is bad.
+    pub fn cluster(&self) -> Result<Option<ClusterConfig>, String> {
+        let Some(SecretUrl(text)) = &self.redis else { return Ok(None) };
+        let url = RedisUrl::parse(text).map_err(|e| format!("--redis: {e}"))?;
+        if url.tls {
+            return Err(
+                "--redis: rediss:// (TLS to Redis) is not supported yet; use redis:// on a trusted network".into()
+            );
+        }
+        let node = match &self.node_id {
+            Some(id)
+                if !id.is_empty()
+                    && id.len() <= 64
+                    && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) =>
+            {
+                id.clone()
+            }
+            Some(_) => return Err("--node-id: 1-64 of letters, digits, - _ .".into()),
+            None => generated_node_id(),
+        };
+        let limits = (self.redis_max_buffer, self.redis_timeout, self.redis_backoff_max);
+        Ok(Some(ClusterConfig::new(url, node, limits.0, limits.1, limits.2)))
     }
 
     /// The history database, or `None` with `--no-history`.
@@ -511,6 +582,13 @@ pub fn human_bytes(bytes: usize) -> String {
         b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{}KiB", b >> 10),
         b => format!("{b}B"),
     }
+}
+
+/// A node id unique enough for a cluster: this process's id and the start time's
+/// nanoseconds, in hex (`--node-id` names one instead).
+fn generated_node_id() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("n{:x}-{nanos:x}", std::process::id())
 }
 
 #[cfg(test)]

@@ -105,6 +105,7 @@ pub mod chat;
 pub mod config;
 pub mod logging;
 pub mod proto;
+pub mod redis;
 pub mod server;
 pub mod store;
 pub mod sys;

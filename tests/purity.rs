@@ -132,6 +132,13 @@ fn the_chat_uses_no_sockets_no_clock_no_shell_and_no_store() {
     assert!(found.is_empty(), "src/chat/ must stay pure (see tests/purity.rs):\n{}", found.join("\n"));
 }
 
+/// The Redis protocol is pure too: the shell (`server/cluster.rs`) owns its sockets.
+#[test]
+fn the_redis_protocol_uses_no_sockets_no_clock_and_no_shell() {
+    let found = scan("redis", 3, &[("crate::server", "the shell drives the link; the link never calls it")]);
+    assert!(found.is_empty(), "src/redis/ must stay pure (see tests/purity.rs):\n{}", found.join("\n"));
+}
+
 /// The scanner itself: it must catch what it is meant to, and only that.
 #[test]
 fn the_scanner_catches_each_forbidden_name() {

@@ -210,7 +210,8 @@ impl Server {
                 );
             }
             (Method::Get | Method::Head, ["healthz"]) => {
-                return http_response(Status::Ok, "text/plain; charset=utf-8", b"ok\n")
+                let degraded = self.cluster.as_ref().and_then(|cluster| cluster.degraded(self.now));
+                return super::http::healthz(degraded.as_deref());
             }
             (Method::Post, ["api", "publish"]) => self.api_publish(request),
             (Method::Post, ["api", "dm"]) => self.api_dm(request),

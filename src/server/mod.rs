@@ -22,20 +22,25 @@
 //! 7. **Commit** (`commit`): what timers, departures and shutdown produced is routed, then
 //!    this turn's records are committed to history in one transaction, before any byte
 //!    of the turn leaves; acks follow.
-//! 8. **Flush** (`flush`): every client with queued bytes gets one vectored write (or a
+//! 8. **Redis** (`redis`, with `--redis` only: `cluster.rs`): links that timed out are
+//!    dropped, reconnects that are due start, this turn's replies and published
+//!    messages are acted on, and the commands the turn queued are written.
+//! 9. **Flush** (`flush`): every client with queued bytes gets one vectored write (or a
 //!    few); WRITABLE interest is registered only where bytes remain.
-//! 9. **Reap** (`reap`): clients marked gone during the turn are removed from the slab,
-//!    never mid-dispatch, so a stale event for a reused token cannot hit the wrong client.
+//! 10. **Reap** (`reap`): clients marked gone during the turn are removed from the
+//!     slab, never mid-dispatch, so a stale event for a reused token cannot hit the
+//!     wrong client.
 //!
 //! Where each phase lives: `mod.rs` holds the loop's state and the phases that are a
 //! few lines (wait, now, dispatch, commit, flush, reap); `accept.rs` new connections
-//! and the accept pause; `read.rs` the reading of a client; `upgrade.rs` the request
+//! and the accept pause; `read.rs` the reading of a client; `cluster.rs` the Redis links; `upgrade.rs` the request
 //! head and the upgrade; `timers.rs` the timers and signals; `broadcast.rs` routing.
 
 mod accept;
 mod admin;
 mod broadcast;
 mod client;
+pub mod cluster;
 mod history;
 pub mod http;
 mod listener;
@@ -64,6 +69,7 @@ use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 use broadcast::Router;
 use client::{Client, Farewell};
+use cluster::Cluster;
 use history::History;
 use listener::Listener;
 use metrics::Stats;
@@ -76,6 +82,10 @@ const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
 /// The admin port's listening socket.
 const ADMIN_LISTENER: Token = Token(usize::MAX - 3);
+/// The Redis commands link (`cluster.rs`, with `--redis`).
+const REDIS_COMMANDS: Token = Token(usize::MAX - 4);
+/// The Redis subscriptions link.
+const REDIS_SUBSCRIPTIONS: Token = Token(usize::MAX - 5);
 /// Events taken from one `poll` call.
 const EVENTS_PER_TURN: usize = 1024;
 /// Bytes read per `read` call into the shared scratch buffer.
@@ -113,6 +123,7 @@ pub struct Server {
     peers: PeerLimits,                  // open connections and upgrade rate per client address
     loopback_exempt: bool,              // per-address limits spare loopback (neither flag given)
     stats: Stats,                       // counters for /metrics
+    cluster: Option<Cluster>,           // with --redis: this node's Redis links (`cluster.rs`)
 }
 
 impl Server {
@@ -148,7 +159,12 @@ impl Server {
         let (per_ip, upgrade_rate, loopback_exempt) = config.peer_limits();
         chat.set_last_id(history.last_id());
         let now = Instant::now();
+        let cluster = config
+            .cluster()
+            .map_err(io::Error::other)?
+            .map(|cluster| Cluster::new(cluster, (REDIS_COMMANDS, REDIS_SUBSCRIPTIONS), now));
         Ok(Server {
+            cluster,
             chat,
             history,
             router: Router::new(config.effective_max_queue(), config.deflate_threshold),
@@ -208,8 +224,9 @@ impl Server {
             self.resume_accepting(); // 5
             self.sweep_timers(); // 6
             self.commit(); // 7
-            self.flush(); // 8
-            self.reap(); // 9
+            self.redis(); // 8
+            self.flush(); // 9
+            self.reap(); // 10
         }
         log::info!(
             "stopped: {} accepted, {} messages in, {} deliveries, {} slow consumers dropped",
@@ -251,7 +268,8 @@ impl Server {
         if !self.unfinished.is_empty() {
             return Duration::ZERO; // input is waiting that no new event will announce
         }
-        let deadlines = [Some(self.next_sweep), self.listener.paused_until(), self.shutdown_deadline];
+        let redis = self.cluster.as_ref().and_then(Cluster::poll_timeout);
+        let deadlines = [Some(self.next_sweep), self.listener.paused_until(), self.shutdown_deadline, redis];
         let wake = deadlines.into_iter().flatten().min().unwrap_or(self.next_sweep);
         wake.saturating_duration_since(now)
     }
@@ -274,6 +292,11 @@ impl Server {
                 LISTENER => self.accept_all(),
                 ADMIN_LISTENER => self.accept_admin(),
                 SIGNALS => self.on_signals(),
+                REDIS_COMMANDS | REDIS_SUBSCRIPTIONS => {
+                    if let Some(cluster) = &mut self.cluster {
+                        cluster.on_event(event.token(), &mut self.scratch, self.now);
+                    }
+                }
                 Token(key) => {
                     log::trace!(
                         "conn {key}: woke{}{}{}",
@@ -312,7 +335,14 @@ impl Server {
         }
     }
 
-    /// Phase 8: one flush per dirty client, then interest derived from what is left.
+    /// Phase 8: the Redis links (`cluster.rs`); nothing without `--redis`.
+    fn redis(&mut self) {
+        let Some(cluster) = &mut self.cluster else { return };
+        let events = cluster.turn(self.poll.registry(), self.now);
+        self.on_cluster_events(events);
+    }
+
+    /// Phase 9: one flush per dirty client, then interest derived from what is left.
     fn flush(&mut self) {
         let dirty = self.router.take_dirty();
         log::trace!("flush: {} client(s)", dirty.len());
@@ -338,7 +368,7 @@ impl Server {
         }
     }
 
-    /// Phase 9: remove the clients marked gone this turn.
+    /// Phase 10: remove the clients marked gone this turn.
     fn reap(&mut self) {
         if !self.gone.is_empty() {
             log::trace!("reap: {} client(s)", self.gone.len());

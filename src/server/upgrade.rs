@@ -36,7 +36,8 @@ impl Server {
         match answer {
             Ok((path, head)) => {
                 self.stats.http_requests += 1;
-                let mut response = http::answer(&path);
+                let degraded = self.cluster.as_ref().and_then(|cluster| cluster.degraded(self.now));
+                let mut response = http::answer(&path, degraded.as_deref());
                 if head {
                     handshake::strip_body(&mut response); // RFC 9110 §9.3.2: the GET answer's head only
                 }

@@ -20,6 +20,7 @@ use pollcast::proto::frame::{write_masked_frame, FrameHeader};
 use tungstenite::WebSocket;
 
 pub mod json;
+pub mod redis;
 
 /// Read and write timeout on every client socket.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
