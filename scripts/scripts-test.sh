@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Smoke test of the websocat scripts exactly as the README prints them (but on a free
 # port): installs websocat if missing, starts the release server, runs the load and
-# slow-consumer scripts against it, stops the server by PID.
+# slow-consumer scripts against it, stops the server by PID; starts a two-node cluster
+# (scripts/cluster.sh --check) and stops it.
 # usage: scripts/scripts-test.sh
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -20,7 +21,8 @@ export ADMIN
 
 passed=0
 failed=0
-for run in "scripts/websocat-load.sh 5 500 $ADDR" "scripts/slow-consumer.sh $ADDR" "scripts/chat.sh --help"; do
+for run in "scripts/websocat-load.sh 5 500 $ADDR" "scripts/slow-consumer.sh $ADDR" "scripts/chat.sh --help" \
+  "scripts/cluster.sh --check 2 0"; do
   if $run; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "scripts-test: FAILED: $run" >&2; fi
 done
 echo "scripts: $passed passed, $failed failed"

@@ -37,6 +37,11 @@ pub struct Config {
     #[arg(long, env = "POLLCAST_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
+    /// Let several processes listen on the same --listen address (SO_REUSEPORT): the
+    /// kernel spreads new connections over them. For N nodes of one cluster on one box.
+    #[arg(long, env = "POLLCAST_REUSE_PORT", value_parser = clap::builder::BoolishValueParser::new())]
+    pub reuse_port: bool,
+
     /// relay: each message goes to every other client of its room; echo: back to its sender.
     #[arg(long, env = "POLLCAST_MODE", value_enum, default_value = "relay")]
     pub mode: Mode,
@@ -362,6 +367,13 @@ impl Config {
                 human_bytes(self.effective_max_queue()),
                 human_bytes(self.max_message)
             ));
+        }
+        if self.redis.is_some() && !self.no_history {
+            warnings.push(
+                "--redis: history is still kept per node (--db): a node stores the messages sent through it, \
+                 and pages and replays show those only"
+                    .to_owned(),
+            );
         }
         if self.history_default > self.history_max {
             warnings.push(format!(

@@ -8,9 +8,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::json::JsonClient;
+use common::json::{JsonClient, TextClient};
 use common::redis::Redis;
 use common::{watchdog, Server, TEST_LIMIT};
+use serde_json::json;
 
 /// How long a node may take to notice Redis come or go (backoff capped at 500ms here).
 const NOTICE: Duration = Duration::from_secs(10);
@@ -29,6 +30,14 @@ fn node(redis: &Redis, filter: &str, extra: &[&str]) -> Server {
 fn health(server: &Server) -> (u16, String) {
     let (status, response) = server.admin_get("/healthz");
     (status, response.split_once("\r\n\r\n").map_or(response.clone(), |(_, body)| body.to_owned()))
+}
+
+/// Waits until `n` nodes subscribe to `channel` (subscribing is asynchronous: a node
+/// hears a room from the moment Redis confirms it, not from the join).
+fn subscribers(redis: &Redis, channel: &str, n: usize) {
+    let wanted = format!("${}\r\n{channel}\r\n:{n}\r\n", channel.len());
+    let done = common::wait_until(NOTICE, || redis.raw(&format!("PUBSUB NUMSUB {channel}")).contains(&wanted));
+    assert!(done, "{channel} never had {n} subscriber(s): {:?}", redis.raw(&format!("PUBSUB NUMSUB {channel}")));
 }
 
 fn lines_with(server: &Server, needle: &str) -> usize {
@@ -62,7 +71,9 @@ fn healthz_says_degraded_while_redis_is_away_and_the_node_recovers_by_itself() {
     redis.restart();
     let healthy = common::wait_until(NOTICE, || server.admin_get("/healthz").0 == 200);
     assert!(healthy, "the node did not recover:\n{}", server.log_text());
-    assert_eq!(lines_with(&server, "ready (both links up"), 2);
+    // (The log is read by another thread: wait for the line rather than race it.)
+    let logged = common::wait_until(NOTICE, || lines_with(&server, "ready (both links up") == 2);
+    assert!(logged, "ready once at start, once after the outage:\n{}", server.log_text());
     assert_eq!(client.who("lobby"), vec!["ann"]);
 }
 
@@ -112,4 +123,145 @@ fn without_redis_nothing_changes() {
     assert_eq!(message["text"], "hello");
     assert_eq!(health(&server), (200, "ok\n".to_owned()));
     assert!(!server.log_text().contains("redis"), "{}", server.log_text());
+}
+
+// ----- rooms and direct messages across nodes -----------------------------------------
+
+#[test]
+fn a_room_spread_over_two_nodes_gets_every_message_once_and_in_order() {
+    let _dog = watchdog(TEST_LIMIT);
+    let redis = Redis::start();
+    let (a, b) = (node(&redis, "pollcast=info", &[]), node(&redis, "pollcast=info", &[]));
+    let mut ann = JsonClient::join(&a, "lobby", "ann"); // on A
+    let mut bob = JsonClient::join(&b, "lobby", "bob"); // on B
+    let mut carl = TextClient::open(&b, "/lobby?name=carl"); // raw, on B
+    let mut dave = JsonClient::join(&a, "lobby", "dave"); // on A, beside the sender
+    subscribers(&redis, "pollcast:room:lobby", 2);
+
+    const N: usize = 200;
+    for i in 0..N {
+        ann.say("lobby", &format!("a{i}"), i);
+        if i % 2 == 0 {
+            carl.type_line(&format!("c{i}"));
+        }
+    }
+    // What a JSON member heard, by sender: every message from ann and from carl.
+    let texts = |client: &mut JsonClient| {
+        let (mut ann, mut carl) = (Vec::new(), Vec::new());
+        while ann.len() < N || carl.len() < N / 2 {
+            let envelope = client.recv();
+            let text = envelope["text"].as_str().unwrap_or_default().to_owned();
+            match (envelope["type"].as_str(), envelope["from"].as_str()) {
+                (Some("message"), Some("ann")) => ann.push(text),
+                (Some("message"), Some("carl")) => carl.push(text),
+                _ => {}
+            }
+        }
+        (ann, carl)
+    };
+    let from_ann: Vec<String> = (0..N).map(|i| format!("a{i}")).collect();
+    let from_carl: Vec<String> = (0..N).step_by(2).map(|i| format!("c{i}")).collect();
+    let both = (from_ann.clone(), from_carl.clone());
+    assert_eq!(texts(&mut bob), both, "bob (B) hears ann (A) and carl (B), each in order");
+    assert_eq!(texts(&mut dave), both, "dave (A) likewise");
+    assert_eq!(texts(&mut ann), both, "ann (A) hears her own copies and carl (B)");
+    let mut heard = Vec::new();
+    while heard.len() < N {
+        let line = carl.recv();
+        if line.starts_with('a') {
+            heard.push(line);
+        }
+    }
+    assert_eq!(heard, from_ann, "carl (raw, B) hears ann's text verbatim, in order");
+    // Exactly once: nothing more is waiting for anyone (barriers, not sleeps).
+    for client in [&mut bob, &mut dave, &mut ann] {
+        let extra: Vec<_> = client.sync().into_iter().filter(|e| e["type"] == "message").collect();
+        assert!(extra.is_empty(), "duplicates: {extra:?}");
+    }
+    let rest: Vec<String> = carl.sync().into_iter().filter(|l| l.starts_with('a')).collect();
+    assert!(rest.is_empty(), "duplicates: {rest:?}");
+}
+
+#[test]
+fn presence_crosses_nodes_and_the_last_local_member_unsubscribes() {
+    let _dog = watchdog(TEST_LIMIT);
+    let redis = Redis::start();
+    let (a, b) = (node(&redis, "pollcast=info", &[]), node(&redis, "pollcast=info", &[]));
+    let mut ann = JsonClient::join(&a, "tea", "ann");
+    subscribers(&redis, "pollcast:room:tea", 1);
+    let bob = JsonClient::join(&b, "tea", "bob");
+    let (joined, _) = ann.wait_for(|e| e["type"] == "presence");
+    assert_eq!((joined["user"].as_str(), joined["event"].as_str()), (Some("bob"), Some("join")), "{joined}");
+    subscribers(&redis, "pollcast:room:tea", 2);
+    bob.close();
+    let (left, _) = ann.wait_for(|e| e["type"] == "presence");
+    assert_eq!((left["user"].as_str(), left["event"].as_str()), (Some("bob"), Some("leave")), "{left}");
+    subscribers(&redis, "pollcast:room:tea", 1); // B has nobody in tea any more
+}
+
+#[test]
+fn a_direct_message_crosses_nodes() {
+    let _dog = watchdog(TEST_LIMIT);
+    let redis = Redis::start();
+    let (a, b) = (node(&redis, "pollcast=info", &[]), node(&redis, "pollcast=info", &[]));
+    let mut ann = JsonClient::join(&a, "lobby", "ann");
+    let mut bob = JsonClient::join(&b, "other", "bob");
+    let mut carl = TextClient::open(&b, "/other?name=carl");
+    subscribers(&redis, "pollcast:user:bob", 1);
+    subscribers(&redis, "pollcast:user:carl", 1);
+
+    ann.send(json!({"type": "dm", "to": "bob", "text": "psst", "cid": 7}));
+    let (dm, _) = bob.wait_for(|e| e["type"] == "dm");
+    assert_eq!((dm["from"].as_str(), dm["text"].as_str()), (Some("ann"), Some("psst")), "{dm}");
+    let (copy, _) = ann.wait_for(|e| e["type"] == "dm");
+    assert_eq!((copy["to"].as_str(), copy["id"].as_u64()), (Some("bob"), dm["id"].as_u64()), "{copy}");
+    let (ack, _) = ann.wait_for(|e| e["type"] == "ack");
+    assert_eq!((ack["cid"].as_u64(), ack["id"].as_u64()), (Some(7), dm["id"].as_u64()), "{ack}");
+
+    ann.send(json!({"type": "dm", "to": "carl", "text": "hi carl"}));
+    assert_eq!(carl.recv(), "dm ann hi carl");
+
+    ann.send(json!({"type": "dm", "to": "nobody", "text": "hello?", "cid": 8}));
+    let (error, _) = ann.wait_for(|e| e["type"] == "error");
+    assert_eq!((error["code"].as_str(), error["ref"].as_u64()), (Some("no_such_user"), Some(8)), "{error}");
+    assert!(bob.sync().iter().all(|e| e["type"] != "dm"), "bob got it once");
+}
+
+// ----- Redis away and back --------------------------------------------------------------
+
+#[test]
+fn while_redis_is_away_messages_are_refused_and_after_it_they_cross_again() {
+    let _dog = watchdog(TEST_LIMIT);
+    let mut redis = Redis::start();
+    let (a, b) = (node(&redis, "pollcast=info", &[]), node(&redis, "pollcast=info", &[]));
+    let mut ann = JsonClient::join(&a, "lobby", "ann");
+    let mut dave = JsonClient::join(&a, "lobby", "dave");
+    let mut bob = JsonClient::join(&b, "lobby", "bob");
+    let mut carl = TextClient::open(&a, "/lobby?name=carl");
+    subscribers(&redis, "pollcast:room:lobby", 2);
+
+    redis.kill();
+    assert!(common::wait_until(NOTICE, || health(&a).0 == 503));
+    ann.say("lobby", "lost?", "c1");
+    let (error, _) = ann.wait_for(|e| e["type"] == "error");
+    assert_eq!((error["code"].as_str(), error["ref"].as_str()), (Some("unavailable"), Some("c1")), "{error}");
+    carl.type_line("me too?");
+    assert!(carl.recv().starts_with("err unavailable "), "raw clients are told too");
+    ann.send(json!({"type": "dm", "to": "dave", "text": "local dm?", "cid": "c2"}));
+    let (error, _) = ann.wait_for(|e| e["type"] == "error");
+    assert_eq!(error["code"], "unavailable", "{error}");
+    let (status, _) = a.admin_request("POST", "/api/publish", "", r#"{"room":"lobby","text":"ops"}"#);
+    assert_eq!(status, 503, "the admin API refuses too");
+    // Nobody received any of it, and the clients are all still here, answered.
+    assert!(dave.sync().iter().all(|e| e["type"] != "message" && e["type"] != "dm"));
+    assert_eq!(dave.who("lobby"), vec!["ann", "carl", "dave"]);
+
+    redis.restart();
+    assert!(common::wait_until(NOTICE, || health(&a).0 == 200 && health(&b).0 == 200));
+    subscribers(&redis, "pollcast:room:lobby", 2); // both nodes subscribed again by themselves
+    ann.say("lobby", "back", "c3");
+    let (message, _) = bob.wait_for(|e| e["type"] == "message");
+    assert_eq!((message["from"].as_str(), message["text"].as_str()), (Some("ann"), Some("back")), "{message}");
+    let (ack, _) = ann.wait_for(|e| e["type"] == "ack");
+    assert_eq!(ack["cid"], "c3");
 }

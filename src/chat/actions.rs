@@ -5,7 +5,9 @@
 use serde_json::Value;
 
 use super::auth::verify;
+use super::cluster::{RemoteDm, Watch};
 use super::json::{Envelope, Request, RoomCount};
+use super::names;
 use super::outbox::Outbox;
 use super::record::{Query, DM_ROOM};
 use super::reply::{DmView, Failure, Reply};
@@ -22,9 +24,11 @@ impl Chat {
             return Err(Failure::new("not_member", "you are in no room (try /join ROOM)"));
         };
         self.may_publish(conn, self.rooms.name(seat.room))?;
+        self.deliverable()?;
         let id = self.accept(Author::Conn(conn), Place::Room(seat.room), None, said, now_ms, out);
         let (raw, json) = match said {
-            Said::Text(text) if self.rooms.has_json_members(seat.room) => {
+            // In a cluster, JSON members elsewhere may need the envelope.
+            Said::Text(text) if self.cluster || self.rooms.has_json_members(seat.room) => {
                 let (room, from) = (self.rooms.name(seat.room), &self.users[&conn].name);
                 let envelope = Envelope::Message { id, room, from, text: line_text(text), ts: now_ms };
                 ((OpCode::Text, text.as_bytes()), Some(envelope.to_json()))
@@ -121,6 +125,9 @@ impl Chat {
             self.leave_seat(conn, seat, out); // a raw client has one current room: it moves
         }
         let seat = self.rooms.join(room, Member { conn, json, deflate });
+        if self.rooms.members(seat.room).len() == 1 {
+            self.watch(Watch::Room(room.to_owned(), true));
+        }
         let already_there = self.present_elsewhere(conn, seat.room); // this user, on another connection
         let user = self.users.get_mut(&conn).expect("callers pass connected users");
         user.seats.push(seat);
@@ -155,10 +162,15 @@ impl Chat {
                 }
             }
         }
+        if self.rooms.find(&room_name).is_none() && self.cluster {
+            self.closed.insert(seat.room, room_name.clone()); // its last words still need its name
+            self.watch(Watch::Room(room_name.clone(), false));
+        }
         let Some(user) = self.users.get_mut(&conn) else { return };
         user.seats.retain(|s| s.room != seat.room);
         let user = &self.users[&conn];
-        if self.rooms.has_json_members(seat.room) && !self.present_elsewhere(conn, seat.room) {
+        let told = self.cluster || self.rooms.has_json_members(seat.room); // members elsewhere, in a cluster
+        if told && !self.present_elsewhere(conn, seat.room) {
             let presence = Envelope::Presence { room: &room_name, user: &user.name, event: "leave", old: None };
             let deflate = self.deflate_for(seat.room, Some(conn));
             out.to_room(seat.room, Some(conn), None, Some(&presence.to_json()), deflate);
@@ -179,6 +191,7 @@ impl Chat {
         let room_id = self.membership(conn, room)?;
         self.may_publish(conn, room)?;
         self.check_text(text)?;
+        self.deliverable()?;
         let id = self.accept(Author::Conn(conn), Place::Named(room), None, Said::Text(text), now_ms, out);
         let envelope = Envelope::Message { id, room, from: &self.users[&conn].name, text, ts: now_ms }.to_json();
         let deflate = self.deflate_for(room_id, Some(conn));
@@ -200,7 +213,11 @@ impl Chat {
         now_ms: u64,
         out: &mut Outbox,
     ) -> Result<(), Failure> {
+        self.deliverable()?;
         let Some(targets) = self.names.get(to).cloned() else {
+            if self.cluster && names::validate(to).is_ok() {
+                return self.dm_elsewhere(conn, to, text, cid, now_ms, out);
+            }
             return Err(Failure::new("no_such_user", format!("{to} is not connected")));
         };
         self.check_text(text)?;
@@ -214,6 +231,28 @@ impl Chat {
         if sender.json {
             out.acks.push(Ack { conn, cid: cid.unwrap_or(Value::Null), id });
         }
+        Ok(())
+    }
+
+    /// A direct message to a name this node does not hold, in a cluster: the shell
+    /// publishes it to the name's channel; the sender hears how it went once Redis
+    /// answers (`cluster.rs`: `remote_dm_sent`, `remote_dm_failed`).
+    fn dm_elsewhere(
+        &mut self,
+        conn: usize,
+        to: &str,
+        text: &str,
+        cid: Option<Value>,
+        now_ms: u64,
+        out: &mut Outbox,
+    ) -> Result<(), Failure> {
+        self.check_text(text)?;
+        let id = self.accept(Author::Conn(conn), Place::Named(DM_ROOM), Some(to), Said::Text(text), now_ms, out);
+        let sender = &self.users[&conn];
+        let (json, from) = (sender.json, sender.name.clone());
+        let cid = cid.unwrap_or(Value::Null);
+        let (to, text) = (to.to_owned(), text.to_owned());
+        out.remote_dms.push(RemoteDm { conn, cid, json, id, from, to, text, ts: now_ms });
         Ok(())
     }
 
@@ -280,6 +319,7 @@ impl Chat {
         let old = std::mem::replace(&mut user.name, name.to_owned());
         self.release_name(&old, conn);
         self.names.insert(name.to_owned(), vec![conn]);
+        self.watch(Watch::User(name.to_owned(), true));
         for seat in &self.users[&conn].seats {
             let room = self.rooms.name(seat.room);
             let presence = Envelope::Presence { room, user: name, event: "rename", old: Some(&old) }.to_json();

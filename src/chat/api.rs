@@ -35,6 +35,7 @@ impl Chat {
         names::validate(from)
             .map_err(|_| Failure::new("bad_field", "from must be 1-32 printable characters, no spaces"))?;
         self.check_text(text)?;
+        self.deliverable()?;
         let id = self.accept(Author::Named(from), Place::Named(room), None, Said::Text(text), now_ms, out);
         if let Some(room_id) = self.rooms.find(room) {
             let envelope = Envelope::Message { id, room, from, text, ts: now_ms }.to_json();
@@ -57,6 +58,7 @@ impl Chat {
             return Err(Failure::new("no_such_user", format!("{to} is not connected")));
         };
         self.check_text(text)?;
+        self.deliverable()?;
         let id = self.accept(Author::Named(from), Place::Named(DM_ROOM), Some(to), Said::Text(text), now_ms, out);
         for target in targets {
             self.tell(target, Reply::Dm(DmView { id, from, to, text, ts: now_ms }), out);

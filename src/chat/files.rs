@@ -110,6 +110,7 @@ impl Chat {
         if matches!(self.users[&conn].upload, Some(Upload::Receiving(_))) {
             return Err(Failure::new("busy", "one upload at a time per connection: its bytes are still arriving"));
         }
+        self.deliverable()?;
         let target = match self.check_upload(conn, &header) {
             Ok(target) => target,
             Err(failure) => {

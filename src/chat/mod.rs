@@ -25,6 +25,7 @@ mod actions;
 pub mod admission;
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod files;
 pub mod json;
 pub mod names;
@@ -131,6 +132,10 @@ pub struct Chat {
     messages: u64,                      // messages accepted since start
     guests: u64,                        // counter behind generated names
     uploads: usize,                     // uploads receiving bytes now (at most `max_uploads`)
+    cluster: bool,                      // part of a cluster: keep `watch`, DM names held elsewhere
+    watch: Vec<cluster::Watch>,         // rooms and names gained or lost here, for the shell
+    closed: HashMap<RoomId, String>,    // rooms emptied since the last `take_watch` (cluster only)
+    cluster_down: bool,                 // Redis is unreachable: messages are refused
 }
 
 impl Chat {
@@ -146,6 +151,10 @@ impl Chat {
             messages: 0,
             guests: 0,
             uploads: 0,
+            cluster: false,
+            watch: Vec::new(),
+            closed: HashMap::new(),
+            cluster_down: false,
         }
     }
 
@@ -176,7 +185,10 @@ impl Chat {
 
     /// The name of a room, for log lines.
     pub fn room_name(&self, room: RoomId) -> &str {
-        self.rooms.name(room)
+        match self.rooms.name(room) {
+            "" => self.closed.get(&room).map_or("", String::as_str), // a room just emptied, in a cluster
+            name => name,
+        }
     }
 
     /// Rooms with members.
@@ -210,7 +222,11 @@ impl Chat {
         if let Some(exp) = identity.as_ref().and_then(|identity| identity.exp) {
             self.expiries.insert((exp, conn));
         }
-        self.names.entry(name.clone()).or_default().push(conn);
+        let conns = self.names.entry(name.clone()).or_default();
+        conns.push(conn);
+        if conns.len() == 1 {
+            self.watch(cluster::Watch::User(name.clone(), true));
+        }
         let bucket = Bucket::full(self.limits.max_rate, now_ms);
         let seats = Vec::new();
         let identity = identity.map(Box::new);
@@ -472,6 +488,7 @@ impl Chat {
             conns.retain(|&c| c != conn);
             if conns.is_empty() {
                 self.names.remove(name);
+                self.watch(cluster::Watch::User(name.to_owned(), false));
             }
         }
     }

@@ -38,6 +38,7 @@ use crate::buffers::Pool;
 use crate::proto::deflate::{Agreed, Compressor, DEFAULT_THRESHOLD};
 use crate::proto::frame::{write_frame, write_header_rsv1, OpCode};
 
+use super::cluster::RemoteDm;
 use super::record::{Query, Record};
 use super::replay::Ack;
 use super::rooms::RoomId;
@@ -85,11 +86,12 @@ pub struct Deflate {
 /// The outputs of one read, plus what history must keep of them.
 #[derive(Debug, Default)]
 pub struct Outbox {
-    outputs: Vec<Output>,     // in the order they must be delivered
-    pub records: Vec<Record>, // messages to append to history (when it is on)
-    pub acks: Vec<Ack>,       // acks owed once `records` are committed
-    pool: Pool,               // reusable rings and buffers (the one pool of the loop)
-    shrink: Shrink,           // the one compressor of the loop, and when to use it
+    outputs: Vec<Output>,          // in the order they must be delivered
+    pub records: Vec<Record>,      // messages to append to history (when it is on)
+    pub acks: Vec<Ack>,            // acks owed once `records` are committed
+    pub remote_dms: Vec<RemoteDm>, // direct messages for users on other nodes (cluster only)
+    pool: Pool,                    // reusable rings and buffers (the one pool of the loop)
+    shrink: Shrink,                // the one compressor of the loop, and when to use it
 }
 
 /// The server's compressor for outgoing messages, made on first use: it is ≈ 312 KiB of

@@ -8,6 +8,7 @@
 //! (`server/cluster.rs`) owns the two `mio` sockets (one for commands, one for
 //! subscriptions), reads and writes them, and passes `now` in.
 
+pub mod envelope;
 pub mod link;
 pub mod resp;
 pub mod url;

@@ -131,6 +131,7 @@ fn failure(failure: Failure) -> Refused {
     let status = match failure.code {
         "no_such_user" => Status::NotFound,
         "too_large" => Status::PayloadTooLarge,
+        "unavailable" => Status::ServiceUnavailable, // in a cluster, while Redis is away
         _ => Status::BadRequest,
     };
     (status, failure.code, failure.message)

@@ -34,6 +34,7 @@ use super::client::Client;
 use super::history::History;
 use super::metrics::Stats;
 use crate::buffers::Shared;
+use crate::chat::rooms::RoomId;
 use crate::chat::{history_frames, Chat, Outbox, Output};
 use crate::proto::close::CloseCode;
 
@@ -48,11 +49,22 @@ enum Pushed {
     Slow,
 }
 
+/// A room output that other nodes must hear (with `--redis`): the chunks this node
+/// delivered, shared, not copied; the Redis phase publishes them once per room.
+#[derive(Debug)]
+pub struct Relayed {
+    pub room: String,  // the room's name (its channel's)
+    pub messages: u64, // data messages in the chunks (presence is not counted)
+    pub raw: Shared,   // frames for raw members
+    pub json: Shared,  // frames for pollcast.v1 members
+}
+
 /// The outbox and what routing it needs besides.
 pub struct Router {
-    outbox: Outbox,     // what the chat and the sessions produced, not yet in queues
-    dirty: Vec<usize>,  // clients with bytes queued this turn, for the flush
-    queue_limit: usize, // the effective --max-queue
+    outbox: Outbox,              // what the chat and the sessions produced, not yet in queues
+    dirty: Vec<usize>,           // clients with bytes queued this turn, for the flush
+    queue_limit: usize,          // the effective --max-queue
+    relay: Option<Vec<Relayed>>, // with --redis: room outputs to publish this turn
 }
 
 impl Router {
@@ -60,7 +72,17 @@ impl Router {
     pub fn new(queue_limit: usize, deflate_threshold: usize) -> Router {
         let mut outbox = Outbox::default();
         outbox.set_deflate_threshold(deflate_threshold);
-        Router { outbox, dirty: Vec::new(), queue_limit }
+        Router { outbox, dirty: Vec::new(), queue_limit, relay: None }
+    }
+
+    /// In a cluster: every room output is also kept for the Redis phase to publish.
+    pub fn relay_rooms(&mut self) {
+        self.relay = Some(Vec::new());
+    }
+
+    /// The room outputs of this turn that other nodes must hear.
+    pub fn take_relayed(&mut self) -> Vec<Relayed> {
+        self.relay.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// Where the chat and the sessions put their output.
@@ -102,14 +124,62 @@ impl Router {
             for output in self.outbox.take() {
                 self.deliver(output, clients, chat, history, stats, &mut slow);
             }
-            for (key, refused) in slow {
-                if drop_slow_consumer(clients, chat, &mut self.outbox, (key, refused), self.queue_limit, now) {
-                    stats.slow_consumers += 1;
-                }
-            }
+            self.drop_slow(slow, clients, chat, stats, now);
         }
         // Acks follow the outputs they confirm (the sender's own copy comes first).
         self.answer_acks(clients, history, stats);
+    }
+
+    /// Frames another node published for a room with local members: pushed, shared, to
+    /// every member (plain frames: RFC 7692 §6 lets any message go with RSV1 clear), and
+    /// not relayed again. Slow consumers found on the way are dropped as usual; the
+    /// presence that produces is routed (and relayed) like any other output.
+    #[allow(clippy::too_many_arguments)] // the same state `route` takes, plus the frames
+    pub fn deliver_remote(
+        &mut self,
+        room: RoomId,
+        (raw, json, messages): (&[u8], &[u8], u64),
+        clients: &mut Slab<Client>,
+        chat: &mut Chat,
+        history: &mut History,
+        stats: &mut Stats,
+        now: Instant,
+    ) {
+        let pool = self.outbox.pool();
+        let (mut raw_chunk, mut json_chunk) = (pool.take_buffer(), pool.take_buffer());
+        raw_chunk.extend_from_slice(raw);
+        json_chunk.extend_from_slice(json);
+        let output = Output::Room {
+            room,
+            except: None,
+            raw: raw_chunk,
+            json: json_chunk,
+            raw_deflate: None,
+            json_deflate: None,
+            messages,
+        };
+        let relay = self.relay.take(); // what came from the cluster does not go back to it
+        let mut slow = Vec::new();
+        self.deliver(output, clients, chat, history, stats, &mut slow);
+        self.relay = relay;
+        self.drop_slow(slow, clients, chat, stats, now);
+        self.route(clients, chat, history, stats, now);
+    }
+
+    /// Drops the clients found slow (their rooms hear it, through the outbox).
+    fn drop_slow(
+        &mut self,
+        slow: Vec<(usize, usize)>,
+        clients: &mut Slab<Client>,
+        chat: &mut Chat,
+        stats: &mut Stats,
+        now: Instant,
+    ) {
+        for (key, refused) in slow {
+            if drop_slow_consumer(clients, chat, &mut self.outbox, (key, refused), self.queue_limit, now) {
+                stats.slow_consumers += 1;
+            }
+        }
     }
 
     /// Sends every settled ack: `ack` if its message is stored, `error` (store_failed)
@@ -161,6 +231,10 @@ impl Router {
                         Pushed::Refused => {}
                         Pushed::Slow => slow.push((member.conn, chunk.len())),
                     }
+                }
+                if let Some(relay) = self.relay.as_mut().filter(|_| !raw.is_empty() || !json.is_empty()) {
+                    let (raw, json) = (Rc::clone(&raw), Rc::clone(&json));
+                    relay.push(Relayed { room: chat.room_name(room).to_owned(), messages, raw, json });
                 }
                 let all = [Some(raw), Some(json), raw_deflate, json_deflate];
                 for unshared in all.into_iter().flatten().filter_map(|chunk| Rc::try_unwrap(chunk).ok()) {

@@ -7,10 +7,31 @@
 //! (`chat`), how RESP is spelled (`redis::resp`).
 //!
 //! Where it sits in the loop: readiness of either socket is handled in **dispatch**
-//! (`on_event`: connect completion, reads); the **Redis** phase (`Server::redis_phase`),
-//! after commit and before the flush, gives up on what timed out, starts the connects
-//! that are due, settles the replies and pushes of this turn, and writes what the turn
-//! queued, so a turn's commands leave in one write per link.
+//! (`on_event`: connect completion, reads); the **Redis** phase (`Server::cluster_turn`,
+//! phase 8, after commit and before the flush) publishes what the turn routed, gives up
+//! on what timed out, starts the connects that are due, acts on the replies and pushes
+//! of this turn, and writes what it queued, so a turn's commands leave in one write per
+//! link.
+//!
+//! ## How nodes hear each other
+//!
+//! - **Rooms.** A node subscribes to `pollcast:room:ROOM` when the room gets its first
+//!   local member and unsubscribes when the last leaves (`chat::cluster::Watch`). Each
+//!   room output this node routes (messages, presence: already framed, one chunk per
+//!   codec) is published once, as one envelope (`redis::envelope`), whatever the number
+//!   of members or nodes. Every other subscribed node pushes those chunks, shared, to its
+//!   own members (`Router::deliver_remote`); the publishing node skips its own envelope,
+//!   since its members had the message when it was routed. One commands link publishes in
+//!   the order the loop routed, and Redis delivers one connection's publishes in order,
+//!   so each member sees one sender's messages once and in order.
+//! - **Direct messages.** A node subscribes to `pollcast:user:NAME` for each name it
+//!   holds. A DM to a name held elsewhere is published there; PUBLISH answers how many
+//!   nodes heard it, so the sender gets its copy and `ack` (one or more) or
+//!   `no_such_user` (none) once Redis replies.
+//! - **Redis away.** The node is degraded (`/healthz` 503 with the reason), and the chat
+//!   refuses messages with `unavailable` rather than delivering them to this node's
+//!   members only (`Chat::set_cluster_down`); clients stay connected; the links
+//!   reconnect with backoff and subscribe again to everything the chat watches.
 //!
 //! Interest: both sockets are registered READABLE | WRITABLE once, for their life. With
 //! edge-triggered readiness WRITABLE fires only when the kernel buffer drains (or the
@@ -24,6 +45,9 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
+use crate::chat::cluster::{RemoteDm, Watch};
+use crate::redis::envelope::{self, Envelope};
+use crate::redis::resp::error_text;
 use crate::redis::{Backoff, Event, Link, LinkLimits, Phase, RedisUrl, Reply};
 use crate::sys::nb::retrying;
 
@@ -31,10 +55,25 @@ use crate::sys::nb::retrying;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 
 /// What a reply on the commands link settles.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub enum Tag {
-    /// Nothing waits on it (a PUBLISH, a heartbeat): an error reply is logged.
+    /// Nothing waits on it: an error reply is logged.
     Quiet(&'static str),
+    /// A room output published for the other nodes (`messages` data messages in it).
+    Relay { messages: u64 },
+    /// A direct message published to a user's channel: its sender waits for the count
+    /// of nodes that heard it.
+    Dm(Box<RemoteDm>),
+}
+
+/// The channel of a room: every node with members in it subscribes.
+pub fn room_channel(room: &str) -> String {
+    format!("pollcast:room:{room}")
+}
+
+/// The channel of a user name: the node holding the name subscribes.
+pub fn user_channel(name: &str) -> String {
+    format!("pollcast:user:{name}")
 }
 
 /// The Redis settings, from `Config`.
@@ -69,6 +108,7 @@ pub struct Cluster {
     subscriptions: Side,             // pub/sub
     events: Vec<(bool, Event<Tag>)>, // what the links said this turn (true: the subscriptions link)
     down_since: Option<Instant>,     // when the current outage began (either link), for /healthz
+    unrelayed: u64,                  // messages not published this outage (reset when healthy)
 }
 
 impl Cluster {
@@ -91,6 +131,7 @@ impl Cluster {
             url: config.url,
             events: Vec::new(),
             down_since: Some(now),
+            unrelayed: 0,
         }
     }
 
@@ -174,6 +215,13 @@ impl Cluster {
             (true, Some(since)) => {
                 let ms = now.saturating_duration_since(since).as_millis();
                 log::info!("redis: node {} ready (both links up after {ms} ms)", self.node);
+                if self.unrelayed > 0 {
+                    log::warn!(
+                        "redis: {} message(s) reached this node's members only during the outage",
+                        self.unrelayed
+                    );
+                    self.unrelayed = 0;
+                }
                 self.down_since = None;
             }
             (false, None) => self.down_since = Some(now),
@@ -188,10 +236,51 @@ impl Cluster {
         self.commands.link.send(args, tag, now)
     }
 
-    /// Queues a command on the subscriptions link (SUBSCRIBE, UNSUBSCRIBE); false when
-    /// it is down (it subscribes to everything again when it is back).
-    pub fn subscription<A: AsRef<[u8]>>(&mut self, args: &[A], now: Instant) -> bool {
-        self.subscriptions.link.send(args, Tag::Quiet("subscription"), now).is_ok()
+    /// Subscribes to the channels of rooms and names gained, unsubscribes from those
+    /// lost: one SUBSCRIBE and one UNSUBSCRIBE at most, each channel by its last change
+    /// (both commands are idempotent in Redis). While the link is down nothing is sent:
+    /// it subscribes to all the chat watches when it is back.
+    pub fn watch(&mut self, changes: Vec<Watch>, now: Instant) {
+        if changes.is_empty() || !self.subscriptions.link.is_ready() {
+            return;
+        }
+        let mut last: Vec<(String, bool)> = Vec::with_capacity(changes.len());
+        for change in changes {
+            let (channel, on) = match change {
+                Watch::Room(room, on) => (room_channel(&room), on),
+                Watch::User(name, on) => (user_channel(&name), on),
+            };
+            last.retain(|(c, _)| *c != channel);
+            last.push((channel, on));
+        }
+        for (verb, on) in [("SUBSCRIBE", true), ("UNSUBSCRIBE", false)] {
+            let channels = last.iter().filter(|(_, o)| *o == on).map(|(c, _)| c.as_bytes());
+            let args: Vec<&[u8]> = std::iter::once(verb.as_bytes()).chain(channels).collect();
+            if args.len() > 1 && self.subscriptions.link.send(&args, Tag::Quiet("subscribe"), now).is_err() {
+                log::debug!("redis: {verb} not sent (the link is full or down): redone when it is back");
+            }
+        }
+    }
+
+    /// Messages that other nodes will not see (Redis was down or refused the publish):
+    /// counted, and logged once per outage.
+    pub fn count_unrelayed(&mut self, messages: u64) {
+        if self.unrelayed == 0 {
+            log::warn!("redis: messages are reaching this node's members only until Redis is back");
+        }
+        self.unrelayed += messages.max(1);
+    }
+
+    /// Writes what the links hold (the Redis phase's last step: what acting on this
+    /// turn's events queued leaves in the same turn).
+    pub fn write_out(&mut self, now: Instant) {
+        for subscriber in [false, true] {
+            let side = if subscriber { &mut self.subscriptions } else { &mut self.commands };
+            let mut events = Vec::new();
+            side.write(now, &mut events);
+            self.events.extend(events.into_iter().map(|event| (subscriber, event)));
+            // seen next turn
+        }
     }
 
     /// Are both links ready?
@@ -298,16 +387,115 @@ pub fn published(reply: &Reply) -> Option<(&[u8], &[u8])> {
 }
 
 impl super::Server {
-    /// What the Redis phase brought: replies to log, pushes to deliver.
-    pub(super) fn on_cluster_events(&mut self, events: Vec<(bool, Event<Tag>)>) {
-        for (_subscriber, event) in events {
+    /// The Redis phase's work for the server: what this turn produced goes out (room
+    /// outputs published once per room, direct messages to other nodes, subscriptions
+    /// for rooms and names gained or lost), the links do their turn, and what they
+    /// brought is acted on (replies settle senders, published frames reach members).
+    pub(super) fn cluster_turn(&mut self) {
+        let Some(cluster) = &mut self.cluster else { return };
+        let now = self.now;
+        for relayed in self.router.take_relayed() {
+            let mut payload = Vec::with_capacity(relayed.raw.len() + relayed.json.len() + 64);
+            let messages = u32::try_from(relayed.messages).unwrap_or(u32::MAX);
+            envelope::room(&mut payload, &cluster.node, messages, &relayed.raw, &relayed.json);
+            let channel = room_channel(&relayed.room);
+            let tag = Tag::Relay { messages: relayed.messages };
+            if cluster.command(&[b"PUBLISH".as_slice(), channel.as_bytes(), &payload], tag, now).is_err() {
+                cluster.count_unrelayed(relayed.messages);
+            }
+        }
+        let dms = std::mem::take(&mut self.router.outbox().remote_dms);
+        let mut failed = Vec::new();
+        for dm in dms {
+            let mut payload = Vec::with_capacity(dm.text.len() + 64);
+            envelope::dm(&mut payload, &cluster.node, dm.id, dm.ts, &dm.from, &dm.to, &dm.text);
+            let channel = user_channel(&dm.to);
+            if let Err(Tag::Dm(dm)) =
+                cluster.command(&[b"PUBLISH".as_slice(), channel.as_bytes(), &payload], Tag::Dm(Box::new(dm)), now)
+            {
+                failed.push(dm);
+            }
+        }
+        cluster.watch(self.chat.take_watch(), now);
+        let events = cluster.turn(self.poll.registry(), now);
+        self.chat.set_cluster_down(!cluster.is_ready());
+        for dm in failed {
+            self.chat.remote_dm_failed(&dm, None, self.router.outbox());
+        }
+        self.on_cluster_events(events);
+        self.route();
+        if let Some(cluster) = &mut self.cluster {
+            cluster.write_out(now);
+        }
+    }
+
+    /// Replies settle what waits on them; pushes are what other nodes published.
+    fn on_cluster_events(&mut self, events: Vec<(bool, Event<Tag>)>) {
+        for (subscriber, event) in events {
             match event {
+                Event::Ready if subscriber => {
+                    let watching = self.chat.watching();
+                    if let Some(cluster) = &mut self.cluster {
+                        cluster.watch(watching, self.now);
+                    }
+                }
+                Event::Push(reply) => self.on_published(&reply),
+                Event::Reply(Tag::Dm(dm), Reply::Integer(heard)) if heard > 0 => {
+                    self.chat.remote_dm_sent(&dm, self.router.outbox())
+                }
+                Event::Reply(Tag::Dm(dm), Reply::Integer(_)) => {
+                    self.chat.remote_dm_failed(&dm, Some(false), self.router.outbox())
+                }
+                Event::Reply(Tag::Dm(dm), _) | Event::Lost(Tag::Dm(dm)) => {
+                    self.chat.remote_dm_failed(&dm, None, self.router.outbox())
+                }
+                Event::Reply(Tag::Relay { messages }, reply) if error_text(&reply).is_some() => {
+                    log::warn!("redis: a publish failed: {}", error_text(&reply).unwrap_or_default());
+                    self.unrelayed(messages);
+                }
+                Event::Lost(Tag::Relay { messages }) => self.unrelayed(messages),
                 Event::Reply(Tag::Quiet(what), reply) => {
-                    if let Some(error) = crate::redis::resp::error_text(&reply) {
+                    if let Some(error) = error_text(&reply) {
                         log::warn!("redis: {what} failed: {error}");
                     }
                 }
-                Event::Lost(Tag::Quiet(_)) | Event::Ready | Event::Down { .. } | Event::Push(_) => {}
+                Event::Reply(Tag::Relay { .. }, _) | Event::Lost(Tag::Quiet(_)) | Event::Ready | Event::Down { .. } => {
+                }
+            }
+        }
+    }
+
+    fn unrelayed(&mut self, messages: u64) {
+        if let Some(cluster) = &mut self.cluster {
+            cluster.count_unrelayed(messages);
+        }
+    }
+
+    /// A message on a channel this node subscribed to: frames for a room's local
+    /// members, or a direct message for a local user. Its own room publishes come back
+    /// too, and are skipped: its members had them when they were routed.
+    fn on_published(&mut self, reply: &Reply) {
+        let Some(cluster) = &self.cluster else { return };
+        let Some((channel, payload)) = published(reply) else { return }; // a (un)subscribe confirmation
+        let envelope = match envelope::decode(payload) {
+            Ok(envelope) => envelope,
+            Err(why) => return log::warn!("redis: dropped a published message: {why}"),
+        };
+        let channel = String::from_utf8_lossy(channel);
+        match envelope {
+            Envelope::Room { node, .. } if node == cluster.node => {}
+            Envelope::Room { messages, raw, json, .. } => {
+                let Some(room) = channel.strip_prefix("pollcast:room:").and_then(|room| self.chat.local_room(room))
+                else {
+                    return; // its last member left since: the unsubscribe is on its way
+                };
+                let frames = (raw, json, u64::from(messages));
+                let (clients, chat, history, stats) =
+                    (&mut self.clients, &mut self.chat, &mut self.history, &mut self.stats);
+                self.router.deliver_remote(room, frames, clients, chat, history, stats, self.now);
+            }
+            Envelope::Dm { id, ts, from, to, text, .. } => {
+                self.chat.deliver_dm(id, ts, from, to, text, self.router.outbox());
             }
         }
     }

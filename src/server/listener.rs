@@ -29,6 +29,20 @@ pub enum Accepted {
     Shed,
 }
 
+/// Backlog of a listener bound here (what `mio`'s own `bind` asks for).
+const BACKLOG: i32 = 1024;
+
+/// A non-blocking listener with SO_REUSEADDR and SO_REUSEPORT set before `bind`.
+fn bind_reusing_port(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
 /// The listening socket and its accept pause.
 pub struct Listener {
     socket: Option<TcpListener>,   // None once shutdown has begun
@@ -38,9 +52,14 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Binds `addr` and registers it for READABLE with `token`.
-    pub fn bind(addr: SocketAddr, registry: &Registry, token: Token) -> io::Result<Listener> {
-        let mut socket = TcpListener::bind(addr)?;
+    /// Binds `addr` and registers it for READABLE with `token`. `reuse_port`
+    /// (`--reuse-port`): SO_REUSEPORT, so several processes can bind the same port and
+    /// the kernel spreads new connections over them (one pollcast per core).
+    pub fn bind(addr: SocketAddr, registry: &Registry, token: Token, reuse_port: bool) -> io::Result<Listener> {
+        let mut socket = match reuse_port {
+            false => TcpListener::bind(addr)?,
+            true => bind_reusing_port(addr)?,
+        };
         let local_addr = socket.local_addr()?;
         registry.register(&mut socket, token, Interest::READABLE)?;
         Ok(Listener { socket: Some(socket), local_addr, spare_fd: File::open("/dev/null").ok(), paused_until: None })

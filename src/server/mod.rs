@@ -130,11 +130,11 @@ impl Server {
     /// Opens the history store, binds the listener and registers it and the signal pipe.
     pub fn bind(config: Config) -> io::Result<Server> {
         let poll = Poll::new()?;
-        let listener = Listener::bind(config.listen, poll.registry(), LISTENER)
+        let listener = Listener::bind(config.listen, poll.registry(), LISTENER, config.reuse_port)
             .map_err(|e| bind_error(e, "--listen", config.listen))?;
         let (admin, admin_token) = match config.admin().map_err(io::Error::other)? {
             Some((addr, token)) => {
-                let admin = Listener::bind(addr, poll.registry(), ADMIN_LISTENER)
+                let admin = Listener::bind(addr, poll.registry(), ADMIN_LISTENER, false)
                     .map_err(|e| bind_error(e, "--admin-listen", addr))?;
                 (Some(admin), token)
             }
@@ -163,11 +163,16 @@ impl Server {
             .cluster()
             .map_err(io::Error::other)?
             .map(|cluster| Cluster::new(cluster, (REDIS_COMMANDS, REDIS_SUBSCRIPTIONS), now));
+        let mut router = Router::new(config.effective_max_queue(), config.deflate_threshold);
+        if cluster.is_some() {
+            chat.join_cluster();
+            router.relay_rooms();
+        }
         Ok(Server {
             cluster,
             chat,
             history,
-            router: Router::new(config.effective_max_queue(), config.deflate_threshold),
+            router,
             config,
             poll,
             listener,
@@ -337,9 +342,9 @@ impl Server {
 
     /// Phase 8: the Redis links (`cluster.rs`); nothing without `--redis`.
     fn redis(&mut self) {
-        let Some(cluster) = &mut self.cluster else { return };
-        let events = cluster.turn(self.poll.registry(), self.now);
-        self.on_cluster_events(events);
+        if self.cluster.is_some() {
+            self.cluster_turn();
+        }
     }
 
     /// Phase 9: one flush per dirty client, then interest derived from what is left.

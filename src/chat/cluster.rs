@@ -1,0 +1,120 @@
+//! The chat's side of a cluster (`--redis`): what it must tell the shell so that other
+//! nodes can reach its users, and what it does with what they send. Pure like the rest:
+//! it speaks of rooms and names, never of Redis.
+//!
+//! Owns: the change log of local rooms and names (a room gets its first local member or
+//! loses its last; a name gets its first local connection or loses its last), which the
+//! shell turns into SUBSCRIBE/UNSUBSCRIBE; direct messages to users on other nodes
+//! (`RemoteDm`), and their outcome; a direct message from another node, spelled for each
+//! local connection of its recipient. Must not touch: sockets, Redis, the clock.
+//!
+//! Off (the single-node default) it costs one `false` check where rooms and names change.
+
+use serde_json::Value;
+
+use super::outbox::Outbox;
+use super::reply::{DmView, Failure, Reply};
+use super::rooms::RoomId;
+use super::{Ack, Chat};
+
+/// A change of what this node must hear from the others.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Watch {
+    /// A room got its first local member (`true`) or lost its last.
+    Room(String, bool),
+    /// A name got its first local connection (`true`) or lost its last.
+    User(String, bool),
+}
+
+/// A direct message to a user who is not on this node: the shell publishes it to the
+/// user's channel, and answers the sender from how many nodes heard it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RemoteDm {
+    pub conn: usize,  // the sender's connection
+    pub cid: Value,   // the sender's id for the request (null if none)
+    pub json: bool,   // the sender speaks pollcast.v1 (gets an ack)
+    pub id: u64,      // the message id
+    pub from: String, // the sender's name
+    pub to: String,   // the recipient's name
+    pub text: String, // the message
+    pub ts: u64,      // ms since the epoch
+}
+
+impl Chat {
+    /// This node is part of a cluster: log room and name changes, send direct messages
+    /// to names it does not hold to the cluster.
+    pub fn join_cluster(&mut self) {
+        self.cluster = true;
+    }
+
+    /// The changes since the last call, in order. (The names of rooms emptied since
+    /// are forgotten now: their last outputs are routed.)
+    pub fn take_watch(&mut self) -> Vec<Watch> {
+        self.closed.clear();
+        std::mem::take(&mut self.watch)
+    }
+
+    /// Everything this node must hear now (after (re)connecting): its rooms and names.
+    pub fn watching(&self) -> Vec<Watch> {
+        let rooms = self.rooms.list().map(|(room, _)| Watch::Room(room.to_owned(), true));
+        rooms.chain(self.names.keys().map(|name| Watch::User(name.clone(), true))).collect()
+    }
+
+    /// Redis is unreachable (`true`) or back: while it is away, messages are refused
+    /// (`unavailable`) rather than delivered to this node's members only; everything
+    /// that needs no other node (who, rooms, join, leave, history) goes on.
+    pub fn set_cluster_down(&mut self, down: bool) {
+        self.cluster_down = down;
+    }
+
+    /// A message may go out only while the cluster is reachable.
+    pub(super) fn deliverable(&self) -> Result<(), Failure> {
+        match self.cluster_down {
+            true => Err(Failure::new(
+                "unavailable",
+                "the cluster is unreachable (Redis is down): messages are refused until it is back",
+            )),
+            false => Ok(()),
+        }
+    }
+
+    /// The id of a room with local members, for frames from another node.
+    pub fn local_room(&self, room: &str) -> Option<RoomId> {
+        self.rooms.find(room)
+    }
+
+    pub(super) fn watch(&mut self, change: Watch) {
+        if self.cluster {
+            self.watch.push(change);
+        }
+    }
+
+    /// Another node heard the direct message: the sender is told as if it were local
+    /// (its copy, then an ack).
+    pub fn remote_dm_sent(&mut self, dm: &RemoteDm, out: &mut Outbox) {
+        let view = DmView { id: dm.id, from: &dm.from, to: &dm.to, text: &dm.text, ts: dm.ts };
+        self.tell(dm.conn, Reply::DmSent { dm: view, to_self: false }, out);
+        if dm.json && self.has(dm.conn) {
+            out.acks.push(Ack { conn: dm.conn, cid: dm.cid.clone(), id: dm.id });
+        }
+    }
+
+    /// The direct message reached nobody (`heard` false: no node holds the name) or
+    /// could not be published: the sender is told why.
+    pub fn remote_dm_failed(&mut self, dm: &RemoteDm, heard: Option<bool>, out: &mut Outbox) {
+        let failure = match heard {
+            Some(false) => Failure::new("no_such_user", format!("{} is not connected", dm.to)),
+            _ => Failure::new("unavailable", "the cluster is unreachable (Redis): the message was not sent"),
+        };
+        let reference = (!dm.cid.is_null()).then_some(&dm.cid);
+        self.fail(dm.conn, failure, reference, out);
+    }
+
+    /// A direct message from another node, to every local connection of `to`.
+    pub fn deliver_dm(&mut self, id: u64, ts: u64, from: &str, to: &str, text: &str, out: &mut Outbox) {
+        let Some(targets) = self.names.get(to) else { return };
+        for &target in targets {
+            self.tell(target, Reply::Dm(DmView { id, from, to, text, ts }), out);
+        }
+    }
+}

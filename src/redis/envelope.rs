@@ -1,0 +1,189 @@
+//! What one node publishes for the others, in a pub/sub message's payload: a binary,
+//! versioned envelope. Pure code over bytes.
+//!
+//! Two kinds:
+//! - **room frames** (channel `pollcast:room:ROOM`): the WebSocket frames a room output
+//!   carries, already encoded by the sending node, one chunk for raw members and one for
+//!   pollcast.v1 members. Every other node pushes them, shared, to its own members of
+//!   the room: encoded once in the cluster, not once per node or per member.
+//! - **direct message** (channel `pollcast:user:NAME`): the fields of a `dm`; the node
+//!   that holds the recipient spells it in each of its connections' codec.
+//!
+//! Layout (integers big-endian):
+//!
+//! ```text
+//! version:u8 = 1 | kind:u8 | node_len:u8 | node
+//! kind 1 (room frames): messages:u32 | raw_len:u32 | raw | json_len:u32 | json
+//! kind 2 (dm):          id:u64 | ts:u64 | from_len:u8 | from | to_len:u8 | to | text_len:u32 | text
+//! ```
+//!
+//! A node reading a version it does not know drops the message and counts it, so nodes
+//! of two versions can share one Redis during a rolling upgrade without misreading.
+
+/// The layout above.
+pub const VERSION: u8 = 1;
+const ROOM_FRAMES: u8 = 1;
+const DIRECT: u8 = 2;
+
+/// A decoded envelope, borrowing the payload.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Envelope<'a> {
+    /// Frames for a room's members (the room is the channel's).
+    Room { node: &'a str, messages: u32, raw: &'a [u8], json: &'a [u8] },
+    /// A direct message for the user the channel names.
+    Dm { node: &'a str, id: u64, ts: u64, from: &'a str, to: &'a str, text: &'a str },
+}
+
+/// Appends a room-frames envelope to `out`.
+pub fn room(out: &mut Vec<u8>, node: &str, messages: u32, raw: &[u8], json: &[u8]) {
+    head(out, ROOM_FRAMES, node);
+    out.extend_from_slice(&messages.to_be_bytes());
+    long(out, raw);
+    long(out, json);
+}
+
+/// Appends a direct-message envelope to `out`. Names are at most 255 bytes (the
+/// chat's are far shorter); `text` at most 4 GiB (the chat's at most `--max-text`).
+pub fn dm(out: &mut Vec<u8>, node: &str, id: u64, ts: u64, from: &str, to: &str, text: &str) {
+    head(out, DIRECT, node);
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(&ts.to_be_bytes());
+    short(out, from.as_bytes());
+    short(out, to.as_bytes());
+    long(out, text.as_bytes());
+}
+
+/// Reads an envelope; an error says what was wrong (an unknown version or kind, a
+/// truncated or overlong field), never echoing the bytes.
+pub fn decode(payload: &[u8]) -> Result<Envelope<'_>, &'static str> {
+    let mut input = Input(payload);
+    if input.u8()? != VERSION {
+        return Err("an envelope version this node does not know");
+    }
+    let kind = input.u8()?;
+    let node = input.str_short()?;
+    let envelope = match kind {
+        ROOM_FRAMES => {
+            let messages = input.u32()?;
+            let raw = input.long()?;
+            let json = input.long()?;
+            Envelope::Room { node, messages, raw, json }
+        }
+        DIRECT => {
+            let (id, ts) = (input.u64()?, input.u64()?);
+            let (from, to) = (input.str_short()?, input.str_short()?);
+            let text = std::str::from_utf8(input.long()?).map_err(|_| "a text that is not UTF-8")?;
+            Envelope::Dm { node, id, ts, from, to, text }
+        }
+        _ => return Err("an envelope kind this node does not know"),
+    };
+    match input.0.is_empty() {
+        true => Ok(envelope),
+        false => Err("bytes after the envelope"),
+    }
+}
+
+fn head(out: &mut Vec<u8>, kind: u8, node: &str) {
+    out.push(VERSION);
+    out.push(kind);
+    short(out, node.as_bytes());
+}
+
+/// A field of at most 255 bytes (longer is cut: callers pass names, bounded far below).
+fn short(out: &mut Vec<u8>, bytes: &[u8]) {
+    let bytes = &bytes[..bytes.len().min(u8::MAX as usize)];
+    out.push(bytes.len() as u8);
+    out.extend_from_slice(bytes);
+}
+
+fn long(out: &mut Vec<u8>, bytes: &[u8]) {
+    let len = u32::try_from(bytes.len()).expect("fields are bounded by --max-message, far below 4 GiB");
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// What is left to read.
+struct Input<'a>(&'a [u8]);
+
+impl<'a> Input<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], &'static str> {
+        if self.0.len() < n {
+            return Err("a truncated envelope");
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, &'static str> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, &'static str> {
+        let bytes = self.take(4)?;
+        Ok(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+
+    fn u64(&mut self) -> Result<u64, &'static str> {
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(self.take(8)?);
+        Ok(u64::from_be_bytes(bytes))
+    }
+
+    fn long(&mut self) -> Result<&'a [u8], &'static str> {
+        let len = self.u32()? as usize;
+        self.take(len)
+    }
+
+    fn str_short(&mut self) -> Result<&'a str, &'static str> {
+        let len = self.u8()? as usize;
+        std::str::from_utf8(self.take(len)?).map_err(|_| "a name that is not UTF-8")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_frames_round_trip() {
+        let mut out = Vec::new();
+        room(&mut out, "n1", 2, b"\x81\x02hi", b"\x81\x02{}");
+        assert_eq!(&out[..5], [VERSION, ROOM_FRAMES, 2, b'n', b'1']);
+        let envelope = decode(&out).unwrap();
+        assert_eq!(envelope, Envelope::Room { node: "n1", messages: 2, raw: b"\x81\x02hi", json: b"\x81\x02{}" });
+    }
+
+    #[test]
+    fn direct_messages_round_trip() {
+        let mut out = Vec::new();
+        dm(&mut out, "n2", 7, 1_700_000_000_000, "ann", "bob", "hé");
+        let envelope = decode(&out).unwrap();
+        assert_eq!(
+            envelope,
+            Envelope::Dm { node: "n2", id: 7, ts: 1_700_000_000_000, from: "ann", to: "bob", text: "hé" }
+        );
+    }
+
+    #[test]
+    fn damaged_envelopes_are_refused() {
+        let mut good = Vec::new();
+        room(&mut good, "n1", 1, b"abc", b"");
+        for cut in 0..good.len() {
+            assert!(decode(&good[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = good.clone();
+        longer.push(0);
+        assert_eq!(decode(&longer), Err("bytes after the envelope"));
+        let mut future = good.clone();
+        future[0] = 2;
+        assert_eq!(decode(&future), Err("an envelope version this node does not know"));
+        let mut strange = good;
+        strange[1] = 9;
+        assert!(decode(&strange).is_err());
+        let mut bad_text = Vec::new();
+        dm(&mut bad_text, "n", 1, 1, "a", "b", "x");
+        *bad_text.last_mut().unwrap() = 0xff;
+        assert_eq!(decode(&bad_text), Err("a text that is not UTF-8"));
+    }
+}
