@@ -229,7 +229,7 @@ pub struct Config {
     #[arg(long, env = "POLLCAST_DEFLATE_THRESHOLD", default_value_t = DEFAULT_THRESHOLD, value_parser = parse_size)]
     pub deflate_threshold: usize,
 
-    /// Join a cluster of nodes through Redis: redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]
+    /// Join a cluster of nodes through Redis: `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`
     /// (the password is never logged). Without it the node stands alone, as always.
     #[arg(long, env = "POLLCAST_REDIS", value_name = "URL")]
     pub redis: Option<SecretUrl>,

@@ -95,6 +95,11 @@
 //! in that order, one line each. Run with `RUST_LOG=pollcast=trace` to watch every turn
 //! narrated, phase by phase.
 //!
+//! With `--redis`, phase 8 is one more owner, `server/cluster.rs`: two Redis sockets on
+//! the same `Poll`, driven by [`redis::Link`] (pure: RESP over bytes, pipelined replies,
+//! reconnect backoff). A room output routed here is published once as the frames already
+//! built ([`redis::envelope`]); other nodes push those frames to their own members.
+//!
 //! ## 8. The load generator: [`bench`](mod@bench)
 //!
 //! `pollcast bench` drives many client connections from one `mio` loop, the same way.
