@@ -114,7 +114,8 @@ pub struct Config {
     #[arg(long, env = "POLLCAST_MAX_UPLOADS", default_value = "16")]
     pub max_uploads: usize,
 
-    /// SQLite file keeping message history (created if missing; WAL mode).
+    /// SQLite file keeping message history (created if missing; WAL mode). Not used
+    /// with --redis: a cluster keeps its history in Redis streams.
     #[arg(long, env = "POLLCAST_DB", default_value = "pollcast.db")]
     pub db: PathBuf,
 
@@ -368,13 +369,7 @@ impl Config {
                 human_bytes(self.max_message)
             ));
         }
-        if self.redis.is_some() && !self.no_history {
-            warnings.push(
-                "--redis: history is still kept per node (--db): a node stores the messages sent through it, \
-                 and pages and replays show those only"
-                    .to_owned(),
-            );
-        }
+
         if self.history_default > self.history_max {
             warnings.push(format!(
                 "--history-default {} lowered to --history-max {}",
@@ -517,9 +512,10 @@ impl Config {
             self.close_timeout,
             self.mode,
             if self.allow_origins.is_empty() { "any".to_owned() } else { self.allow_origins.join(",") },
-            match self.history_db() {
-                Some(path) => format!("{} (keep {} per room)", path.display(), self.history_keep),
-                None => "off".to_owned(),
+            match (self.history_db(), &self.redis) {
+                (Some(_), Some(_)) => format!("redis-streams (keep ~{} per room)", self.history_keep),
+                (Some(path), None) => format!("{} (keep {} per room)", path.display(), self.history_keep),
+                (None, _) => "off".to_owned(),
             },
             {
                 let (conns, rate, exempt) = self.peer_limits();

@@ -129,9 +129,22 @@ fn without_redis_nothing_changes() {
 
 #[test]
 fn a_room_spread_over_two_nodes_gets_every_message_once_and_in_order() {
+    room_spread_over_two_nodes(false);
+}
+
+#[test]
+fn with_history_in_redis_too_every_message_arrives_once_and_in_order() {
+    room_spread_over_two_nodes(true);
+}
+
+/// Two JSON members and one raw member on two nodes, two senders (one on each node,
+/// one of them raw): everyone hears both, in each sender's order, once. `history`: the
+/// nodes keep history in Redis, so every message goes through the store script first.
+fn room_spread_over_two_nodes(history: bool) {
     let _dog = watchdog(TEST_LIMIT);
     let redis = Redis::start();
-    let (a, b) = (node(&redis, "pollcast=info", &[]), node(&redis, "pollcast=info", &[]));
+    let start = || if history { history_node(&redis, &[]) } else { node(&redis, "pollcast=info", &[]) };
+    let (a, b) = (start(), start());
     let mut ann = JsonClient::join(&a, "lobby", "ann"); // on A
     let mut bob = JsonClient::join(&b, "lobby", "bob"); // on B
     let mut carl = TextClient::open(&b, "/lobby?name=carl"); // raw, on B
@@ -264,4 +277,103 @@ fn while_redis_is_away_messages_are_refused_and_after_it_they_cross_again() {
     assert_eq!((message["from"].as_str(), message["text"].as_str()), (Some("ann"), Some("back")), "{message}");
     let (ack, _) = ann.wait_for(|e| e["type"] == "ack");
     assert_eq!(ack["cid"], "c3");
+}
+
+// ----- history in Redis streams ---------------------------------------------------------
+
+/// A node keeping history in Redis (`--db` is not used with `--redis`; the harness
+/// would otherwise turn history off).
+fn history_node(redis: &Redis, extra: &[&str]) -> Server {
+    let mut args = vec!["--db", "unused-with-redis.db"];
+    args.extend_from_slice(extra);
+    node(redis, "pollcast=info", &args)
+}
+
+/// Sends `text` to `room` and returns the id its ack carries (the sender's own copy
+/// comes first, with the same id).
+fn say_acked(client: &mut JsonClient, room: &str, text: &str) -> u64 {
+    let cid = format!("{text}-cid");
+    client.say(room, text, cid.as_str());
+    let (copy, _) = client.wait_for(|e| e["type"] == "message" && e["text"] == text);
+    let (ack, skipped) = client.wait_for(|e| e["type"] == "ack" && e["cid"] == cid.as_str());
+    assert!(skipped.iter().all(|e| e["text"] != text), "one copy");
+    assert_eq!(copy["id"], ack["id"], "the copy and the ack name the same id");
+    ack["id"].as_u64().expect("ack id")
+}
+
+fn page_ids(history: &serde_json::Value) -> Vec<u64> {
+    history["messages"].as_array().expect("messages").iter().map(|m| m["id"].as_u64().unwrap()).collect()
+}
+
+#[test]
+fn ids_increase_across_nodes_and_a_page_reads_from_the_node_that_did_not_store_it() {
+    let _dog = watchdog(TEST_LIMIT);
+    let redis = Redis::start();
+    let (a, b) = (history_node(&redis, &[]), history_node(&redis, &[]));
+    let mut ann = JsonClient::join(&a, "lobby", "ann");
+    ann.expect("history");
+    let mut bob = JsonClient::join(&b, "lobby", "bob");
+    bob.expect("history");
+    subscribers(&redis, "pollcast:room:lobby", 2);
+
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(say_acked(&mut ann, "lobby", &format!("from-a-{i}")));
+        ids.push(say_acked(&mut bob, "lobby", &format!("from-b-{i}")));
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase across the cluster: {ids:?}");
+    assert!(redis.raw("XLEN pollcast:history:lobby").starts_with(":20"), "every message is in the stream");
+
+    // A newcomer on B gets the last 5 of them, whichever node stored them.
+    let mut cy = JsonClient::open(&b, "/lobby?name=cy&history=5");
+    cy.expect_welcome("lobby");
+    cy.expect("joined");
+    let (history, _) = cy.wait_for(|e| e["type"] == "history");
+    assert_eq!(page_ids(&history), ids[15..].to_vec(), "{history}");
+    assert_eq!(history["more"], true);
+    // Paging back, read on B: the 5 before those.
+    cy.send(json!({"type": "history", "room": "lobby", "before": ids[15], "limit": 5}));
+    let (older, _) = cy.wait_for(|e| e["type"] == "history");
+    assert_eq!(page_ids(&older), ids[10..15].to_vec(), "{older}");
+    let texts: Vec<&str> = older["messages"].as_array().unwrap().iter().map(|m| m["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["from-a-5", "from-b-5", "from-a-6", "from-b-6", "from-a-7"]);
+}
+
+#[test]
+fn since_recovers_after_moving_to_another_node() {
+    let _dog = watchdog(TEST_LIMIT);
+    let redis = Redis::start();
+    let (a, b) = (history_node(&redis, &[]), history_node(&redis, &[]));
+    let mut ann = JsonClient::join(&a, "tea", "ann");
+    ann.expect("history");
+    let mut bob = JsonClient::join(&b, "tea", "bob");
+    bob.expect("history");
+    subscribers(&redis, "pollcast:room:tea", 2);
+    let seen = say_acked(&mut bob, "tea", "before");
+    let (message, _) = ann.wait_for(|e| e["type"] == "message");
+    assert_eq!(message["id"].as_u64(), Some(seen));
+    ann.close(); // ann's node goes away for her; she comes back through B
+
+    let missed: Vec<u64> = (0..4).map(|i| say_acked(&mut bob, "tea", &format!("missed-{i}"))).collect();
+    let mut back = JsonClient::open(&b, "/lobby?name=ann");
+    back.expect_welcome("lobby");
+    back.send(json!({"type": "join", "room": "tea", "since": seen}));
+    let (history, _) = back.wait_for(|e| e["type"] == "history" && e["room"] == "tea");
+    assert_eq!(page_ids(&history), missed, "{history}");
+    assert_eq!(history["recovered"], true, "{history}");
+}
+
+#[test]
+fn a_direct_message_is_stored_and_acked_across_nodes() {
+    let _dog = watchdog(TEST_LIMIT);
+    let redis = Redis::start();
+    let (a, b) = (history_node(&redis, &[]), history_node(&redis, &[]));
+    let mut ann = JsonClient::join(&a, "lobby", "ann");
+    let mut bob = JsonClient::join(&b, "lobby", "bob");
+    subscribers(&redis, "pollcast:user:bob", 1);
+    ann.send(json!({"type": "dm", "to": "bob", "text": "kept", "cid": 1}));
+    let (dm, _) = bob.wait_for(|e| e["type"] == "dm");
+    let (ack, _) = ann.wait_for(|e| e["type"] == "ack");
+    assert_eq!((dm["text"].as_str(), dm["id"].as_u64()), (Some("kept"), ack["id"].as_u64()), "{dm} {ack}");
+    assert!(redis.raw("XLEN pollcast:history:@dm").starts_with(":1"));
 }

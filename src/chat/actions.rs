@@ -5,6 +5,7 @@
 use serde_json::Value;
 
 use super::auth::verify;
+use super::cluster::Outgoing;
 use super::cluster::{RemoteDm, Watch};
 use super::json::{Envelope, Request, RoomCount};
 use super::names;
@@ -25,6 +26,14 @@ impl Chat {
         };
         self.may_publish(conn, self.rooms.name(seat.room))?;
         self.deliverable()?;
+        if self.store_first {
+            let (binary, body) = match said {
+                Said::Text(text) => (false, text.as_bytes()),
+                Said::Binary(data) => (true, data),
+            };
+            let room = self.rooms.name(seat.room).to_owned();
+            return self.keep_first(conn, room, None, binary, body, now_ms, None, out);
+        }
         let id = self.accept(Author::Conn(conn), Place::Room(seat.room), None, said, now_ms, out);
         let (raw, json) = match said {
             // In a cluster, JSON members elsewhere may need the envelope.
@@ -192,6 +201,10 @@ impl Chat {
         self.may_publish(conn, room)?;
         self.check_text(text)?;
         self.deliverable()?;
+        if self.store_first {
+            let cid = Some(cid.unwrap_or(Value::Null));
+            return self.keep_first(conn, room.to_owned(), None, false, text.as_bytes(), now_ms, cid, out);
+        }
         let id = self.accept(Author::Conn(conn), Place::Named(room), None, Said::Text(text), now_ms, out);
         let envelope = Envelope::Message { id, room, from: &self.users[&conn].name, text, ts: now_ms }.to_json();
         let deflate = self.deflate_for(room_id, Some(conn));
@@ -214,7 +227,8 @@ impl Chat {
         out: &mut Outbox,
     ) -> Result<(), Failure> {
         self.deliverable()?;
-        let Some(targets) = self.names.get(to).cloned() else {
+        let targets = self.names.get(to).cloned().filter(|_| !self.store_first); // stored first: every DM goes through the store
+        let Some(targets) = targets else {
             if self.cluster && names::validate(to).is_ok() {
                 return self.dm_elsewhere(conn, to, text, cid, now_ms, out);
             }
@@ -247,12 +261,39 @@ impl Chat {
         out: &mut Outbox,
     ) -> Result<(), Failure> {
         self.check_text(text)?;
+        if self.store_first {
+            let (room, to, body) = (DM_ROOM.to_owned(), Some(to.to_owned()), text.as_bytes());
+            let cid = Some(cid.unwrap_or(Value::Null));
+            return self.keep_first(conn, room, to, false, body, now_ms, cid, out);
+        }
         let id = self.accept(Author::Conn(conn), Place::Named(DM_ROOM), Some(to), Said::Text(text), now_ms, out);
         let sender = &self.users[&conn];
         let (json, from) = (sender.json, sender.name.clone());
         let cid = cid.unwrap_or(Value::Null);
         let (to, text) = (to.to_owned(), text.to_owned());
         out.remote_dms.push(RemoteDm { conn, cid, json, id, from, to, text, ts: now_ms });
+        Ok(())
+    }
+
+    /// Cluster history: the message goes to the store first (`Outgoing`), and is
+    /// rendered on every node once the subscription brings it back with its id.
+    #[allow(clippy::too_many_arguments)] // the fields of one Outgoing
+    fn keep_first(
+        &mut self,
+        conn: usize,
+        room: String,
+        to: Option<String>,
+        binary: bool,
+        body: &[u8],
+        ts: u64,
+        cid: Option<Value>,
+        out: &mut Outbox,
+    ) -> Result<(), Failure> {
+        self.messages += 1;
+        let user = &self.users[&conn];
+        let (json, from, echo) = (user.json, user.name.clone(), cid.is_some() && to.is_none());
+        let cid = cid.unwrap_or(Value::Null);
+        out.to_store.push(Outgoing { conn, json, cid, room, to, from, binary, body: body.to_vec(), ts, echo });
         Ok(())
     }
 

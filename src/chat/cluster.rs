@@ -12,10 +12,13 @@
 
 use serde_json::Value;
 
+use super::json::Envelope;
 use super::outbox::Outbox;
 use super::reply::{DmView, Failure, Reply};
 use super::rooms::RoomId;
+use super::text::line_text;
 use super::{Ack, Chat};
+use crate::proto::frame::OpCode;
 
 /// A change of what this node must hear from the others.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,11 +43,76 @@ pub struct RemoteDm {
     pub ts: u64,      // ms since the epoch
 }
 
+/// A message to be stored in the cluster's history before anyone anywhere receives it
+/// (with `--redis` and history on): the shell runs the store-and-publish script, and
+/// every node, this one included, renders it from what the subscription brings back
+/// (`render_stored`), with the id the store gave it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outgoing {
+    pub conn: usize,        // the sender's connection
+    pub json: bool,         // the sender speaks pollcast.v1: it is owed an ack
+    pub cid: Value,         // the sender's id for the request (null if none)
+    pub room: String,       // the room (or `record::DM_ROOM` for a direct message)
+    pub to: Option<String>, // a direct message's recipient
+    pub from: String,       // the sender's name
+    pub binary: bool,       // a binary message (raw clients only)
+    pub body: Vec<u8>,      // the message as relayed
+    pub ts: u64,            // ms since the epoch
+    pub echo: bool,         // a JSON `send`: the sender gets its own copy (a raw line: never)
+}
+
+/// A stored message as the subscription brings it back to a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stored<'a> {
+    pub id: u64,               // the id the store gave it (cluster-wide, increasing)
+    pub sender: Option<usize>, // the sender's connection when it is on this node
+    pub echo: bool,            // as `Outgoing::echo`
+    pub room: &'a str,         // the room
+    pub from: &'a str,         // the sender's name
+    pub binary: bool,          // a binary message
+    pub body: &'a [u8],        // the message as relayed
+    pub ts: u64,               // ms since the epoch
+}
+
 impl Chat {
     /// This node is part of a cluster: log room and name changes, send direct messages
-    /// to names it does not hold to the cluster.
-    pub fn join_cluster(&mut self) {
+    /// to names it does not hold to the cluster. `store_first`: history is the
+    /// cluster's (Redis streams): messages become `Outgoing` and are rendered only once
+    /// stored (`render_stored`).
+    pub fn join_cluster(&mut self, store_first: bool) {
         self.cluster = true;
+        self.store_first = store_first;
+    }
+
+    /// A stored message for a room with members here: framed once per codec for them
+    /// (the local sender excepted: a JSON sender gets its own copy, a raw one nothing).
+    pub fn render_stored(&mut self, stored: Stored, out: &mut Outbox) {
+        let Some(room) = self.rooms.find(stored.room) else { return };
+        let sender = stored.sender.filter(|conn| self.users.contains_key(conn));
+        let text = (!stored.binary).then(|| std::str::from_utf8(stored.body).ok()).flatten();
+        let envelope = text.map(|text| {
+            let text = if stored.echo { text } else { line_text(text) };
+            Envelope::Message { id: stored.id, room: stored.room, from: stored.from, text, ts: stored.ts }.to_json()
+        });
+        let opcode = if stored.binary { OpCode::Binary } else { OpCode::Text };
+        let deflate = self.deflate_for(room, sender);
+        out.to_room(room, sender, Some((opcode, stored.body)), envelope.as_deref(), deflate);
+        if let (Some(conn), true, Some(envelope)) = (sender, stored.echo, &envelope) {
+            out.send(conn, envelope);
+        }
+    }
+
+    /// A message is stored: its sender's ack (the shell sends it after the sender's own
+    /// copy, when there is one).
+    pub fn stored_ack(&self, outgoing: &Outgoing, id: u64) -> Option<Ack> {
+        (outgoing.json && self.has(outgoing.conn)).then(|| Ack { conn: outgoing.conn, cid: outgoing.cid.clone(), id })
+    }
+
+    /// A message could not be stored (Redis refused it, or went away before answering):
+    /// its sender is told; nobody received it.
+    pub fn store_failed(&self, outgoing: &Outgoing, why: &str, out: &mut Outbox) {
+        let reference = (!outgoing.cid.is_null()).then_some(&outgoing.cid);
+        self.fail(outgoing.conn, Failure::new("store_failed", why), reference, out);
     }
 
     /// The changes since the last call, in order. (The names of rooms emptied since

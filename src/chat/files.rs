@@ -111,6 +111,9 @@ impl Chat {
             return Err(Failure::new("busy", "one upload at a time per connection: its bytes are still arriving"));
         }
         self.deliverable()?;
+        if self.store_first {
+            return Err(Failure::new("unsupported", "files are not shared across a cluster yet"));
+        }
         let target = match self.check_upload(conn, &header) {
             Ok(target) => target,
             Err(failure) => {

@@ -136,6 +136,7 @@ pub struct Chat {
     watch: Vec<cluster::Watch>,         // rooms and names gained or lost here, for the shell
     closed: HashMap<RoomId, String>,    // rooms emptied since the last `take_watch` (cluster only)
     cluster_down: bool,                 // Redis is unreachable: messages are refused
+    store_first: bool,                  // cluster history: messages are `Outgoing`, rendered once stored
 }
 
 impl Chat {
@@ -155,6 +156,7 @@ impl Chat {
             watch: Vec::new(),
             closed: HashMap::new(),
             cluster_down: false,
+            store_first: false,
         }
     }
 

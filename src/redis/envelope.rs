@@ -15,6 +15,7 @@
 //! version:u8 = 1 | kind:u8 | node_len:u8 | node
 //! kind 1 (room frames): messages:u32 | raw_len:u32 | raw | json_len:u32 | json
 //! kind 2 (dm):          id:u64 | ts:u64 | from_len:u8 | from | to_len:u8 | to | text_len:u32 | text
+//! kind 3 (stored):      conn:u64 | echo:u8 | binary:u8 | ts:u64 | from_len:u8 | from | body_len:u32 | body
 //! ```
 //!
 //! A node reading a version it does not know drops the message and counts it, so nodes
@@ -24,6 +25,7 @@
 pub const VERSION: u8 = 1;
 const ROOM_FRAMES: u8 = 1;
 const DIRECT: u8 = 2;
+const STORED: u8 = 3;
 
 /// A decoded envelope, borrowing the payload.
 #[derive(Debug, PartialEq, Eq)]
@@ -32,6 +34,9 @@ pub enum Envelope<'a> {
     Room { node: &'a str, messages: u32, raw: &'a [u8], json: &'a [u8] },
     /// A direct message for the user the channel names.
     Dm { node: &'a str, id: u64, ts: u64, from: &'a str, to: &'a str, text: &'a str },
+    /// A room message as the store script published it (its id is in front of the
+    /// envelope: `history::split_stored`). `conn`: the sender's connection on `node`.
+    Stored { node: &'a str, conn: u64, echo: bool, binary: bool, ts: u64, from: &'a str, body: &'a [u8] },
 }
 
 /// Appends a room-frames envelope to `out`.
@@ -51,6 +56,18 @@ pub fn dm(out: &mut Vec<u8>, node: &str, id: u64, ts: u64, from: &str, to: &str,
     short(out, from.as_bytes());
     short(out, to.as_bytes());
     long(out, text.as_bytes());
+}
+
+/// Appends a stored-message envelope to `out` (the store script puts the id in front).
+#[allow(clippy::too_many_arguments)] // the fields of one message
+pub fn stored(out: &mut Vec<u8>, node: &str, conn: u64, echo: bool, binary: bool, ts: u64, from: &str, body: &[u8]) {
+    head(out, STORED, node);
+    out.extend_from_slice(&conn.to_be_bytes());
+    out.push(u8::from(echo));
+    out.push(u8::from(binary));
+    out.extend_from_slice(&ts.to_be_bytes());
+    short(out, from.as_bytes());
+    long(out, body);
 }
 
 /// Reads an envelope; an error says what was wrong (an unknown version or kind, a
@@ -74,6 +91,14 @@ pub fn decode(payload: &[u8]) -> Result<Envelope<'_>, &'static str> {
             let (from, to) = (input.str_short()?, input.str_short()?);
             let text = std::str::from_utf8(input.long()?).map_err(|_| "a text that is not UTF-8")?;
             Envelope::Dm { node, id, ts, from, to, text }
+        }
+        STORED => {
+            let conn = input.u64()?;
+            let (echo, binary) = (input.u8()? != 0, input.u8()? != 0);
+            let ts = input.u64()?;
+            let from = input.str_short()?;
+            let body = input.long()?;
+            Envelope::Stored { node, conn, echo, binary, ts, from, body }
         }
         _ => return Err("an envelope kind this node does not know"),
     };
@@ -163,6 +188,16 @@ mod tests {
             envelope,
             Envelope::Dm { node: "n2", id: 7, ts: 1_700_000_000_000, from: "ann", to: "bob", text: "hé" }
         );
+    }
+
+    #[test]
+    fn stored_messages_round_trip() {
+        let mut out = Vec::new();
+        stored(&mut out, "n3", 12, true, false, 99, "ann", b"hello");
+        let envelope = decode(&out).unwrap();
+        let expected =
+            Envelope::Stored { node: "n3", conn: 12, echo: true, binary: false, ts: 99, from: "ann", body: b"hello" };
+        assert_eq!(envelope, expected);
     }
 
     #[test]

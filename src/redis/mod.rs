@@ -9,6 +9,7 @@
 //! subscriptions), reads and writes them, and passes `now` in.
 
 pub mod envelope;
+pub mod history;
 pub mod link;
 pub mod resp;
 pub mod url;

@@ -131,7 +131,7 @@ fn failure(failure: Failure) -> Refused {
     let status = match failure.code {
         "no_such_user" => Status::NotFound,
         "too_large" => Status::PayloadTooLarge,
-        "unavailable" => Status::ServiceUnavailable, // in a cluster, while Redis is away
+        "unavailable" | "unsupported" => Status::ServiceUnavailable, // in a cluster: Redis away, or not there yet
         _ => Status::BadRequest,
     };
     (status, failure.code, failure.message)

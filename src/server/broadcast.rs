@@ -34,6 +34,7 @@ use super::client::Client;
 use super::history::History;
 use super::metrics::Stats;
 use crate::buffers::Shared;
+use crate::chat::record::Query;
 use crate::chat::rooms::RoomId;
 use crate::chat::{history_frames, Chat, Outbox, Output};
 use crate::proto::close::CloseCode;
@@ -65,6 +66,17 @@ pub struct Router {
     dirty: Vec<usize>,           // clients with bytes queued this turn, for the flush
     queue_limit: usize,          // the effective --max-queue
     relay: Option<Vec<Relayed>>, // with --redis: room outputs to publish this turn
+    reads: Option<Vec<Read>>,    // with cluster history: history reads for the Redis phase
+}
+
+/// A history read the Redis phase answers (cluster history): the page goes to `conn`
+/// when Redis replies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Read {
+    pub conn: usize,  // who asked
+    pub room: String, // which room
+    pub query: Query, // which part
+    pub json: bool,   // a pollcast.v1 reader (text records only)
 }
 
 impl Router {
@@ -72,12 +84,27 @@ impl Router {
     pub fn new(queue_limit: usize, deflate_threshold: usize) -> Router {
         let mut outbox = Outbox::default();
         outbox.set_deflate_threshold(deflate_threshold);
-        Router { outbox, dirty: Vec::new(), queue_limit, relay: None }
+        Router { outbox, dirty: Vec::new(), queue_limit, relay: None, reads: None }
     }
 
     /// In a cluster: every room output is also kept for the Redis phase to publish.
     pub fn relay_rooms(&mut self) {
         self.relay = Some(Vec::new());
+    }
+
+    /// Cluster history: history reads are answered by the Redis phase, not the store.
+    pub fn read_elsewhere(&mut self) {
+        self.reads = Some(Vec::new());
+    }
+
+    /// The history reads of this turn (cluster history).
+    pub fn take_reads(&mut self) -> Vec<Read> {
+        self.reads.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// A history page read from Redis, for `conn`.
+    pub fn page_to(&mut self, conn: usize, frames: Vec<u8>) {
+        self.outbox.own(conn, frames, false);
     }
 
     /// The room outputs of this turn that other nodes must hear.
@@ -128,6 +155,21 @@ impl Router {
         }
         // Acks follow the outputs they confirm (the sender's own copy comes first).
         self.answer_acks(clients, history, stats);
+    }
+
+    /// Routes what is in the outbox without relaying it to other nodes: messages the
+    /// cluster's store brought back, which every node renders for itself.
+    pub fn route_local(
+        &mut self,
+        clients: &mut Slab<Client>,
+        chat: &mut Chat,
+        history: &mut History,
+        stats: &mut Stats,
+        now: Instant,
+    ) {
+        let relay = self.relay.take();
+        self.route(clients, chat, history, stats, now);
+        self.relay = relay;
     }
 
     /// Frames another node published for a room with local members: pushed, shared, to
@@ -247,6 +289,9 @@ impl Router {
                         chat.room_name(room)
                     );
                 }
+            }
+            Output::History { conn, room, query, json } if self.reads.is_some() => {
+                self.reads.get_or_insert_with(Vec::new).push(Read { conn, room, query, json });
             }
             Output::History { conn, room, query, json } => {
                 let page = history.read(&room, query, json, stats);

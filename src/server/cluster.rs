@@ -45,7 +45,9 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
-use crate::chat::cluster::{RemoteDm, Watch};
+use super::broadcast::Read as HistoryRead;
+use super::cluster_history::AckOrder;
+use crate::chat::cluster::{Outgoing, RemoteDm, Watch};
 use crate::redis::envelope::{self, Envelope};
 use crate::redis::resp::error_text;
 use crate::redis::{Backoff, Event, Link, LinkLimits, Phase, RedisUrl, Reply};
@@ -64,6 +66,10 @@ pub enum Tag {
     /// A direct message published to a user's channel: its sender waits for the count
     /// of nodes that heard it.
     Dm(Box<RemoteDm>),
+    /// A message run through the store script (cluster history): its sender waits.
+    Store(Box<Outgoing>),
+    /// A history read (cluster history): its reader waits for the page.
+    Read(Box<HistoryRead>),
 }
 
 /// The channel of a room: every node with members in it subscribes.
@@ -109,6 +115,7 @@ pub struct Cluster {
     events: Vec<(bool, Event<Tag>)>, // what the links said this turn (true: the subscriptions link)
     down_since: Option<Instant>,     // when the current outage began (either link), for /healthz
     unrelayed: u64,                  // messages not published this outage (reset when healthy)
+    pub(super) acks: AckOrder,       // cluster history: each sender's ack after its own copy
 }
 
 impl Cluster {
@@ -132,6 +139,7 @@ impl Cluster {
             events: Vec::new(),
             down_since: Some(now),
             unrelayed: 0,
+            acks: AckOrder::default(),
         }
     }
 
@@ -417,6 +425,8 @@ impl super::Server {
             }
         }
         cluster.watch(self.chat.take_watch(), now);
+        self.store_and_read();
+        let Some(cluster) = &mut self.cluster else { return };
         let events = cluster.turn(self.poll.registry(), now);
         self.chat.set_cluster_down(!cluster.is_ready());
         for dm in failed {
@@ -439,6 +449,12 @@ impl super::Server {
                         cluster.watch(watching, self.now);
                     }
                 }
+                Event::Ready => self.load_scripts(),
+                Event::Down { .. } => self.release_acks(),
+                Event::Reply(Tag::Store(message), reply) => self.on_stored(message, Some(reply)),
+                Event::Lost(Tag::Store(message)) => self.on_stored(message, None),
+                Event::Reply(Tag::Read(read), reply) => self.on_read(read, Some(reply)),
+                Event::Lost(Tag::Read(read)) => self.on_read(read, None),
                 Event::Push(reply) => self.on_published(&reply),
                 Event::Reply(Tag::Dm(dm), Reply::Integer(heard)) if heard > 0 => {
                     self.chat.remote_dm_sent(&dm, self.router.outbox())
@@ -459,8 +475,7 @@ impl super::Server {
                         log::warn!("redis: {what} failed: {error}");
                     }
                 }
-                Event::Reply(Tag::Relay { .. }, _) | Event::Lost(Tag::Quiet(_)) | Event::Ready | Event::Down { .. } => {
-                }
+                Event::Reply(Tag::Relay { .. }, _) | Event::Lost(Tag::Quiet(_)) => {}
             }
         }
     }
@@ -475,14 +490,18 @@ impl super::Server {
     /// members, or a direct message for a local user. Its own room publishes come back
     /// too, and are skipped: its members had them when they were routed.
     fn on_published(&mut self, reply: &Reply) {
-        let Some(cluster) = &self.cluster else { return };
         let Some((channel, payload)) = published(reply) else { return }; // a (un)subscribe confirmation
+        if self.on_stored_published(&String::from_utf8_lossy(channel), payload) {
+            return; // cluster history: a stored message, `ID|ENVELOPE`
+        }
+        let Some(cluster) = &self.cluster else { return };
         let envelope = match envelope::decode(payload) {
             Ok(envelope) => envelope,
             Err(why) => return log::warn!("redis: dropped a published message: {why}"),
         };
         let channel = String::from_utf8_lossy(channel);
         match envelope {
+            Envelope::Stored { .. } => {} // never without its id in front: handled above
             Envelope::Room { node, .. } if node == cluster.node => {}
             Envelope::Room { messages, raw, json, .. } => {
                 let Some(room) = channel.strip_prefix("pollcast:room:").and_then(|room| self.chat.local_room(room))

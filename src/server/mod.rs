@@ -41,6 +41,7 @@ mod admin;
 mod broadcast;
 mod client;
 pub mod cluster;
+mod cluster_history;
 mod history;
 pub mod http;
 mod listener;
@@ -146,7 +147,10 @@ impl Server {
         };
         let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
-        let store: Option<Box<dyn Store>> = match config.history_db() {
+        // With --redis, history is the cluster's (Redis streams, read and written by
+        // `cluster.rs`); SQLite is the single node's.
+        let cluster_history = config.redis.is_some() && config.history_db().is_some();
+        let store: Option<Box<dyn Store>> = match config.history_db().filter(|_| !cluster_history) {
             Some(path) => Some(Box::new(SqliteStore::open(path, config.history_keep).map_err(io::Error::other)?)),
             None => None,
         };
@@ -165,8 +169,11 @@ impl Server {
             .map(|cluster| Cluster::new(cluster, (REDIS_COMMANDS, REDIS_SUBSCRIPTIONS), now));
         let mut router = Router::new(config.effective_max_queue(), config.deflate_threshold);
         if cluster.is_some() {
-            chat.join_cluster();
+            chat.join_cluster(cluster_history);
             router.relay_rooms();
+        }
+        if cluster_history {
+            router.read_elsewhere();
         }
         Ok(Server {
             cluster,

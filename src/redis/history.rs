@@ -1,0 +1,260 @@
+//! History in Redis, as pure code: the store-and-publish script that gives a message
+//! its id, keeps it in its room's stream and publishes it in one atomic step, the read
+//! script, the commands that run them, and what their replies mean in the chat's words
+//! (`chat::record`). No sockets: the shell (`server/cluster.rs`) sends the commands and
+//! hands the replies back here.
+//!
+//! Keys: `pollcast:id` (the cluster's last message id, `INCR`ed), one stream per room,
+//! `pollcast:history:ROOM` (direct messages: `pollcast:history:@dm`), whose entry ids
+//! are `0-ID`, so a stream's order is the ids' order and a range by id is a range of
+//! the stream. Fields: `f` from, `b` body, `x` binary (`1`/`0`), `ts`, `to` (a DM's
+//! recipient, else empty). `MAXLEN ~ --history-keep` trims each stream as it grows.
+//!
+//! Why one script: a message must be stored before any client anywhere receives it,
+//! and no node may see a message that was not stored. Redis runs a script atomically,
+//! so INCR, XADD and PUBLISH happen together or (on an error before PUBLISH) the message
+//! is never published. Every node, the sender's included, delivers a message only when
+//! the subscription brings it back, with its id in front: `ID|ENVELOPE`.
+
+use sha1::{Digest, Sha1};
+
+use super::resp::{bytes, Reply};
+use crate::chat::record::{Page, Query, Record};
+
+/// INCR the id, XADD to the stream (trimmed), PUBLISH `ID|envelope`; returns
+/// `{id, nodes that heard it}`. KEYS: id counter, stream. ARGV: keep, channel, from,
+/// body, binary, ts, to, envelope.
+pub const STORE_SCRIPT: &str = r#"
+local id = redis.call('INCR', KEYS[1])
+local sid = string.format('%d', id)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '0-' .. sid,
+  'f', ARGV[3], 'b', ARGV[4], 'x', ARGV[5], 'ts', ARGV[6], 'to', ARGV[7])
+local heard = redis.call('PUBLISH', ARGV[2], sid .. '|' .. ARGV[8])
+return {id, heard}
+"#;
+
+/// A range of one stream, and the highest id trimming ever deleted from it (so a
+/// `since` recovery can say whether anything after `since` was lost). KEYS: stream.
+/// ARGV: XRANGE or XREVRANGE, start, end, count.
+pub const READ_SCRIPT: &str = r#"
+local entries = redis.call(ARGV[1], KEYS[1], ARGV[2], ARGV[3], 'COUNT', ARGV[4])
+local deleted = '0-0'
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  for i = 1, #info, 2 do
+    if info[i] == 'max-deleted-entry-id' then deleted = info[i + 1] end
+  end
+end
+return {entries, deleted}
+"#;
+
+/// The key of the id counter.
+pub const ID_KEY: &str = "pollcast:id";
+
+/// A room's stream.
+pub fn stream_key(room: &str) -> String {
+    format!("pollcast:history:{room}")
+}
+
+/// A script's SHA1, in hex, as EVALSHA names it.
+pub fn sha(script: &str) -> String {
+    Sha1::digest(script.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One message to store, in the store script's terms.
+pub struct ToStore<'a> {
+    pub room: &'a str,       // the stream's room (or `@dm`)
+    pub channel: &'a str,    // where to publish it
+    pub from: &'a str,       // sender's name
+    pub body: &'a [u8],      // the message
+    pub binary: bool,        // binary or text
+    pub ts: u64,             // ms since the epoch
+    pub to: Option<&'a str>, // a DM's recipient
+    pub envelope: &'a [u8],  // what to publish after `ID|`
+    pub keep: usize,         // --history-keep
+}
+
+/// The EVALSHA (or, with `eval`, EVAL: after NOSCRIPT) command storing one message.
+pub fn store_command(message: &ToStore, eval: bool) -> Vec<Vec<u8>> {
+    let (verb, script) = match eval {
+        true => ("EVAL", STORE_SCRIPT.to_owned()),
+        false => ("EVALSHA", sha(STORE_SCRIPT)),
+    };
+    let binary = if message.binary { "1" } else { "0" };
+    [
+        verb.as_bytes(),
+        script.as_bytes(),
+        b"2",
+        ID_KEY.as_bytes(),
+        stream_key(message.room).as_bytes(),
+        message.keep.to_string().as_bytes(),
+        message.channel.as_bytes(),
+        message.from.as_bytes(),
+        message.body,
+        binary.as_bytes(),
+        message.ts.to_string().as_bytes(),
+        message.to.unwrap_or("").as_bytes(),
+        message.envelope,
+    ]
+    .iter()
+    .map(|arg| arg.to_vec())
+    .collect()
+}
+
+/// The store script's answer: the id, and how many nodes heard the publish.
+pub fn stored(reply: &Reply) -> Option<(u64, i64)> {
+    match reply {
+        Reply::Array(parts) => match parts.as_slice() {
+            [Reply::Integer(id), Reply::Integer(heard)] => Some((u64::try_from(*id).ok()?, *heard)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// `ID|ENVELOPE` as published by the store script: the id and the envelope; `None` for
+/// a payload without an id in front (a plain envelope).
+pub fn split_stored(payload: &[u8]) -> Option<(u64, &[u8])> {
+    let bar = payload.iter().take(21).position(|&b| b == b'|')?;
+    let id = std::str::from_utf8(&payload[..bar]).ok()?.parse().ok()?;
+    Some((id, &payload[bar + 1..]))
+}
+
+/// The read command answering `query` for `room`, asking one entry more than `cap`
+/// (so the answer knows whether there is more).
+pub fn read_command(room: &str, query: Query, cap: usize, eval: bool) -> Vec<Vec<u8>> {
+    let (range, start, end, count) = match query {
+        Query::Last(n) => ("XREVRANGE", "+".to_owned(), "-".to_owned(), n.min(cap)),
+        Query::Before { before: u64::MAX, n } => ("XREVRANGE", "+".to_owned(), "-".to_owned(), n.min(cap)),
+        Query::Before { before, n } => ("XREVRANGE", format!("(0-{before}"), "-".to_owned(), n.min(cap)),
+        Query::Since(since) => ("XRANGE", format!("(0-{since}"), "+".to_owned(), cap),
+    };
+    let (verb, script) = match eval {
+        true => ("EVAL", READ_SCRIPT.to_owned()),
+        false => ("EVALSHA", sha(READ_SCRIPT)),
+    };
+    let count = (count + 1).to_string();
+    [verb, &script, "1", &stream_key(room), range, &start, &end, &count].iter().map(|a| a.as_bytes().to_vec()).collect()
+}
+
+/// The page a read script's reply makes, oldest first: at most `n` of `query`'s
+/// messages (`cap` for `since`), binary ones left out for JSON readers (`text_only`).
+pub fn page(room: &str, query: Query, cap: usize, text_only: bool, reply: &Reply) -> Result<Page, String> {
+    let Reply::Array(parts) = reply else { return Err("the read script answered no array".into()) };
+    let [Reply::Array(entries), deleted] = parts.as_slice() else { return Err("the read script's answer".into()) };
+    let mut messages = entries.iter().map(|entry| record(room, entry)).collect::<Result<Vec<_>, _>>()?;
+    let wanted = match query {
+        Query::Last(n) | Query::Before { n, .. } => n.min(cap),
+        Query::Since(_) => cap,
+    };
+    let more = messages.len() > wanted;
+    messages.truncate(wanted);
+    if !matches!(query, Query::Since(_)) {
+        messages.reverse(); // XREVRANGE gave newest first
+    }
+    let recovered = match query {
+        Query::Since(since) => {
+            let deleted = bytes(deleted).and_then(|id| std::str::from_utf8(id).ok()).and_then(entry_id).unwrap_or(0);
+            Some(!more && deleted <= since)
+        }
+        _ => None,
+    };
+    if text_only {
+        messages.retain(|m| !m.binary);
+    }
+    Ok(Page { messages, more, recovered })
+}
+
+/// `0-ID` → ID.
+fn entry_id(text: &str) -> Option<u64> {
+    text.strip_prefix("0-")?.parse().ok()
+}
+
+/// One stream entry, `[id, [field, value, ...]]`, as a record.
+fn record(room: &str, entry: &Reply) -> Result<Record, String> {
+    let Reply::Array(parts) = entry else { return Err("a stream entry that is no array".into()) };
+    let [id, Reply::Array(fields)] = parts.as_slice() else { return Err("a stream entry's shape".into()) };
+    let id = bytes(id).and_then(|id| std::str::from_utf8(id).ok()).and_then(entry_id).ok_or("a stream entry id")?;
+    let mut record = Record {
+        id,
+        room: room.to_owned(),
+        from: String::new(),
+        to: None,
+        binary: false,
+        body: Vec::new(),
+        ts: 0,
+        file: None,
+    };
+    for pair in fields.chunks(2) {
+        let [name, value] = pair else { continue };
+        let (Some(name), Some(value)) = (bytes(name), bytes(value)) else { continue };
+        match name {
+            b"f" => record.from = String::from_utf8_lossy(value).into_owned(),
+            b"b" => record.body = value.to_vec(),
+            b"x" => record.binary = value == b"1",
+            b"ts" => record.ts = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()).unwrap_or(0),
+            b"to" if !value.is_empty() => record.to = Some(String::from_utf8_lossy(value).into_owned()),
+            _ => {}
+        }
+    }
+    Ok(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(text: &str) -> Reply {
+        Reply::BulkString(text.as_bytes().to_vec())
+    }
+
+    fn entry(id: u64, from: &str, body: &str, binary: bool) -> Reply {
+        let fields = ["f", from, "b", body, "x", if binary { "1" } else { "0" }, "ts", "5", "to", ""];
+        Reply::Array(vec![bulk(&format!("0-{id}")), Reply::Array(fields.iter().map(|f| bulk(f)).collect())])
+    }
+
+    #[test]
+    fn the_scripts_are_named_by_their_sha1() {
+        assert_eq!(sha("return 1"), "e0e1f9fabfc9d4800c877a703b823ac0578ff8db");
+        assert_eq!(sha(STORE_SCRIPT).len(), 40);
+    }
+
+    #[test]
+    fn ids_come_in_front_of_the_envelope() {
+        assert_eq!(split_stored(b"42|\x01\x02"), Some((42, b"\x01\x02".as_slice())));
+        assert_eq!(split_stored(b"\x01\x01n"), None);
+        assert_eq!(split_stored(b"x|y"), None);
+    }
+
+    #[test]
+    fn reads_ask_one_more_than_they_keep() {
+        let command = read_command("tea", Query::Before { before: 10, n: 3 }, 500, false);
+        let args: Vec<&str> = command.iter().map(|a| std::str::from_utf8(a).unwrap()).collect();
+        assert_eq!(args[2..], ["1", "pollcast:history:tea", "XREVRANGE", "(0-10", "-", "4"]);
+        let command = read_command("tea", Query::Since(7), 50, true);
+        assert_eq!(command[0], b"EVAL");
+        assert_eq!(command[5..], [b"(0-7".to_vec(), b"+".to_vec(), b"51".to_vec()]);
+    }
+
+    #[test]
+    fn pages_are_oldest_first_and_know_whether_there_is_more() {
+        let reply = Reply::Array(vec![
+            Reply::Array(vec![entry(9, "ann", "c", false), entry(7, "bob", "b", true), entry(3, "ann", "a", false)]),
+            bulk("0-0"),
+        ]);
+        let page = page("tea", Query::Last(2), 500, false, &reply).unwrap();
+        assert_eq!(page.messages.iter().map(|m| m.id).collect::<Vec<_>>(), [7, 9]);
+        assert!(page.more && page.recovered.is_none());
+        assert!(page.messages[0].binary && page.messages[1].body == b"c");
+        let page = super::page("tea", Query::Last(5), 500, true, &reply).unwrap();
+        assert_eq!(page.messages.iter().map(|m| m.id).collect::<Vec<_>>(), [3, 9], "text only");
+    }
+
+    #[test]
+    fn since_knows_whether_trimming_took_anything_after_it() {
+        let entries = Reply::Array(vec![entry(8, "ann", "x", false)]);
+        let reply = |deleted: &str| Reply::Array(vec![entries.clone(), bulk(deleted)]);
+        assert_eq!(page("tea", Query::Since(5), 50, false, &reply("0-4")).unwrap().recovered, Some(true));
+        assert_eq!(page("tea", Query::Since(5), 50, false, &reply("0-6")).unwrap().recovered, Some(false));
+    }
+}

@@ -1,0 +1,227 @@
+//! History in Redis (with `--redis` and history on): the Redis phase's side of storing a
+//! message before anyone receives it, and of reading pages. Part of the Redis phase
+//! (`cluster.rs` owns the links; this file what the store and read commands mean to
+//! the server).
+//!
+//! Owns: turning the chat's `Outgoing` messages into store-script commands, rendering
+//! what the subscription brings back (every node, the sender's included, delivers a
+//! message only then, with the id the store gave it), the sender's `ack` after its own
+//! copy, history reads sent to Redis and their pages sent to the reader. Must not touch:
+//! sockets, RESP (`redis::history` spells the commands and reads the replies).
+//!
+//! The durability rule across nodes: the store script INCRs the id, XADDs to the room's
+//! stream and PUBLISHes in one atomic step, so no node can receive a message that was
+//! not stored; the sender's `ack` is sent only after the script's reply (and after the
+//! sender's own copy, when the subscription has brought it). A reply that never comes
+//! (Redis went away) is answered `store_failed`: not acked, and not delivered unless it
+//! was in fact stored, in which case `since` recovers it like any other.
+
+use std::collections::{HashMap, HashSet};
+
+use super::broadcast::Read;
+use super::cluster::{room_channel, user_channel, Tag};
+use crate::chat::cluster::{Outgoing, RemoteDm, Stored};
+use crate::chat::history_frames;
+use crate::chat::Ack;
+use crate::redis::envelope::{self, Envelope};
+use crate::redis::history::{self as stream, ToStore, READ_SCRIPT, STORE_SCRIPT};
+use crate::redis::resp::error_text;
+use crate::redis::Reply;
+
+/// Acks waiting for their sender's own copy, and copies that came before their ack: a
+/// JSON sender hears its message, then the `ack`, whichever of the two links answers
+/// first. Both sets are bounded by the commands in flight, and emptied when a link
+/// drops.
+#[derive(Debug, Default)]
+pub struct AckOrder {
+    waiting: HashMap<u64, Ack>, // stored (the script answered), own copy not seen yet
+    seen: HashSet<u64>,         // own copy delivered, the script's answer not read yet
+}
+
+impl super::Server {
+    /// This turn's messages to store and pages to read, as commands on the commands link.
+    pub(super) fn store_and_read(&mut self) {
+        let Some(cluster) = &mut self.cluster else { return };
+        let outgoing = std::mem::take(&mut self.router.outbox().to_store);
+        let mut failed = Vec::new();
+        for message in outgoing {
+            let command = store_command(&message, cluster.node(), self.config.history_keep, false);
+            if let Err(Tag::Store(message)) = cluster.command(&command, Tag::Store(Box::new(message)), self.now) {
+                failed.push(message);
+            }
+        }
+        for read in self.router.take_reads() {
+            let command = stream::read_command(&read.room, read.query, self.config.history_max, false);
+            let _ = cluster.command(&command, Tag::Read(Box::new(read)), self.now);
+            // a read nobody answers: nothing is sent, as a failed local read
+        }
+        for message in failed {
+            self.chat.store_failed(
+                &message,
+                "the cluster is unreachable (Redis): the message was not stored",
+                self.router.outbox(),
+            );
+        }
+    }
+
+    /// The commands link is (again) ready: the scripts are loaded before any EVALSHA
+    /// (one link, in order), so NOSCRIPT only follows a SCRIPT FLUSH.
+    pub(super) fn load_scripts(&mut self) {
+        let Some(cluster) = &mut self.cluster else { return };
+        for script in [STORE_SCRIPT, READ_SCRIPT] {
+            let _ = cluster.command(&["SCRIPT", "LOAD", script], Tag::Quiet("SCRIPT LOAD"), self.now);
+        }
+    }
+
+    /// The store script answered (or failed): the sender hears how it went.
+    pub(super) fn on_stored(&mut self, message: Box<Outgoing>, reply: Option<Reply>) {
+        let stored = reply.as_ref().and_then(stream::stored);
+        let error = reply.as_ref().and_then(error_text).map(str::to_owned);
+        if error.as_deref().is_some_and(|e| e.starts_with("NOSCRIPT")) {
+            return self.store_again_with_eval(message);
+        }
+        let Some((id, heard)) = stored else {
+            let why = match (&reply, &error) {
+                (None, _) => {
+                    "Redis went away before confirming the message was stored (rejoin with since to see)".to_owned()
+                }
+                (Some(_), Some(e)) => format!("the store refused the message: {e}"),
+                (Some(_), None) => "the store answered something unexpected".to_owned(),
+            };
+            log::warn!("redis: a message from conn {} was not confirmed stored: {why}", message.conn);
+            return self.chat.store_failed(&message, &why, self.router.outbox());
+        };
+        self.stats.stored += 1;
+        if let Some(to) = &message.to {
+            let Outgoing { conn, json, cid, from, body, ts, .. } = *message;
+            let text = String::from_utf8(body).unwrap_or_default();
+            let dm = RemoteDm { conn, cid, json, id, from, to: to.clone(), text, ts };
+            match heard > 0 {
+                true => self.chat.remote_dm_sent(&dm, self.router.outbox()),
+                false => self.chat.remote_dm_failed(&dm, Some(false), self.router.outbox()),
+            }
+            return;
+        }
+        let Some(ack) = self.chat.stored_ack(&message, id) else { return };
+        let Some(cluster) = &mut self.cluster else { return };
+        let ready = cluster.is_ready();
+        if cluster.acks.seen.remove(&id) || !message.echo || !ready {
+            self.router.outbox().acks.push(ack); // its copy came first (or will not come)
+        } else {
+            cluster.acks.waiting.insert(id, ack);
+        }
+    }
+
+    /// After NOSCRIPT (a SCRIPT FLUSH since this link loaded it): the same message with
+    /// EVAL, which also caches the script again.
+    fn store_again_with_eval(&mut self, message: Box<Outgoing>) {
+        let Some(cluster) = &mut self.cluster else { return };
+        log::warn!("redis: the store script was flushed from Redis; sending it again");
+        let command = store_command(&message, cluster.node(), self.config.history_keep, true);
+        if let Err(Tag::Store(message)) = cluster.command(&command, Tag::Store(message), self.now) {
+            self.chat.store_failed(
+                &message,
+                "the cluster is unreachable (Redis): the message was not stored",
+                self.router.outbox(),
+            );
+        }
+    }
+
+    /// A read script answered: the page goes to its reader (nothing on a failure, as
+    /// with a failed local read; logged).
+    pub(super) fn on_read(&mut self, read: Box<Read>, reply: Option<Reply>) {
+        let Some(reply) = reply else { return };
+        if error_text(&reply).is_some_and(|e| e.starts_with("NOSCRIPT")) {
+            let command = stream::read_command(&read.room, read.query, self.config.history_max, true);
+            if let Some(cluster) = &mut self.cluster {
+                let _ = cluster.command(&command, Tag::Read(read), self.now);
+            }
+            return;
+        }
+        match stream::page(&read.room, read.query, self.config.history_max, read.json, &reply) {
+            Ok(page) => {
+                let frames = history_frames(&read.room, &page, read.json);
+                self.router.page_to(read.conn, frames);
+            }
+            Err(e) => {
+                self.stats.store_errors += 1;
+                log::error!("history: reading {} from Redis failed: {e}", read.room);
+            }
+        }
+    }
+
+    /// A stored message the subscription brought (`ID|ENVELOPE`): rendered for this
+    /// node's members of its room, or (a DM) for this node's connections of its
+    /// recipient. Returns false when the payload was not a stored message.
+    pub(super) fn on_stored_published(&mut self, channel: &str, payload: &[u8]) -> bool {
+        let Some((id, envelope)) = stream::split_stored(payload) else { return false };
+        let Some(cluster) = &mut self.cluster else { return true };
+        match envelope::decode(envelope) {
+            Ok(Envelope::Stored { node, conn, echo, binary, ts, from, body }) => {
+                let Some(room) = channel.strip_prefix("pollcast:room:") else { return true };
+                let own = node == cluster.node();
+                let sender = own.then_some(conn as usize);
+                let stored = Stored { id, sender, echo, room, from, binary, body, ts };
+                self.chat.render_stored(stored, self.router.outbox());
+                let (clients, chat, history, stats) =
+                    (&mut self.clients, &mut self.chat, &mut self.history, &mut self.stats);
+                self.router.route_local(clients, chat, history, stats, self.now); // every node renders it: no relay
+                let Some(cluster) = &mut self.cluster else { return true };
+                if own && echo {
+                    match cluster.acks.waiting.remove(&id) {
+                        Some(ack) => self.router.outbox().acks.push(ack), // after its copy, in the same route
+                        None => {
+                            cluster.acks.seen.insert(id);
+                        }
+                    }
+                }
+            }
+            Ok(Envelope::Dm { from, to, text, ts, .. }) => {
+                self.chat.deliver_dm(id, ts, from, to, text, self.router.outbox());
+            }
+            Ok(_) => log::warn!("redis: dropped a stored message of an unexpected kind"),
+            Err(why) => log::warn!("redis: dropped a published message: {why}"),
+        }
+        true
+    }
+
+    /// A link dropped: the order kept between acks and copies is over. Acks waiting for
+    /// a copy are sent (the message is stored: the script said so); copies seen will get
+    /// no answer on this link.
+    pub(super) fn release_acks(&mut self) {
+        let Some(cluster) = &mut self.cluster else { return };
+        cluster.acks.seen.clear();
+        let waiting: Vec<Ack> = cluster.acks.waiting.drain().map(|(_, ack)| ack).collect();
+        self.router.outbox().acks.extend(waiting);
+    }
+}
+
+/// The store command for one outgoing message: to its room's stream and channel, or
+/// (a DM) to `@dm` and the recipient's channel.
+fn store_command(message: &Outgoing, node: &str, keep: usize, eval: bool) -> Vec<Vec<u8>> {
+    let mut payload = Vec::with_capacity(message.body.len() + 64);
+    let channel = match &message.to {
+        Some(to) => {
+            let text = std::str::from_utf8(&message.body).unwrap_or_default();
+            envelope::dm(&mut payload, node, 0, message.ts, &message.from, to, text);
+            user_channel(to)
+        }
+        None => {
+            let (conn, echo) = (message.conn as u64, message.echo);
+            envelope::stored(&mut payload, node, conn, echo, message.binary, message.ts, &message.from, &message.body);
+            room_channel(&message.room)
+        }
+    };
+    let to_store = ToStore {
+        room: &message.room,
+        channel: &channel,
+        from: &message.from,
+        body: &message.body,
+        binary: message.binary,
+        ts: message.ts,
+        to: message.to.as_deref(),
+        envelope: &payload,
+        keep,
+    };
+    stream::store_command(&to_store, eval)
+}
