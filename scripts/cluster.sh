@@ -9,8 +9,8 @@
 #   PORT   the shared public port (default 8080; 0: a free one, printed)
 #   --check  start everything, wait until every node is ready, print the summary, stop
 # Node i's admin port (/metrics, /healthz) is printed; Redis listens on a free loopback
-# port; each node keeps its SQLite history in the scratch directory (history in Redis
-# streams is to come). Extra node flags go in POLLCAST_NODE_FLAGS (e.g. "--no-history").
+# port, without persistence (history lives in its streams: a restart of this script starts
+# empty). Extra node flags go in POLLCAST_NODE_FLAGS (e.g. "--no-history").
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 usage_if_help "$@"
@@ -44,7 +44,6 @@ for i in $(seq 1 "$N"); do
   # shellcheck disable=SC2086 # POLLCAST_NODE_FLAGS is a list of flags
   taskset -c "$core" target/release/pollcast --listen "127.0.0.1:$PORT" --reuse-port \
     --admin-listen 127.0.0.1:0 --redis "redis://127.0.0.1:$REDIS_PORT/0" --node-id "node$i" \
-    --db "$DIR/node$i.db" \
     ${POLLCAST_NODE_FLAGS:-} 2>"$DIR/node$i.log" &
   PIDS+=($!)
   addr="$(listening_addr "$DIR/node$i.log" "$!")"
