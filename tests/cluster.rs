@@ -377,3 +377,174 @@ fn a_direct_message_is_stored_and_acked_across_nodes() {
     assert_eq!((dm["text"].as_str(), dm["id"].as_u64()), (Some("kept"), ack["id"].as_u64()), "{dm} {ack}");
     assert!(redis.raw("XLEN pollcast:history:@dm").starts_with(":1"));
 }
+
+// ----- crashes under load -----------------------------------------------------------------
+
+/// What one JSON client saw until its connection ended or it saw `until`: the ids of
+/// room messages, and (for a sender) the ids its acks named and the errors it got.
+#[derive(Debug, Default)]
+struct Seen {
+    messages: Vec<u64>,  // ids of `message` envelopes, in arrival order
+    acked: Vec<u64>,     // ids of `ack`s
+    errors: Vec<String>, // codes of `error`s
+    until_seen: bool,    // `until` arrived
+}
+
+fn watch_until(mut client: JsonClient, until: Option<&'static str>) -> std::thread::JoinHandle<Seen> {
+    std::thread::spawn(move || {
+        let mut seen = Seen::default();
+        while let Some(envelope) = client.try_recv() {
+            match envelope["type"].as_str() {
+                Some("message") => seen.messages.push(envelope["id"].as_u64().unwrap()),
+                Some("ack") => seen.acked.push(envelope["id"].as_u64().unwrap()),
+                Some("error") => seen.errors.push(envelope["code"].as_str().unwrap_or("").to_owned()),
+                _ => {}
+            }
+            if until.is_some() && envelope["text"].as_str() == until {
+                seen.until_seen = true;
+                break;
+            }
+        }
+        seen
+    })
+}
+
+/// Sends `n` messages as fast as the socket takes them (stopping if the node is gone),
+/// then watches like `watch_until` for their acks.
+fn burst(
+    mut client: JsonClient,
+    room: &'static str,
+    label: &'static str,
+    n: usize,
+) -> std::thread::JoinHandle<(Seen, JsonClient)> {
+    std::thread::spawn(move || {
+        for i in 0..n {
+            let envelope = json!({"type": "send", "room": room, "text": format!("{label}-{i}"), "cid": i});
+            if client.ws.send(tungstenite::Message::text(envelope.to_string())).is_err() {
+                break; // the node is gone
+            }
+        }
+        let mut seen = Seen::default();
+        while let Some(envelope) = client.try_recv() {
+            match envelope["type"].as_str() {
+                Some("message") => seen.messages.push(envelope["id"].as_u64().unwrap()),
+                Some("ack") => seen.acked.push(envelope["id"].as_u64().unwrap()),
+                Some("error") => seen.errors.push(envelope["code"].as_str().unwrap_or("").to_owned()),
+                _ => {}
+            }
+            if seen.acked.len() + seen.errors.len() == n {
+                break;
+            }
+        }
+        (seen, client)
+    })
+}
+
+/// Every id the room's stream holds, read through a fresh client on `server` (`since 0`).
+fn stored_ids(server: &Server, room: &str) -> Vec<u64> {
+    let mut reader = JsonClient::open(server, "/lobby?name=auditor");
+    reader.expect_welcome("lobby");
+    reader.send(json!({"type": "join", "room": room, "since": 0}));
+    let (history, _) = reader.wait_for(|e| e["type"] == "history" && e["room"] == room);
+    assert_eq!(history["recovered"], true, "the audit read everything: {}", history["more"]);
+    page_ids(&history)
+}
+
+/// XLEN of a room's stream.
+fn stream_len(redis: &Redis, room: &str) -> usize {
+    let reply = redis.raw(&format!("XLEN pollcast:history:{room}"));
+    reply.trim_start_matches(':').trim().parse().unwrap_or(0)
+}
+
+fn is_subset(part: &[u64], whole: &[u64]) -> Vec<u64> {
+    part.iter().copied().filter(|id| !whole.contains(id)).collect()
+}
+
+#[test]
+fn a_node_killed_under_load_loses_nothing_anyone_saw_or_was_acked() {
+    let _dog = watchdog(TEST_LIMIT);
+    let redis = Redis::start();
+    let extra = ["--history-max", "10000", "--history-keep", "100000"];
+    let (a, b) = (history_node(&redis, &extra), history_node(&redis, &extra));
+    let join = |server: &Server, name: &str| {
+        let mut client = JsonClient::open(server, &format!("/load?name={name}&history=0"));
+        client.expect_welcome("load");
+        client.expect("joined");
+        client
+    };
+    let (s1, o1) = (join(&a, "s1"), join(&a, "o1")); // on the node that dies
+    let (s2, o2) = (join(&b, "s2"), join(&b, "o2"));
+    subscribers(&redis, "pollcast:room:load", 2);
+
+    const N: usize = 2000;
+    let (o1, o2) = (watch_until(o1, None), watch_until(o2, Some("the-end")));
+    let (sent1, sent2) = (burst(s1, "load", "a", N), burst(s2, "load", "b", N));
+    // Kill A while the bursts are in flight: once some messages are stored, not all.
+    let mut a = a;
+    assert!(common::wait_until(NOTICE, || stream_len(&redis, "load") >= 200));
+    a.signal(libc::SIGKILL);
+    assert!(a.wait_exit(NOTICE).is_some());
+    let ((sent1, _), (sent2, mut s2)) = (sent1.join().unwrap(), sent2.join().unwrap());
+    // After A's death, one last message from B: B's observer reads up to it, so it has
+    // had everything published before (Redis keeps one publisher's order, and A
+    // published nothing after it died).
+    say_acked(&mut s2, "load", "the-end");
+    let (seen1, seen2) = (o1.join().unwrap(), o2.join().unwrap());
+    assert!(seen2.until_seen);
+
+    let stored = stored_ids(&b, "load");
+    assert!(stored.windows(2).all(|w| w[0] < w[1]), "ids increase");
+    assert_eq!(sent2.acked.len(), N, "B's sender had every message acked: {:?}", sent2.errors);
+    for (what, ids) in [("acked to A's sender", &sent1.acked), ("acked to B's sender", &sent2.acked)] {
+        assert!(is_subset(ids, &stored).is_empty(), "{what} but not stored: {:?}", is_subset(ids, &stored));
+    }
+    for (what, ids) in [("seen on A", &seen1.messages), ("seen on B", &seen2.messages)] {
+        assert!(is_subset(ids, &stored).is_empty(), "{what} but not stored: {:?}", is_subset(ids, &stored));
+    }
+    assert_eq!(seen2.messages, stored, "B's observer saw every stored message once, in order");
+    eprintln!("A's sender: {} acked before the kill; {} stored in all", sent1.acked.len(), stored.len());
+}
+
+#[test]
+fn redis_killed_and_restarted_mid_stream_answers_every_send_and_keeps_every_ack() {
+    let _dog = watchdog(TEST_LIMIT);
+    let dir = common::json::TempDir::new("redis-aof");
+    let mut redis = Redis::start_durable(&dir.file(""));
+    let extra = ["--history-max", "10000", "--history-keep", "100000"];
+    let (a, b) = (history_node(&redis, &extra), history_node(&redis, &extra));
+    let join = |server: &Server, name: &str| {
+        let mut client = JsonClient::open(server, &format!("/load?name={name}&history=0"));
+        client.expect_welcome("load");
+        client.expect("joined");
+        client
+    };
+    let (s1, o2) = (join(&a, "s1"), join(&b, "o2"));
+    subscribers(&redis, "pollcast:room:load", 2);
+
+    const N: usize = 2000;
+    let o2 = watch_until(o2, Some("after-restart"));
+    let sent = burst(s1, "load", "a", N);
+    // Mid-stream: once some of the burst is stored, not all of it.
+    assert!(common::wait_until(NOTICE, || stream_len(&redis, "load") >= 100));
+    redis.restart(); // kill -9, then the same port and the same append-only file
+    let (sent, mut s1) = sent.join().unwrap();
+    // Every send was answered exactly once: acked (stored), or refused while Redis was
+    // away (unavailable), or not confirmed when it died (store_failed). None hangs.
+    assert_eq!(sent.acked.len() + sent.errors.len(), N, "{:?}", sent.errors);
+    assert!(sent.errors.iter().all(|code| code == "unavailable" || code == "store_failed"), "{:?}", sent.errors);
+
+    assert!(common::wait_until(NOTICE, || health(&a).0 == 200 && health(&b).0 == 200));
+    subscribers(&redis, "pollcast:room:load", 2);
+    let last = say_acked(&mut s1, "load", "after-restart");
+    let seen = o2.join().unwrap();
+    assert!(seen.until_seen, "the room works across nodes again");
+
+    let stored = stored_ids(&b, "load");
+    assert!(stored.windows(2).all(|w| w[0] < w[1]), "ids go on increasing after the restart");
+    assert_eq!(stored.last(), Some(&last));
+    let lost = is_subset(&sent.acked, &stored);
+    assert!(lost.is_empty(), "acked but not stored: {lost:?}");
+    let unstored = is_subset(&seen.messages, &stored);
+    assert!(unstored.is_empty(), "seen on the other node but not stored: {unstored:?}");
+    eprintln!("{} acked, {} refused, {} stored", sent.acked.len(), sent.errors.len(), stored.len());
+}

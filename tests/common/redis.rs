@@ -20,6 +20,7 @@ pub struct Redis {
     child: Option<Child>,     // None while killed
     pub port: u16,            // where it listens (kept across restarts)
     password: Option<String>, // requirepass, when a test wants one
+    aof_dir: Option<String>,  // appendonly + appendfsync always here, kept across restarts
 }
 
 impl Redis {
@@ -31,7 +32,15 @@ impl Redis {
     /// A Redis whose clients must AUTH with `password`.
     pub fn start_with_password(password: Option<&str>) -> Redis {
         let port = free_port();
-        let mut redis = Redis { child: None, port, password: password.map(str::to_owned) };
+        let mut redis = Redis { child: None, port, password: password.map(str::to_owned), aof_dir: None };
+        redis.spawn();
+        redis
+    }
+
+    /// A Redis that fsyncs every write to an append-only file in `dir` before answering
+    /// (`appendonly yes`, `appendfsync always`): a restart keeps what it acknowledged.
+    pub fn start_durable(dir: &str) -> Redis {
+        let mut redis = Redis { child: None, port: free_port(), password: None, aof_dir: Some(dir.to_owned()) };
         redis.spawn();
         redis
     }
@@ -78,7 +87,11 @@ impl Redis {
     fn spawn(&mut self) {
         let port = self.port.to_string();
         let mut command = Command::new("redis-server");
-        command.args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+        command.args(["--port", &port, "--bind", "127.0.0.1", "--save", ""]);
+        match &self.aof_dir {
+            Some(dir) => command.args(["--appendonly", "yes", "--appendfsync", "always", "--dir", dir]),
+            None => command.args(["--appendonly", "no"]),
+        };
         command.args(["--protected-mode", "no", "--loglevel", "warning"]);
         if let Some(password) = &self.password {
             command.args(["--requirepass", password]);
