@@ -239,6 +239,11 @@ pub struct Config {
     #[arg(long, env = "POLLCAST_NODE_ID", requires = "redis")]
     pub node_id: Option<String>,
 
+    /// A node's heartbeat in Redis lives this long and is refreshed every third of it: a
+    /// node killed with -9 drops out (its names are free again) within this time.
+    #[arg(long, env = "POLLCAST_NODE_TTL", default_value = "10s", value_parser = parse_duration)]
+    pub node_ttl: Duration,
+
     /// Longest wait on Redis: a connect, the handshake, and the oldest command's reply.
     /// Past it the link is dropped and reconnects (so a stuck Redis is never a hang).
     #[arg(long, env = "POLLCAST_REDIS_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
@@ -349,8 +354,11 @@ impl Config {
             Some(_) => return Err("--node-id: 1-64 of letters, digits, - _ .".into()),
             None => generated_node_id(),
         };
+        if self.node_ttl < Duration::from_millis(300) {
+            return Err("--node-ttl: at least 300ms (the heartbeat is refreshed every third of it)".into());
+        }
         let limits = (self.redis_max_buffer, self.redis_timeout, self.redis_backoff_max);
-        Ok(Some(ClusterConfig::new(url, node, limits.0, limits.1, limits.2)))
+        Ok(Some(ClusterConfig::new(url, node, self.node_ttl, limits)))
     }
 
     /// The history database, or `None` with `--no-history`.

@@ -548,3 +548,60 @@ fn redis_killed_and_restarted_mid_stream_answers_every_send_and_keeps_every_ack(
     assert!(unstored.is_empty(), "seen on the other node but not stored: {unstored:?}");
     eprintln!("{} acked, {} refused, {} stored", sent.acked.len(), sent.errors.len(), stored.len());
 }
+
+// ----- names and heartbeats ---------------------------------------------------------------
+
+/// Opens a JSON connection asking for `name` in `room`; returns it and the name the
+/// welcome gave (before any correction from the cluster).
+fn open_as(server: &Server, room: &str, name: &str) -> (JsonClient, String) {
+    let mut client = JsonClient::open(server, &format!("/{room}?name={name}&history=0"));
+    client.expect_welcome(room);
+    let given = client.name.clone();
+    (client, given)
+}
+
+#[test]
+fn a_name_held_on_another_node_is_not_given_twice() {
+    let _dog = watchdog(TEST_LIMIT);
+    let redis = Redis::start();
+    let a = node(&redis, "pollcast=info", &["--node-id", "node-a"]);
+    let b = node(&redis, "pollcast=info", &["--node-id", "node-b"]);
+    let mut bob = JsonClient::join(&a, "lobby", "bob");
+    let held = || redis.raw("GET pollcast:name:bob").contains("node-a");
+    assert!(common::wait_until(NOTICE, held), "A claimed bob: {}", redis.raw("GET pollcast:name:bob"));
+
+    let (mut other, _) = open_as(&b, "lobby", "bob");
+    let (error, _) = other.wait_for(|e| e["type"] == "error");
+    assert_eq!(error["code"], "name_taken", "{error}");
+    let (nick, _) = other.wait_for(|e| e["type"] == "nick");
+    let renamed = nick["you"].as_str().expect("the new name").to_owned();
+    assert!(renamed.starts_with("guest-"), "{nick}");
+    assert_eq!(other.who("lobby"), vec![renamed.as_str()], "B knows it by its new name");
+    assert!(redis.raw("GET pollcast:name:bob").contains("node-a"), "A still holds bob");
+    assert_eq!(bob.who("lobby"), vec!["bob"]);
+}
+
+#[test]
+fn a_node_killed_with_9_drops_out_and_frees_its_names_within_its_ttl() {
+    let _dog = watchdog(TEST_LIMIT);
+    let redis = Redis::start();
+    let mut a = node(&redis, "pollcast=info", &["--node-id", "node-a", "--node-ttl", "1s"]);
+    let b = node(&redis, "pollcast=info", &["--node-id", "node-b", "--node-ttl", "1s"]);
+    let _ann = JsonClient::join(&a, "lobby", "ann");
+    assert!(common::wait_until(NOTICE, || redis.raw("GET pollcast:name:ann").contains("node-a")));
+
+    a.signal(libc::SIGKILL);
+    assert!(a.wait_exit(NOTICE).is_some());
+    // The heartbeat is the bound: it never has more than --node-ttl to live.
+    let pttl: i64 = redis.raw("PTTL pollcast:node:node-a").trim_start_matches(':').trim().parse().unwrap();
+    assert!((0..=1000).contains(&pttl), "node-a's heartbeat has {pttl} ms left");
+    assert!(common::wait_until(NOTICE, || redis.raw("EXISTS pollcast:node:node-a").starts_with(":0")));
+
+    // A is dead to the cluster: ann may have her name back, on B.
+    let (mut back, given) = open_as(&b, "lobby", "ann");
+    assert_eq!(given, "ann");
+    back.expect("joined");
+    assert!(common::wait_until(NOTICE, || redis.raw("GET pollcast:name:ann").contains("node-b")));
+    assert!(back.sync().iter().all(|e| e["type"] != "error"), "no name_taken");
+    assert_eq!(back.who("lobby"), vec!["ann"]);
+}

@@ -356,11 +356,19 @@ impl Chat {
             return Ok(());
         }
         self.name_available(name)?;
+        self.rename(conn, name, out)
+    }
+
+    /// Gives `conn` the name `name` (free: the caller checked); every room it is in
+    /// hears a `presence` with event `rename`, and it is told.
+    pub(super) fn rename(&mut self, conn: usize, name: &str, out: &mut Outbox) -> Result<(), Failure> {
         let user = self.users.get_mut(&conn).expect("callers pass connected users");
         let old = std::mem::replace(&mut user.name, name.to_owned());
         self.release_name(&old, conn);
-        self.names.insert(name.to_owned(), vec![conn]);
-        self.watch(Watch::User(name.to_owned(), true));
+        self.names.entry(name.to_owned()).or_default().push(conn);
+        if self.names[name].len() == 1 {
+            self.watch(Watch::User(name.to_owned(), true));
+        }
         for seat in &self.users[&conn].seats {
             let room = self.rooms.name(seat.room);
             let presence = Envelope::Presence { room, user: name, event: "rename", old: Some(&old) }.to_json();

@@ -79,9 +79,25 @@ impl Chat {
     /// to names it does not hold to the cluster. `store_first`: history is the
     /// cluster's (Redis streams): messages become `Outgoing` and are rendered only once
     /// stored (`render_stored`).
-    pub fn join_cluster(&mut self, store_first: bool) {
+    pub fn join_cluster(&mut self, store_first: bool, guest_tag: &str) {
         self.cluster = true;
         self.store_first = store_first;
+        self.guest_tag = format!(".{guest_tag}");
+    }
+
+    /// Another live node holds `name` (its claim came first): every local connection
+    /// that goes by it is told `name_taken` and renamed, as if it had asked for a name
+    /// that was taken here (its rooms hear a `rename`).
+    pub fn name_lost(&mut self, name: &str, out: &mut Outbox) {
+        let Some(conns) = self.names.get(name).cloned() else { return };
+        let fresh = self.guest_name();
+        for &conn in &conns {
+            let message = format!("{name} is taken on another node; you are {fresh} (/nick or nick to choose another)");
+            self.fail(conn, Failure::new("name_taken", message), None, out);
+        }
+        for conn in conns {
+            let _ = self.rename(conn, &fresh, out);
+        }
     }
 
     /// A stored message for a room with members here: framed once per codec for them

@@ -137,6 +137,7 @@ pub struct Chat {
     closed: HashMap<RoomId, String>,    // rooms emptied since the last `take_watch` (cluster only)
     cluster_down: bool,                 // Redis is unreachable: messages are refused
     store_first: bool,                  // cluster history: messages are `Outgoing`, rendered once stored
+    guest_tag: String,                  // in a cluster: `.TAG` after guest names, unique per node
 }
 
 impl Chat {
@@ -157,6 +158,7 @@ impl Chat {
             closed: HashMap::new(),
             cluster_down: false,
             store_first: false,
+            guest_tag: String::new(),
         }
     }
 
@@ -499,7 +501,7 @@ impl Chat {
     fn guest_name(&mut self) -> String {
         loop {
             self.guests += 1;
-            let name = format!("guest-{}", self.guests);
+            let name = format!("guest-{}{}", self.guests, self.guest_tag);
             if !self.names.contains_key(&name) {
                 return name;
             }

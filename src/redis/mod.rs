@@ -11,6 +11,7 @@
 pub mod envelope;
 pub mod history;
 pub mod link;
+pub mod presence;
 pub mod resp;
 pub mod url;
 

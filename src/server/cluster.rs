@@ -49,6 +49,7 @@ use super::broadcast::Read as HistoryRead;
 use super::cluster_history::AckOrder;
 use crate::chat::cluster::{Outgoing, RemoteDm, Watch};
 use crate::redis::envelope::{self, Envelope};
+use crate::redis::presence;
 use crate::redis::resp::error_text;
 use crate::redis::{Backoff, Event, Link, LinkLimits, Phase, RedisUrl, Reply};
 use crate::sys::nb::retrying;
@@ -66,6 +67,8 @@ pub enum Tag {
     /// A direct message published to a user's channel: its sender waits for the count
     /// of nodes that heard it.
     Dm(Box<RemoteDm>),
+    /// A claim of a name this node's user took: 0 means another live node holds it.
+    Claim(String),
     /// A message run through the store script (cluster history): its sender waits.
     Store(Box<Outgoing>),
     /// A history read (cluster history): its reader waits for the page.
@@ -87,13 +90,16 @@ pub fn user_channel(name: &str) -> String {
 pub struct ClusterConfig {
     pub url: RedisUrl,      // --redis
     pub node: String,       // this node's id (--node-id, else generated)
+    pub ttl: Duration,      // --node-ttl: the heartbeat's life
     pub limits: LinkLimits, // --redis-max-buffer, --redis-timeout, --redis-backoff-max
 }
 
 impl ClusterConfig {
-    pub fn new(url: RedisUrl, node: String, max_buffer: usize, timeout: Duration, backoff_max: Duration) -> Self {
+    /// `limits`: --redis-max-buffer, --redis-timeout, --redis-backoff-max.
+    pub fn new(url: RedisUrl, node: String, ttl: Duration, limits: (usize, Duration, Duration)) -> Self {
+        let (max_buffer, timeout, backoff_max) = limits;
         let limits = LinkLimits { max_buffer, timeout, backoff: Backoff::new(BACKOFF_MIN, backoff_max) };
-        ClusterConfig { url, node, limits }
+        ClusterConfig { url, node, ttl, limits }
     }
 }
 
@@ -116,6 +122,8 @@ pub struct Cluster {
     down_since: Option<Instant>,     // when the current outage began (either link), for /healthz
     unrelayed: u64,                  // messages not published this outage (reset when healthy)
     pub(super) acks: AckOrder,       // cluster history: each sender's ack after its own copy
+    ttl: Duration,                   // --node-ttl
+    next_heartbeat: Option<Instant>, // when the heartbeat is refreshed next (None: the commands link is down)
 }
 
 impl Cluster {
@@ -140,6 +148,8 @@ impl Cluster {
             down_since: Some(now),
             unrelayed: 0,
             acks: AckOrder::default(),
+            ttl: config.ttl,
+            next_heartbeat: None,
         }
     }
 
@@ -161,9 +171,26 @@ impl Cluster {
         ))
     }
 
-    /// The nearest deadline of either link (a retry, a timeout).
+    /// The nearest deadline of either link (a retry, a timeout) or of the heartbeat.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [self.commands.link.poll_timeout(), self.subscriptions.link.poll_timeout()].into_iter().flatten().min()
+        let links = [self.commands.link.poll_timeout(), self.subscriptions.link.poll_timeout()];
+        links.into_iter().chain([self.next_heartbeat]).flatten().min()
+    }
+
+    /// Refreshes this node's heartbeat when it is due (every ttl/3), or at once with
+    /// `now_due` (the commands link just came up: before any claim, so other nodes see
+    /// this one alive when it claims names).
+    pub fn heartbeat(&mut self, now: Instant, now_ms: u64, now_due: bool) {
+        if !self.commands.link.is_ready() {
+            self.next_heartbeat = None;
+            return;
+        }
+        if !now_due && self.next_heartbeat.is_some_and(|at| now < at) {
+            return;
+        }
+        let command = presence::heartbeat(&self.node, now_ms, self.ttl.as_millis() as u64);
+        let _ = self.commands.link.send(&command, Tag::Quiet("heartbeat"), now); // a failure is the link's: it reconnects
+        self.next_heartbeat = Some(now + self.ttl / 3);
     }
 
     /// Is this token one of ours?
@@ -249,7 +276,21 @@ impl Cluster {
     /// (both commands are idempotent in Redis). While the link is down nothing is sent:
     /// it subscribes to all the chat watches when it is back.
     pub fn watch(&mut self, changes: Vec<Watch>, now: Instant) {
-        if changes.is_empty() || !self.subscriptions.link.is_ready() {
+        if changes.is_empty() {
+            return;
+        }
+        // Names: claimed and released on the commands link, in order.
+        if self.commands.link.is_ready() {
+            for change in &changes {
+                let Watch::User(name, on) = change else { continue };
+                let (command, tag) = match on {
+                    true => (presence::claim(name, &self.node), Tag::Claim(name.clone())),
+                    false => (presence::release(name, &self.node), Tag::Quiet("release a name")),
+                };
+                let _ = self.commands.link.send(&command, tag, now); // a full or down link: claimed again when back
+            }
+        }
+        if !self.subscriptions.link.is_ready() {
             return;
         }
         let mut last: Vec<(String, bool)> = Vec::with_capacity(changes.len());
@@ -424,6 +465,7 @@ impl super::Server {
                 failed.push(dm);
             }
         }
+        cluster.heartbeat(now, self.now_ms, false);
         cluster.watch(self.chat.take_watch(), now);
         self.store_and_read();
         let Some(cluster) = &mut self.cluster else { return };
@@ -443,13 +485,30 @@ impl super::Server {
     fn on_cluster_events(&mut self, events: Vec<(bool, Event<Tag>)>) {
         for (subscriber, event) in events {
             match event {
-                Event::Ready if subscriber => {
+                // Up again: everything this node holds is claimed and subscribed to again
+                // (both idempotent); the commands link first says this node is alive.
+                Event::Ready => {
+                    if !subscriber {
+                        if let Some(cluster) = &mut self.cluster {
+                            cluster.heartbeat(self.now, self.now_ms, true);
+                        }
+                        self.load_scripts();
+                    }
                     let watching = self.chat.watching();
                     if let Some(cluster) = &mut self.cluster {
                         cluster.watch(watching, self.now);
                     }
                 }
-                Event::Ready => self.load_scripts(),
+                Event::Reply(Tag::Claim(name), Reply::Integer(0)) => {
+                    log::info!("redis: the name {name} is held on another node: its user here is renamed");
+                    self.chat.name_lost(&name, self.router.outbox());
+                }
+                Event::Reply(Tag::Claim(name), reply) => {
+                    if let Some(error) = error_text(&reply) {
+                        log::warn!("redis: claiming the name {name} failed: {error}");
+                    }
+                }
+                Event::Lost(Tag::Claim(_)) => {} // claimed again when the link is back
                 Event::Down { .. } => self.release_acks(),
                 Event::Reply(Tag::Store(message), reply) => self.on_stored(message, Some(reply)),
                 Event::Lost(Tag::Store(message)) => self.on_stored(message, None),

@@ -168,8 +168,8 @@ impl Server {
             .map_err(io::Error::other)?
             .map(|cluster| Cluster::new(cluster, (REDIS_COMMANDS, REDIS_SUBSCRIPTIONS), now));
         let mut router = Router::new(config.effective_max_queue(), config.deflate_threshold);
-        if cluster.is_some() {
-            chat.join_cluster(cluster_history);
+        if let Some(cluster) = &cluster {
+            chat.join_cluster(cluster_history, &guest_tag(cluster.node()));
             router.relay_rooms();
         }
         if cluster_history {
@@ -466,6 +466,14 @@ fn bind_error(e: io::Error, flag: &str, addr: SocketAddr) -> io::Error {
         _ => " (check",
     };
     io::Error::new(e.kind(), format!("cannot listen on {flag} {addr}: {e}{hint} {flag})"))
+}
+
+/// A short tag for this node's guest names (`guest-3.4f2a`): four hex digits of a hash of
+/// the node id, so two nodes' guests rarely collide (a collision is caught by the name's
+/// claim in Redis, like any other).
+fn guest_tag(node: &str) -> String {
+    let hash = node.bytes().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193)); // FNV-1a
+    format!("{:04x}", hash & 0xffff)
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
