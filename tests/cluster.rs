@@ -576,9 +576,10 @@ fn a_name_held_on_another_node_is_not_given_twice() {
     let (nick, _) = other.wait_for(|e| e["type"] == "nick");
     let renamed = nick["you"].as_str().expect("the new name").to_owned();
     assert!(renamed.starts_with("guest-"), "{nick}");
-    assert_eq!(other.who("lobby"), vec![renamed.as_str()], "B knows it by its new name");
+    let both = vec!["bob", renamed.as_str()];
+    assert_eq!(other.who("lobby"), both, "one bob in the cluster, and the renamed user");
     assert!(redis.raw("GET pollcast:name:bob").contains("node-a"), "A still holds bob");
-    assert_eq!(bob.who("lobby"), vec!["bob"]);
+    assert!(common::wait_until(NOTICE, || bob.who("lobby") == both), "A sees the same");
 }
 
 #[test]
@@ -597,11 +598,39 @@ fn a_node_killed_with_9_drops_out_and_frees_its_names_within_its_ttl() {
     assert!((0..=1000).contains(&pttl), "node-a's heartbeat has {pttl} ms left");
     assert!(common::wait_until(NOTICE, || redis.raw("EXISTS pollcast:node:node-a").starts_with(":0")));
 
-    // A is dead to the cluster: ann may have her name back, on B.
+    // A is dead to the cluster: B's `who` no longer counts ann ...
+    let mut carl = JsonClient::join(&b, "lobby", "carl");
+    assert_eq!(carl.who("lobby"), vec!["carl"], "A's members went with its heartbeat");
+    // ... and ann may have her name back, on B.
     let (mut back, given) = open_as(&b, "lobby", "ann");
     assert_eq!(given, "ann");
     back.expect("joined");
     assert!(common::wait_until(NOTICE, || redis.raw("GET pollcast:name:ann").contains("node-b")));
     assert!(back.sync().iter().all(|e| e["type"] != "error"), "no name_taken");
-    assert_eq!(back.who("lobby"), vec!["ann"]);
+    assert_eq!(back.who("lobby"), vec!["ann", "carl"]);
+}
+
+#[test]
+fn who_and_rooms_answer_for_the_whole_cluster() {
+    let _dog = watchdog(TEST_LIMIT);
+    let redis = Redis::start();
+    let (a, b) = (node(&redis, "pollcast=info", &[]), node(&redis, "pollcast=info", &[]));
+    let mut ann = JsonClient::join(&a, "lobby", "ann");
+    ann.send(json!({"type": "join", "room": "tea"}));
+    ann.expect("joined");
+    let mut bob = JsonClient::join(&b, "lobby", "bob");
+    let mut carl = TextClient::open(&b, "/lobby?name=carl");
+    assert_eq!(bob.who("lobby"), vec!["ann", "bob", "carl"], "B's who counts A's members");
+    assert_eq!(ann.who("tea"), vec!["ann"]);
+    assert_eq!(carl.ask("/who lobby"), "who lobby ann bob carl", "raw clients too");
+    bob.send(json!({"type": "rooms"}));
+    let (rooms, _) = bob.wait_for(|e| e["type"] == "rooms");
+    assert_eq!(rooms["rooms"], json!([{"room": "lobby", "members": 3}, {"room": "tea", "members": 1}]), "{rooms}");
+
+    ann.close();
+    let gone = || bob.who("lobby") == vec!["bob", "carl"];
+    assert!(common::wait_until(NOTICE, gone), "ann left the cluster's lobby");
+    bob.send(json!({"type": "rooms"}));
+    let (rooms, _) = bob.wait_for(|e| e["type"] == "rooms");
+    assert_eq!(rooms["rooms"], json!([{"room": "lobby", "members": 2}]), "{rooms}");
 }

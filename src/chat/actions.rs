@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use super::auth::verify;
 use super::cluster::Outgoing;
-use super::cluster::{RemoteDm, Watch};
+use super::cluster::{Ask, RemoteDm, Watch};
 use super::json::{Envelope, Request, RoomCount};
 use super::names;
 use super::outbox::Outbox;
@@ -141,6 +141,9 @@ impl Chat {
         let user = self.users.get_mut(&conn).expect("callers pass connected users");
         user.seats.push(seat);
         if !already_there {
+            let name = user.name.clone();
+            self.watch(Watch::Member(room.to_owned(), name, true));
+            let user = &self.users[&conn];
             let presence = Envelope::Presence { room, user: &user.name, event: "join", old: None }.to_json();
             out.to_room(seat.room, Some(conn), None, Some(&presence), self.deflate_for(seat.room, Some(conn)));
         }
@@ -177,8 +180,11 @@ impl Chat {
         }
         let Some(user) = self.users.get_mut(&conn) else { return };
         user.seats.retain(|s| s.room != seat.room);
-        let user = &self.users[&conn];
         let told = self.cluster || self.rooms.has_json_members(seat.room); // members elsewhere, in a cluster
+        if self.cluster && !self.present_elsewhere(conn, seat.room) {
+            self.watch(Watch::Member(room_name.clone(), self.users[&conn].name.clone(), false));
+        }
+        let user = &self.users[&conn];
         if told && !self.present_elsewhere(conn, seat.room) {
             let presence = Envelope::Presence { room: &room_name, user: &user.name, event: "leave", old: None };
             let deflate = self.deflate_for(seat.room, Some(conn));
@@ -331,12 +337,20 @@ impl Chat {
 
     fn who(&mut self, conn: usize, room: &str, out: &mut Outbox) -> Result<(), Failure> {
         self.may_join(conn, room)?;
+        if self.asks_cluster() {
+            out.asks.push(Ask::Who { conn, room: room.to_owned() });
+            return Ok(());
+        }
         let members = self.rooms.find(room).map(|id| self.member_names(id)).unwrap_or_default();
         self.tell(conn, Reply::Who { room, members }, out);
         Ok(())
     }
 
     fn list_rooms(&mut self, conn: usize, out: &mut Outbox) -> Result<(), Failure> {
+        if self.asks_cluster() {
+            out.asks.push(Ask::Rooms { conn });
+            return Ok(());
+        }
         let identity = self.users[&conn].identity.as_ref();
         let visible = |room: &str| identity.map_or(true, |identity| identity.may_join(room));
         let rooms =
@@ -368,6 +382,12 @@ impl Chat {
         self.names.entry(name.to_owned()).or_default().push(conn);
         if self.names[name].len() == 1 {
             self.watch(Watch::User(name.to_owned(), true));
+        }
+        let seats = self.users[&conn].seats.clone();
+        for seat in &seats {
+            let room = self.rooms.name(seat.room).to_owned();
+            self.watch(Watch::Member(room.clone(), old.clone(), false));
+            self.watch(Watch::Member(room, name.to_owned(), true));
         }
         for seat in &self.users[&conn].seats {
             let room = self.rooms.name(seat.room);

@@ -27,6 +27,17 @@ pub enum Watch {
     Room(String, bool),
     /// A name got its first local connection (`true`) or lost its last.
     User(String, bool),
+    /// A name is now in a room through this node (`true`: on one of its connections or
+    /// more), or no longer: the cluster's `who` and `rooms` are made of these.
+    Member(String, String, bool),
+}
+
+/// A question only the whole cluster can answer (`who`, `rooms`): the shell asks Redis
+/// and hands the answer back (`answer_who`, `answer_rooms`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ask {
+    Who { conn: usize, room: String },
+    Rooms { conn: usize },
 }
 
 /// A direct message to a user who is not on this node: the shell publishes it to the
@@ -138,10 +149,53 @@ impl Chat {
         std::mem::take(&mut self.watch)
     }
 
-    /// Everything this node must hear now (after (re)connecting): its rooms and names.
+    /// Everything this node must hear and claim now (after (re)connecting): its rooms,
+    /// its names, and who is in which room through it.
     pub fn watching(&self) -> Vec<Watch> {
         let rooms = self.rooms.list().map(|(room, _)| Watch::Room(room.to_owned(), true));
-        rooms.chain(self.names.keys().map(|name| Watch::User(name.clone(), true))).collect()
+        let names = self.names.keys().map(|name| Watch::User(name.clone(), true));
+        let mut members: Vec<Watch> = Vec::new();
+        for (room, _) in self.rooms.list() {
+            let Some(id) = self.rooms.find(room) else { continue };
+            members
+                .extend(self.member_names(id).into_iter().map(|n| Watch::Member(room.to_owned(), n.to_owned(), true)));
+        }
+        rooms.chain(names).chain(members).collect()
+    }
+
+    /// Is `who`/`rooms` the cluster's to answer? (Not while Redis is away: then this
+    /// node answers for itself.)
+    pub(super) fn asks_cluster(&self) -> bool {
+        self.cluster && !self.cluster_down
+    }
+
+    /// The cluster's members of `room` (from Redis; `None`: it could not say), with this
+    /// node's own, each name once, sorted.
+    pub fn answer_who(&mut self, conn: usize, room: &str, cluster: Option<Vec<String>>, out: &mut Outbox) {
+        let local = self.rooms.find(room).map(|id| self.member_names(id)).unwrap_or_default();
+        let mut members: Vec<&str> = local;
+        if let Some(cluster) = &cluster {
+            members.extend(cluster.iter().map(String::as_str));
+        }
+        members.sort_unstable();
+        members.dedup();
+        self.tell(conn, Reply::Who { room, members }, out);
+    }
+
+    /// The cluster's rooms with their member counts (from Redis; `None`: this node's
+    /// only), those the user may join.
+    pub fn answer_rooms(&mut self, conn: usize, cluster: Option<Vec<(String, usize)>>, out: &mut Outbox) {
+        let Some(user) = self.users.get(&conn) else { return };
+        let identity = user.identity.as_ref();
+        let visible = |room: &str| identity.map_or(true, |identity| identity.may_join(room));
+        let mut counts: std::collections::BTreeMap<&str, usize> = self.rooms.list().collect();
+        for (room, members) in cluster.iter().flatten() {
+            let count = counts.entry(room.as_str()).or_default();
+            *count = (*count).max(*members);
+        }
+        let rooms = counts.into_iter().filter(|(room, _)| visible(room));
+        let rooms = rooms.map(|(room, members)| super::json::RoomCount { room, members }).collect();
+        self.tell(conn, Reply::Rooms { rooms }, out);
     }
 
     /// Redis is unreachable (`true`) or back: while it is away, messages are refused

@@ -38,7 +38,7 @@ use crate::buffers::Pool;
 use crate::proto::deflate::{Agreed, Compressor, DEFAULT_THRESHOLD};
 use crate::proto::frame::{write_frame, write_header_rsv1, OpCode};
 
-use super::cluster::{Outgoing, RemoteDm};
+use super::cluster::{Ask, Outgoing, RemoteDm};
 use super::record::{Query, Record};
 use super::replay::Ack;
 use super::rooms::RoomId;
@@ -91,6 +91,7 @@ pub struct Outbox {
     pub acks: Vec<Ack>,            // acks owed once `records` are committed
     pub remote_dms: Vec<RemoteDm>, // direct messages for users on other nodes (cluster only)
     pub to_store: Vec<Outgoing>,   // messages to store in the cluster before delivery (cluster history only)
+    pub asks: Vec<Ask>,            // who/rooms questions for the whole cluster (cluster only)
     pool: Pool,                    // reusable rings and buffers (the one pool of the loop)
     shrink: Shrink,                // the one compressor of the loop, and when to use it
 }

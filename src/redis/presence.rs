@@ -10,8 +10,19 @@
 //!   renames the local user. A release deletes the key only if this node holds it. So a
 //!   dead node's names are free again within one ttl, with no cleanup step.
 //!
-//! The claim script reads the owner's heartbeat key, which it is not passed in KEYS:
-//! right for one Redis; Redis Cluster would need the two keys in one hash slot.
+//! - **Members.** `pollcast:members:ROOM` is a hash whose fields are `NODE\tNAME`: who
+//!   is in the room through which node. `pollcast:rooms` lists rooms that may have
+//!   members, `pollcast:node-rooms:NODE` the rooms a node wrote to (so it can clear its
+//!   own fields when it reconnects, then write them again). `who` and `rooms` are
+//!   scripts that count only fields of nodes whose heartbeat is alive, and delete the
+//!   others as they go: a dead node's members disappear within one ttl, with no cleanup
+//!   step. They read every member of a room (`who`) or of every room (`rooms`): fine for
+//!   thousands, not for millions (`docs/scaling.md`).
+//!
+//! These scripts read keys they are not passed in KEYS (heartbeats, members of rooms):
+//! right for one Redis; Redis Cluster would need them in one hash slot.
+
+use super::resp::{bytes, Reply};
 
 /// Free, ours, or held by a dead node: take it (1). Else 0.
 const CLAIM_SCRIPT: &str = r#"
@@ -28,6 +39,108 @@ const RELEASE_SCRIPT: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 "#;
+
+/// Adds (`1`) or removes (`0`) `NODE\tNAME` in a room's members.
+const MEMBER_SCRIPT: &str = r#"
+local field = ARGV[1] .. '\t' .. ARGV[2]
+if ARGV[3] == '1' then
+  redis.call('HSET', 'pollcast:members:' .. ARGV[4], field, '1')
+  redis.call('SADD', 'pollcast:node-rooms:' .. ARGV[1], ARGV[4])
+  redis.call('SADD', 'pollcast:rooms', ARGV[4])
+else
+  redis.call('HDEL', 'pollcast:members:' .. ARGV[4], field)
+end
+return 1
+"#;
+
+/// Clears every member field this node wrote (it writes them again after).
+const RESET_SCRIPT: &str = r#"
+local prefix = ARGV[1] .. '\t'
+for _, room in ipairs(redis.call('SMEMBERS', 'pollcast:node-rooms:' .. ARGV[1])) do
+  local key = 'pollcast:members:' .. room
+  for _, field in ipairs(redis.call('HKEYS', key)) do
+    if string.sub(field, 1, #prefix) == prefix then redis.call('HDEL', key, field) end
+  end
+end
+redis.call('DEL', 'pollcast:node-rooms:' .. ARGV[1])
+return 1
+"#;
+
+/// The names in a room through live nodes (fields of dead ones are deleted).
+const WHO_SCRIPT: &str = r#"
+local key = 'pollcast:members:' .. ARGV[1]
+local names, alive = {}, {}
+for _, field in ipairs(redis.call('HKEYS', key)) do
+  local tab = string.find(field, '\t', 1, true)
+  if tab then
+    local node = string.sub(field, 1, tab - 1)
+    if alive[node] == nil then alive[node] = redis.call('EXISTS', 'pollcast:node:' .. node) == 1 end
+    if alive[node] then table.insert(names, string.sub(field, tab + 1)) else redis.call('HDEL', key, field) end
+  end
+end
+return names
+"#;
+
+/// Every room with members through live nodes, and how many names: `[room, n, ...]`.
+const ROOMS_SCRIPT: &str = r#"
+local out, alive = {}, {}
+for _, room in ipairs(redis.call('SMEMBERS', 'pollcast:rooms')) do
+  local key = 'pollcast:members:' .. room
+  local seen, count = {}, 0
+  for _, field in ipairs(redis.call('HKEYS', key)) do
+    local tab = string.find(field, '\t', 1, true)
+    if tab then
+      local node = string.sub(field, 1, tab - 1)
+      if alive[node] == nil then alive[node] = redis.call('EXISTS', 'pollcast:node:' .. node) == 1 end
+      local name = string.sub(field, tab + 1)
+      if not alive[node] then redis.call('HDEL', key, field)
+      elseif not seen[name] then seen[name] = true; count = count + 1 end
+    end
+  end
+  if count > 0 then table.insert(out, room); table.insert(out, count)
+  else redis.call('SREM', 'pollcast:rooms', room) end
+end
+return out
+"#;
+
+/// `name` is (`on`) or is no longer in `room` through `node`.
+pub fn member(room: &str, name: &str, node: &str, on: bool) -> Vec<String> {
+    let on = if on { "1" } else { "0" };
+    vec!["EVAL".into(), MEMBER_SCRIPT.into(), "0".into(), node.into(), name.into(), on.into(), room.into()]
+}
+
+/// Clears what `node` wrote of the members (before writing it again).
+pub fn reset(node: &str) -> Vec<String> {
+    vec!["EVAL".into(), RESET_SCRIPT.into(), "0".into(), node.into()]
+}
+
+/// The cluster's members of `room`.
+pub fn who(room: &str) -> Vec<String> {
+    vec!["EVAL".into(), WHO_SCRIPT.into(), "0".into(), room.into()]
+}
+
+/// The cluster's rooms and their member counts.
+pub fn rooms() -> Vec<String> {
+    vec!["EVAL".into(), ROOMS_SCRIPT.into(), "0".into()]
+}
+
+/// The who script's answer: names.
+pub fn names(reply: &Reply) -> Option<Vec<String>> {
+    let Reply::Array(parts) = reply else { return None };
+    parts.iter().map(|part| bytes(part).map(|b| String::from_utf8_lossy(b).into_owned())).collect()
+}
+
+/// The rooms script's answer: rooms and counts.
+pub fn room_counts(reply: &Reply) -> Option<Vec<(String, usize)>> {
+    let Reply::Array(parts) = reply else { return None };
+    parts
+        .chunks(2)
+        .map(|pair| match pair {
+            [room, Reply::Integer(n)] => Some((String::from_utf8_lossy(bytes(room)?).into_owned(), *n as usize)),
+            _ => None,
+        })
+        .collect()
+}
 
 /// A node's heartbeat key.
 pub fn node_key(node: &str) -> String {
@@ -57,6 +170,15 @@ pub fn release(name: &str, node: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers() {
+        let bulk = |t: &str| Reply::BulkString(t.as_bytes().to_vec());
+        assert_eq!(names(&Reply::Array(vec![bulk("ann"), bulk("bob")])), Some(vec!["ann".into(), "bob".into()]));
+        let counts = Reply::Array(vec![bulk("lobby"), Reply::Integer(3), bulk("tea"), Reply::Integer(1)]);
+        assert_eq!(room_counts(&counts), Some(vec![("lobby".into(), 3), ("tea".into(), 1)]));
+        assert_eq!(room_counts(&Reply::Integer(1)), None);
+    }
 
     #[test]
     fn commands() {

@@ -47,7 +47,7 @@ use mio::{Interest, Registry, Token};
 
 use super::broadcast::Read as HistoryRead;
 use super::cluster_history::AckOrder;
-use crate::chat::cluster::{Outgoing, RemoteDm, Watch};
+use crate::chat::cluster::{Ask, Outgoing, RemoteDm, Watch};
 use crate::redis::envelope::{self, Envelope};
 use crate::redis::presence;
 use crate::redis::resp::error_text;
@@ -69,6 +69,10 @@ pub enum Tag {
     Dm(Box<RemoteDm>),
     /// A claim of a name this node's user took: 0 means another live node holds it.
     Claim(String),
+    /// A `who` for the whole cluster: `conn` waits for the names.
+    Who { conn: usize, room: String },
+    /// A `rooms` for the whole cluster: `conn` waits for the counts.
+    Rooms { conn: usize },
     /// A message run through the store script (cluster history): its sender waits.
     Store(Box<Outgoing>),
     /// A history read (cluster history): its reader waits for the page.
@@ -279,15 +283,18 @@ impl Cluster {
         if changes.is_empty() {
             return;
         }
-        // Names: claimed and released on the commands link, in order.
+        // Names and members: claimed, released, written on the commands link, in order.
         if self.commands.link.is_ready() {
             for change in &changes {
-                let Watch::User(name, on) = change else { continue };
-                let (command, tag) = match on {
-                    true => (presence::claim(name, &self.node), Tag::Claim(name.clone())),
-                    false => (presence::release(name, &self.node), Tag::Quiet("release a name")),
+                let (command, tag) = match change {
+                    Watch::User(name, true) => (presence::claim(name, &self.node), Tag::Claim(name.clone())),
+                    Watch::User(name, false) => (presence::release(name, &self.node), Tag::Quiet("release a name")),
+                    Watch::Member(room, name, on) => {
+                        (presence::member(room, name, &self.node, *on), Tag::Quiet("write a member"))
+                    }
+                    Watch::Room(..) => continue,
                 };
-                let _ = self.commands.link.send(&command, tag, now); // a full or down link: claimed again when back
+                let _ = self.commands.link.send(&command, tag, now); // a full or down link: written again when back
             }
         }
         if !self.subscriptions.link.is_ready() {
@@ -298,6 +305,7 @@ impl Cluster {
             let (channel, on) = match change {
                 Watch::Room(room, on) => (room_channel(&room), on),
                 Watch::User(name, on) => (user_channel(&name), on),
+                Watch::Member(..) => continue,
             };
             last.retain(|(c, _)| *c != channel);
             last.push((channel, on));
@@ -467,6 +475,18 @@ impl super::Server {
         }
         cluster.heartbeat(now, self.now_ms, false);
         cluster.watch(self.chat.take_watch(), now);
+        for ask in std::mem::take(&mut self.router.outbox().asks) {
+            let (command, tag) = match ask {
+                Ask::Who { conn, room } => (presence::who(&room), Tag::Who { conn, room }),
+                Ask::Rooms { conn } => (presence::rooms(), Tag::Rooms { conn }),
+            };
+            match cluster.command(&command, tag, now) {
+                Ok(()) => {}
+                Err(Tag::Who { conn, room }) => self.chat.answer_who(conn, &room, None, self.router.outbox()),
+                Err(Tag::Rooms { conn }) => self.chat.answer_rooms(conn, None, self.router.outbox()),
+                Err(_) => {}
+            }
+        }
         self.store_and_read();
         let Some(cluster) = &mut self.cluster else { return };
         let events = cluster.turn(self.poll.registry(), now);
@@ -491,6 +511,8 @@ impl super::Server {
                     if !subscriber {
                         if let Some(cluster) = &mut self.cluster {
                             cluster.heartbeat(self.now, self.now_ms, true);
+                            let _ =
+                                cluster.command(&presence::reset(&cluster.node), Tag::Quiet("reset members"), self.now);
                         }
                         self.load_scripts();
                     }
@@ -509,6 +531,16 @@ impl super::Server {
                     }
                 }
                 Event::Lost(Tag::Claim(_)) => {} // claimed again when the link is back
+                Event::Reply(Tag::Who { conn, room }, reply) => {
+                    let names = presence::names(&reply);
+                    self.chat.answer_who(conn, &room, names, self.router.outbox());
+                }
+                Event::Lost(Tag::Who { conn, room }) => self.chat.answer_who(conn, &room, None, self.router.outbox()),
+                Event::Reply(Tag::Rooms { conn }, reply) => {
+                    let counts = presence::room_counts(&reply);
+                    self.chat.answer_rooms(conn, counts, self.router.outbox());
+                }
+                Event::Lost(Tag::Rooms { conn }) => self.chat.answer_rooms(conn, None, self.router.outbox()),
                 Event::Down { .. } => self.release_acks(),
                 Event::Reply(Tag::Store(message), reply) => self.on_stored(message, Some(reply)),
                 Event::Lost(Tag::Store(message)) => self.on_stored(message, None),
