@@ -634,3 +634,17 @@ fn who_and_rooms_answer_for_the_whole_cluster() {
     let (rooms, _) = bob.wait_for(|e| e["type"] == "rooms");
     assert_eq!(rooms["rooms"], json!([{"room": "lobby", "members": 2}]), "{rooms}");
 }
+
+#[test]
+fn while_redis_is_away_a_history_request_is_answered_unavailable() {
+    let _dog = watchdog(TEST_LIMIT);
+    let mut redis = Redis::start();
+    let a = history_node(&redis, &[]);
+    let mut ann = JsonClient::join(&a, "lobby", "ann");
+    ann.expect("history");
+    redis.kill();
+    assert!(common::wait_until(NOTICE, || health(&a).0 == 503));
+    ann.send(json!({"type": "history", "room": "lobby", "ref": "h1"}));
+    let (error, _) = ann.wait_for(|e| e["type"] == "error");
+    assert_eq!(error["code"], "unavailable", "{error}");
+}

@@ -135,6 +135,13 @@ impl Chat {
         (outgoing.json && self.has(outgoing.conn)).then(|| Ack { conn: outgoing.conn, cid: outgoing.cid.clone(), id })
     }
 
+    /// A history read could not be answered (Redis is away or failed it): the reader is
+    /// told, rather than left waiting for a page.
+    pub fn history_unavailable(&self, conn: usize, room: &str, out: &mut Outbox) {
+        let message = format!("the history of {room} is unreachable (Redis): try again when the server is healthy");
+        self.fail(conn, Failure::new("unavailable", message), None, out);
+    }
+
     /// A message could not be stored (Redis refused it, or went away before answering):
     /// its sender is told; nobody received it.
     pub fn store_failed(&self, outgoing: &Outgoing, why: &str, out: &mut Outbox) {

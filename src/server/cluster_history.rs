@@ -50,10 +50,15 @@ impl super::Server {
                 failed.push(message);
             }
         }
+        let mut unread = Vec::new();
         for read in self.router.take_reads() {
             let command = stream::read_command(&read.room, read.query, self.config.history_max, false);
-            let _ = cluster.command(&command, Tag::Read(Box::new(read)), self.now);
-            // a read nobody answers: nothing is sent, as a failed local read
+            if let Err(Tag::Read(read)) = cluster.command(&command, Tag::Read(Box::new(read)), self.now) {
+                unread.push(read);
+            }
+        }
+        for read in unread {
+            self.chat.history_unavailable(read.conn, &read.room, self.router.outbox());
         }
         for message in failed {
             self.chat.store_failed(
@@ -127,10 +132,12 @@ impl super::Server {
         }
     }
 
-    /// A read script answered: the page goes to its reader (nothing on a failure, as
-    /// with a failed local read; logged).
+    /// A read script answered: the page goes to its reader; a failure is logged and
+    /// the reader told `unavailable`.
     pub(super) fn on_read(&mut self, read: Box<Read>, reply: Option<Reply>) {
-        let Some(reply) = reply else { return };
+        let Some(reply) = reply else {
+            return self.chat.history_unavailable(read.conn, &read.room, self.router.outbox());
+        };
         if error_text(&reply).is_some_and(|e| e.starts_with("NOSCRIPT")) {
             let command = stream::read_command(&read.room, read.query, self.config.history_max, true);
             if let Some(cluster) = &mut self.cluster {
@@ -146,6 +153,7 @@ impl super::Server {
             Err(e) => {
                 self.stats.store_errors += 1;
                 log::error!("history: reading {} from Redis failed: {e}", read.room);
+                self.chat.history_unavailable(read.conn, &read.room, self.router.outbox());
             }
         }
     }
