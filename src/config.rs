@@ -235,6 +235,11 @@ pub struct Config {
     #[arg(long, env = "POLLCAST_REDIS", value_name = "URL")]
     pub redis: Option<SecretUrl>,
 
+    /// With rediss://: trust the CAs in this PEM file (or Redis's self-signed certificate
+    /// itself) instead of the system's bundle.
+    #[arg(long, env = "POLLCAST_REDIS_CA_FILE", requires = "redis")]
+    pub redis_ca_file: Option<PathBuf>,
+
     /// This node's id in the cluster (letters, digits, - _ .) [default: generated at start].
     #[arg(long, env = "POLLCAST_NODE_ID", requires = "redis")]
     pub node_id: Option<String>,
@@ -338,11 +343,6 @@ impl Config {
     pub fn cluster(&self) -> Result<Option<ClusterConfig>, String> {
         let Some(SecretUrl(text)) = &self.redis else { return Ok(None) };
         let url = RedisUrl::parse(text).map_err(|e| format!("--redis: {e}"))?;
-        if url.tls {
-            return Err(
-                "--redis: rediss:// (TLS to Redis) is not supported yet; use redis:// on a trusted network".into()
-            );
-        }
         let node = match &self.node_id {
             Some(id)
                 if !id.is_empty()
@@ -358,7 +358,9 @@ impl Config {
             return Err("--node-ttl: at least 300ms (the heartbeat is refreshed every third of it)".into());
         }
         let limits = (self.redis_max_buffer, self.redis_timeout, self.redis_backoff_max);
-        Ok(Some(ClusterConfig::new(url, node, self.node_ttl, limits)))
+        let mut cluster = ClusterConfig::new(url, node, self.node_ttl, limits);
+        cluster.ca_file = self.redis_ca_file.clone();
+        Ok(Some(cluster))
     }
 
     /// The history database, or `None` with `--no-history`.

@@ -648,3 +648,44 @@ fn while_redis_is_away_a_history_request_is_answered_unavailable() {
     let (error, _) = ann.wait_for(|e| e["type"] == "error");
     assert_eq!(error["code"], "unavailable", "{error}");
 }
+
+// ----- rediss:// -------------------------------------------------------------------------
+
+#[test]
+fn rediss_speaks_tls_to_redis_with_a_password_and_a_room_crosses_nodes() {
+    let _dog = watchdog(TEST_LIMIT);
+    let dir = common::json::TempDir::new("redis-tls");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(dir.file("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.file("key.pem"), key.serialize_pem()).unwrap();
+    let redis = Redis::start_tls(&dir.file("cert.pem"), &dir.file("key.pem"), Some("tls-secret-77"));
+    let url = redis.tls_url(0);
+    let ca = dir.file("cert.pem");
+    let args = ["--redis", url.as_str(), "--redis-ca-file", ca.as_str(), "--db", "unused-with-redis.db"];
+    let start = || {
+        let server = Server::start_logging("pollcast=debug", &args);
+        assert!(server.wait_for_log("ready (both links up", NOTICE), "{}", server.log_text());
+        server
+    };
+    let (a, b) = (start(), start());
+    let mut ann = JsonClient::join(&a, "lobby", "ann");
+    ann.expect("history");
+    let mut bob = JsonClient::join(&b, "lobby", "bob");
+    bob.expect("history");
+    subscribers(&redis, "pollcast:room:lobby", 2);
+    let id = say_acked(&mut ann, "lobby", "over tls");
+    let (message, _) = bob.wait_for(|e| e["type"] == "message");
+    assert_eq!((message["text"].as_str(), message["id"].as_u64()), (Some("over tls"), Some(id)));
+    for server in [&a, &b] {
+        let log = server.log_text();
+        assert!(log.contains("rediss://:***@127.0.0.1") && !log.contains("tls-secret-77"), "{log}");
+    }
+
+    // A certificate it does not trust: the link never comes up, and says why.
+    let untrusted = Server::start_logging("pollcast=info", &["--redis", url.as_str(), "--no-history"]);
+    assert!(untrusted.wait_for_log("link down", NOTICE), "{}", untrusted.log_text());
+    assert!(untrusted.log_text().contains("TLS"), "{}", untrusted.log_text());
+    assert_eq!(health(&untrusted).0, 503);
+}

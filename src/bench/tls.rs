@@ -59,7 +59,7 @@ pub fn client_config(trust: Trust<'_>) -> Result<Arc<ClientConfig>, String> {
 }
 
 /// Every certificate of a PEM file as a trust anchor; at least one must be usable.
-fn roots(path: &Path, flag: &str) -> Result<RootCertStore, String> {
+pub fn roots(path: &Path, flag: &str) -> Result<RootCertStore, String> {
     let what = if flag.is_empty() {
         format!(
             "the system CA bundle {} (for a self-signed server, give its certificate with --ca-file PEM, \

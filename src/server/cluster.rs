@@ -40,13 +40,17 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
+use rustls::ClientConfig;
 
 use super::broadcast::Read as HistoryRead;
 use super::cluster_history::AckOrder;
+use super::cluster_tls::{self, LinkTls};
 use crate::chat::cluster::{Ask, Outgoing, RemoteDm, Watch};
 use crate::redis::envelope::{self, Envelope};
 use crate::redis::presence;
@@ -92,10 +96,11 @@ pub fn user_channel(name: &str) -> String {
 /// The Redis settings, from `Config`.
 #[derive(Clone, Debug)]
 pub struct ClusterConfig {
-    pub url: RedisUrl,      // --redis
-    pub node: String,       // this node's id (--node-id, else generated)
-    pub ttl: Duration,      // --node-ttl: the heartbeat's life
-    pub limits: LinkLimits, // --redis-max-buffer, --redis-timeout, --redis-backoff-max
+    pub url: RedisUrl,            // --redis
+    pub node: String,             // this node's id (--node-id, else generated)
+    pub ttl: Duration,            // --node-ttl: the heartbeat's life
+    pub limits: LinkLimits,       // --redis-max-buffer, --redis-timeout, --redis-backoff-max
+    pub ca_file: Option<PathBuf>, // --redis-ca-file, for rediss://
 }
 
 impl ClusterConfig {
@@ -103,7 +108,7 @@ impl ClusterConfig {
     pub fn new(url: RedisUrl, node: String, ttl: Duration, limits: (usize, Duration, Duration)) -> Self {
         let (max_buffer, timeout, backoff_max) = limits;
         let limits = LinkLimits { max_buffer, timeout, backoff: Backoff::new(BACKOFF_MIN, backoff_max) };
-        ClusterConfig { url, node, ttl, limits }
+        ClusterConfig { url, node, ttl, limits, ca_file: None }
     }
 }
 
@@ -113,6 +118,7 @@ struct Side {
     token: Token,              // its token on the loop's Poll
     link: Link<Tag>,           // the protocol state (`redis::link`)
     stream: Option<TcpStream>, // None while down
+    tls: Option<LinkTls>,      // with rediss://: this connection's TLS session
 }
 
 /// This node's Redis connections.
@@ -128,21 +134,29 @@ pub struct Cluster {
     pub(super) acks: AckOrder,       // cluster history: each sender's ack after its own copy
     ttl: Duration,                   // --node-ttl
     next_heartbeat: Option<Instant>, // when the heartbeat is refreshed next (None: the commands link is down)
+    tls: Option<Arc<ClientConfig>>,  // with rediss://: the TLS configuration both links use
 }
 
 impl Cluster {
     /// Both links, to connect at once. The host is resolved here, before the loop runs
-    /// (a resolver call blocks; never on the loop).
-    pub fn new(config: ClusterConfig, tokens: (Token, Token), now: Instant) -> Cluster {
+    /// (a resolver call blocks; never on the loop). With rediss://, the TLS
+    /// configuration is built here (reading `--redis-ca-file`): an error stops the start.
+    pub fn new(config: ClusterConfig, tokens: (Token, Token), now: Instant) -> Result<Cluster, String> {
         let addr = resolve(&config.url);
+        let tls = match config.url.tls {
+            true => Some(cluster_tls::config(config.ca_file.as_deref())?),
+            false => None,
+        };
         let side = |name, token, subscriber| Side {
             name,
             token,
             link: Link::new(&config.url, subscriber, config.limits, now),
             stream: None,
+            tls: None,
         };
         log::info!("redis: node {} joins the cluster at {}", config.node, config.url);
-        Cluster {
+        Ok(Cluster {
+            tls,
             addr,
             node: config.node,
             commands: side("commands", tokens.0, false),
@@ -154,7 +168,7 @@ impl Cluster {
             acks: AckOrder::default(),
             ttl: config.ttl,
             next_heartbeat: None,
-        }
+        })
     }
 
     /// This node's id.
@@ -226,6 +240,12 @@ impl Cluster {
                     self.addr = resolve(&self.url);
                 }
                 side.connect(self.addr, registry, now, &mut events);
+                if let Some(config) = self.tls.as_ref().filter(|_| side.stream.is_some()) {
+                    match LinkTls::new(config, &self.url.host) {
+                        Ok(tls) => side.tls = Some(tls),
+                        Err(e) => side.link.fail(e, now, &mut events),
+                    }
+                }
             }
             side.write(now, &mut events);
             self.events.extend(events.into_iter().map(|event| (subscriber, event)));
@@ -244,6 +264,7 @@ impl Cluster {
                 _ => {}
             }
             if let Event::Down { .. } = event {
+                side.tls = None;
                 if let Some(mut stream) = side.stream.take() {
                     let _ = registry.deregister(&mut stream); // closing it would deregister too
                 }
@@ -384,7 +405,16 @@ impl Side {
             match retrying(|| stream.read(scratch)) {
                 Ok(Some(0)) => return self.link.fail("Redis closed the connection".into(), now, events),
                 Ok(Some(n)) => {
-                    self.link.handle_bytes(&scratch[..n], now, events);
+                    match &mut self.tls {
+                        None => self.link.handle_bytes(&scratch[..n], now, events),
+                        Some(tls) => {
+                            let mut plain = Vec::new();
+                            if let Err(e) = tls.decrypt(&scratch[..n], &mut plain) {
+                                return self.link.fail(e, now, events);
+                            }
+                            self.link.handle_bytes(&plain, now, events);
+                        }
+                    }
                     if matches!(self.link.phase(), Phase::Down { .. }) {
                         return;
                     }
@@ -400,6 +430,16 @@ impl Side {
     fn write(&mut self, now: Instant, events: &mut Vec<Event<Tag>>) {
         let Some(stream) = &mut self.stream else { return };
         if matches!(self.link.phase(), Phase::Connecting { .. } | Phase::Down { .. }) {
+            return;
+        }
+        if let Some(tls) = &mut self.tls {
+            // TLS: rustls takes the plaintext (holding it until its handshake is done)
+            // and writes records until the socket would block.
+            let output = self.link.output();
+            match tls.send(stream, output) {
+                Ok(taken) => drop(output.drain(..taken)),
+                Err(e) => self.link.fail(format!("TLS write: {e}"), now, events),
+            }
             return;
         }
         loop {

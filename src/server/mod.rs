@@ -42,6 +42,7 @@ mod broadcast;
 mod client;
 pub mod cluster;
 mod cluster_history;
+mod cluster_tls;
 mod history;
 pub mod http;
 mod listener;
@@ -166,7 +167,9 @@ impl Server {
         let cluster = config
             .cluster()
             .map_err(io::Error::other)?
-            .map(|cluster| Cluster::new(cluster, (REDIS_COMMANDS, REDIS_SUBSCRIPTIONS), now));
+            .map(|cluster| Cluster::new(cluster, (REDIS_COMMANDS, REDIS_SUBSCRIPTIONS), now))
+            .transpose()
+            .map_err(io::Error::other)?;
         let mut router = Router::new(config.effective_max_queue(), config.deflate_threshold);
         if let Some(cluster) = &cluster {
             chat.join_cluster(cluster_history, &guest_tag(cluster.node()));

@@ -17,10 +17,11 @@ const REDIS_START: Duration = Duration::from_secs(10);
 
 /// One redis-server process.
 pub struct Redis {
-    child: Option<Child>,     // None while killed
-    pub port: u16,            // where it listens (kept across restarts)
-    password: Option<String>, // requirepass, when a test wants one
-    aof_dir: Option<String>,  // appendonly + appendfsync always here, kept across restarts
+    child: Option<Child>,               // None while killed
+    pub port: u16,                      // where it listens (kept across restarts)
+    password: Option<String>,           // requirepass, when a test wants one
+    aof_dir: Option<String>,            // appendonly + appendfsync always here, kept across restarts
+    tls: Option<(u16, String, String)>, // a TLS port too, with this certificate and key (PEM files)
 }
 
 impl Redis {
@@ -32,7 +33,7 @@ impl Redis {
     /// A Redis whose clients must AUTH with `password`.
     pub fn start_with_password(password: Option<&str>) -> Redis {
         let port = free_port();
-        let mut redis = Redis { child: None, port, password: password.map(str::to_owned), aof_dir: None };
+        let mut redis = Redis { child: None, port, password: password.map(str::to_owned), aof_dir: None, tls: None };
         redis.spawn();
         redis
     }
@@ -40,9 +41,29 @@ impl Redis {
     /// A Redis that fsyncs every write to an append-only file in `dir` before answering
     /// (`appendonly yes`, `appendfsync always`): a restart keeps what it acknowledged.
     pub fn start_durable(dir: &str) -> Redis {
-        let mut redis = Redis { child: None, port: free_port(), password: None, aof_dir: Some(dir.to_owned()) };
+        let mut redis =
+            Redis { child: None, port: free_port(), password: None, aof_dir: Some(dir.to_owned()), tls: None };
         redis.spawn();
         redis
+    }
+
+    /// A Redis with a TLS port as well as its plain one, serving the certificate and key
+    /// in these PEM files (no client certificates asked).
+    pub fn start_tls(cert: &str, key: &str, password: Option<&str>) -> Redis {
+        let tls = Some((free_port(), cert.to_owned(), key.to_owned()));
+        let password = password.map(str::to_owned);
+        let mut redis = Redis { child: None, port: free_port(), password, aof_dir: None, tls };
+        redis.spawn();
+        redis
+    }
+
+    /// `rediss://[:PASSWORD@]127.0.0.1:TLS_PORT/DB` (a Redis started with `start_tls`).
+    pub fn tls_url(&self, db: u32) -> String {
+        let (port, _, _) = self.tls.as_ref().expect("a Redis with TLS");
+        match &self.password {
+            Some(password) => format!("rediss://:{password}@127.0.0.1:{port}/{db}"),
+            None => format!("rediss://127.0.0.1:{port}/{db}"),
+        }
     }
 
     /// `redis://[:PASSWORD@]127.0.0.1:PORT/DB`
@@ -95,6 +116,11 @@ impl Redis {
         command.args(["--protected-mode", "no", "--loglevel", "warning"]);
         if let Some(password) = &self.password {
             command.args(["--requirepass", password]);
+        }
+        if let Some((port, cert, key)) = &self.tls {
+            let port = port.to_string();
+            command.args(["--tls-port", &port, "--tls-cert-file", cert, "--tls-key-file", key]);
+            command.args(["--tls-ca-cert-file", cert, "--tls-auth-clients", "no"]);
         }
         let child = command
             .stdin(Stdio::null())
