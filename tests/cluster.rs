@@ -53,6 +53,7 @@ fn healthz_says_degraded_while_redis_is_away_and_the_node_recovers_by_itself() {
     let server = node(&redis, "pollcast=info", &[]);
     assert_eq!(health(&server), (200, "ok\n".to_owned()));
     assert_eq!(server.http_get("/healthz").0, 200);
+    assert_eq!(server.metric("redis_up"), 1);
     let mut client = JsonClient::join(&server, "lobby", "ann");
 
     redis.kill();
@@ -61,6 +62,8 @@ fn healthz_says_degraded_while_redis_is_away_and_the_node_recovers_by_itself() {
     let (status, body) = health(&server);
     assert!(status == 503 && body.starts_with("degraded: redis"), "{status} {body}");
     assert_eq!(server.http_get("/healthz").0, 503, "the public port's healthz too");
+    assert_eq!(server.metric("redis_up"), 0);
+    assert_eq!(server.metric("redis_outages_total"), 2, "one per link");
     // Several reconnect attempts fail meanwhile (100ms, 200ms, 400ms, 500ms...), and
     // the outage is logged once per link, not once per attempt.
     std::thread::sleep(Duration::from_millis(1500));
@@ -123,6 +126,8 @@ fn without_redis_nothing_changes() {
     assert_eq!(message["text"], "hello");
     assert_eq!(health(&server), (200, "ok\n".to_owned()));
     assert!(!server.log_text().contains("redis"), "{}", server.log_text());
+    let (_, metrics) = server.admin_get("/metrics");
+    assert!(!metrics.contains("redis"), "no redis_* series on a single node");
 }
 
 // ----- rooms and direct messages across nodes -----------------------------------------
@@ -191,6 +196,7 @@ fn room_spread_over_two_nodes(history: bool) {
         let extra: Vec<_> = client.sync().into_iter().filter(|e| e["type"] == "message").collect();
         assert!(extra.is_empty(), "duplicates: {extra:?}");
     }
+    assert!(b.metric("redis_received_total") > 0 && b.metric("redis_sent_total") > 0);
     let rest: Vec<String> = carl.sync().into_iter().filter(|l| l.starts_with('a')).collect();
     assert!(rest.is_empty(), "duplicates: {rest:?}");
 }

@@ -203,7 +203,8 @@ impl Server {
         let segments: Vec<&str> = request.path.trim_start_matches('/').split('/').collect();
         let answered = match (request.method, segments.as_slice()) {
             (Method::Get | Method::Head, ["metrics"]) => {
-                let text = metrics::render(&self.stats, metrics::gauges(&self.clients, &self.chat));
+                let cluster = self.cluster.as_ref().map(|cluster| cluster.figures());
+                let text = metrics::render(&self.stats, metrics::gauges(&self.clients, &self.chat), cluster);
                 return http_response(
                     Status::Ok,
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",

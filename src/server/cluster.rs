@@ -51,6 +51,7 @@ use rustls::ClientConfig;
 use super::broadcast::Read as HistoryRead;
 use super::cluster_history::AckOrder;
 use super::cluster_tls::{self, LinkTls};
+use super::metrics::ClusterFigures;
 use crate::chat::cluster::{Ask, Outgoing, RemoteDm, Watch};
 use crate::redis::envelope::{self, Envelope};
 use crate::redis::presence;
@@ -123,18 +124,19 @@ struct Side {
 
 /// This node's Redis connections.
 pub struct Cluster {
-    url: RedisUrl,                   // where Redis is (Display hides the password)
-    addr: Option<SocketAddr>,        // resolved at start; None: resolve again at the next attempt
-    node: String,                    // this node's id
-    commands: Side,                  // commands and replies
-    subscriptions: Side,             // pub/sub
-    events: Vec<(bool, Event<Tag>)>, // what the links said this turn (true: the subscriptions link)
-    down_since: Option<Instant>,     // when the current outage began (either link), for /healthz
-    unrelayed: u64,                  // messages not published this outage (reset when healthy)
-    pub(super) acks: AckOrder,       // cluster history: each sender's ack after its own copy
-    ttl: Duration,                   // --node-ttl
-    next_heartbeat: Option<Instant>, // when the heartbeat is refreshed next (None: the commands link is down)
-    tls: Option<Arc<ClientConfig>>,  // with rediss://: the TLS configuration both links use
+    url: RedisUrl,                      // where Redis is (Display hides the password)
+    addr: Option<SocketAddr>,           // resolved at start; None: resolve again at the next attempt
+    node: String,                       // this node's id
+    commands: Side,                     // commands and replies
+    subscriptions: Side,                // pub/sub
+    events: Vec<(bool, Event<Tag>)>,    // what the links said this turn (true: the subscriptions link)
+    down_since: Option<Instant>,        // when the current outage began (either link), for /healthz
+    unrelayed: u64,                     // messages not published this outage (reset when healthy)
+    pub(super) acks: AckOrder,          // cluster history: each sender's ack after its own copy
+    ttl: Duration,                      // --node-ttl
+    next_heartbeat: Option<Instant>,    // when the heartbeat is refreshed next (None: the commands link is down)
+    tls: Option<Arc<ClientConfig>>,     // with rediss://: the TLS configuration both links use
+    pub(super) figures: ClusterFigures, // counters for /metrics
 }
 
 impl Cluster {
@@ -168,6 +170,7 @@ impl Cluster {
             acks: AckOrder::default(),
             ttl: config.ttl,
             next_heartbeat: None,
+            figures: ClusterFigures::default(),
         })
     }
 
@@ -256,6 +259,7 @@ impl Cluster {
             match event {
                 Event::Ready => log::info!("redis: {} link up ({})", side.name, self.url),
                 Event::Down { reason, outage_began: true } => {
+                    self.figures.outages += 1;
                     log::warn!("redis: {} link down ({}): {reason}; retrying with backoff", side.name, self.url)
                 }
                 Event::Down { reason, outage_began: false } => {
@@ -347,6 +351,7 @@ impl Cluster {
             log::warn!("redis: messages are reaching this node's members only until Redis is back");
         }
         self.unrelayed += messages.max(1);
+        self.figures.unrelayed += messages.max(1);
     }
 
     /// Writes what the links hold (the Redis phase's last step: what acting on this
@@ -359,6 +364,11 @@ impl Cluster {
             self.events.extend(events.into_iter().map(|event| (subscriber, event)));
             // seen next turn
         }
+    }
+
+    /// The figures for /metrics, with `up` sampled now.
+    pub fn figures(&self) -> ClusterFigures {
+        ClusterFigures { up: self.is_ready(), ..self.figures }
     }
 
     /// Are both links ready?
@@ -497,8 +507,9 @@ impl super::Server {
             envelope::room(&mut payload, &cluster.node, messages, &relayed.raw, &relayed.json);
             let channel = room_channel(&relayed.room);
             let tag = Tag::Relay { messages: relayed.messages };
-            if cluster.command(&[b"PUBLISH".as_slice(), channel.as_bytes(), &payload], tag, now).is_err() {
-                cluster.count_unrelayed(relayed.messages);
+            match cluster.command(&[b"PUBLISH".as_slice(), channel.as_bytes(), &payload], tag, now) {
+                Ok(()) => cluster.figures.sent += 1,
+                Err(_) => cluster.count_unrelayed(relayed.messages),
             }
         }
         let dms = std::mem::take(&mut self.router.outbox().remote_dms);
@@ -639,6 +650,9 @@ impl super::Server {
                 else {
                     return; // its last member left since: the unsubscribe is on its way
                 };
+                if let Some(cluster) = &mut self.cluster {
+                    cluster.figures.received += 1;
+                }
                 let frames = (raw, json, u64::from(messages));
                 let (clients, chat, history, stats) =
                     (&mut self.clients, &mut self.chat, &mut self.history, &mut self.stats);

@@ -46,8 +46,10 @@ impl super::Server {
         let mut failed = Vec::new();
         for message in outgoing {
             let command = store_command(&message, cluster.node(), self.config.history_keep, false);
-            if let Err(Tag::Store(message)) = cluster.command(&command, Tag::Store(Box::new(message)), self.now) {
-                failed.push(message);
+            match cluster.command(&command, Tag::Store(Box::new(message)), self.now) {
+                Ok(()) => cluster.figures.sent += 1,
+                Err(Tag::Store(message)) => failed.push(message),
+                Err(_) => {}
             }
         }
         let mut unread = Vec::new();
@@ -94,6 +96,9 @@ impl super::Server {
                 (Some(_), None) => "the store answered something unexpected".to_owned(),
             };
             log::warn!("redis: a message from conn {} was not confirmed stored: {why}", message.conn);
+            if let Some(cluster) = &mut self.cluster {
+                cluster.figures.store_failed += 1;
+            }
             return self.chat.store_failed(&message, &why, self.router.outbox());
         };
         self.stats.stored += 1;
@@ -164,6 +169,7 @@ impl super::Server {
     pub(super) fn on_stored_published(&mut self, channel: &str, payload: &[u8]) -> bool {
         let Some((id, envelope)) = stream::split_stored(payload) else { return false };
         let Some(cluster) = &mut self.cluster else { return true };
+        cluster.figures.received += 1;
         match envelope::decode(envelope) {
             Ok(Envelope::Stored { node, conn, echo, binary, ts, from, body }) => {
                 let Some(room) = channel.strip_prefix("pollcast:room:") else { return true };

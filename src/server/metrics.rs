@@ -126,10 +126,39 @@ pub fn gauges(clients: &Slab<Client>, chat: &Chat) -> Gauges {
     gauges
 }
 
+/// With `--redis`: the cluster's figures (`cluster.rs` keeps them). Without it, none of
+/// these series exist, so a single node's `/metrics` is what it always was.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ClusterFigures {
+    pub up: bool,          // both Redis links ready (gauge)
+    pub sent: u64,         // publishes and store scripts sent to Redis
+    pub received: u64,     // envelopes from the cluster delivered here
+    pub store_failed: u64, // messages answered store_failed (Redis refused, or went away first)
+    pub unrelayed: u64,    // messages that reached this node's members only (no history, Redis lost)
+    pub outages: u64,      // times a Redis link went down
+}
+
 /// The OpenMetrics text of everything above, plus open file descriptors, resident
-/// memory and `pollcast_build_info{version}`.
-pub fn render(stats: &Stats, gauges: Gauges) -> String {
+/// memory and `pollcast_build_info{version}`; with `cluster`, the `redis_*` series.
+pub fn render(stats: &Stats, gauges: Gauges, cluster: Option<ClusterFigures>) -> String {
     let mut registry = Registry::with_prefix("pollcast");
+    if let Some(cluster) = cluster {
+        let counters = [
+            ("redis_sent", "Publishes and store scripts sent to Redis.", cluster.sent),
+            ("redis_received", "Messages from the cluster delivered on this node.", cluster.received),
+            ("redis_store_failed", "Messages answered store_failed.", cluster.store_failed),
+            ("redis_unrelayed", "Messages that reached this node's members only.", cluster.unrelayed),
+            ("redis_outages", "Times a Redis link went down.", cluster.outages),
+        ];
+        for (name, help, value) in counters {
+            let counter: Counter = Counter::default();
+            counter.inc_by(value);
+            registry.register(name, help, counter);
+        }
+        let up: Gauge = Gauge::default();
+        up.set(i64::from(cluster.up));
+        registry.register("redis_up", "1 when both Redis links are ready.", up);
+    }
     let counters: [(&str, &str, u64); 20] = [
         ("connections_accepted", "TCP connections accepted.", stats.accepted),
         ("connections_refused", "Connections answered 503 at --max-connections.", stats.refused_full),
@@ -222,7 +251,7 @@ mod tests {
         stats.closed(1000);
         stats.refused(429);
         stats.turn_took(Duration::from_micros(15));
-        let text = render(&stats, Gauges { rooms: 2, ..Gauges::default() });
+        let text = render(&stats, Gauges { rooms: 2, ..Gauges::default() }, None);
         for line in [
             "pollcast_deliveries_total 7",
             "pollcast_rooms 2",
@@ -235,5 +264,16 @@ mod tests {
             assert!(text.contains(line), "missing {line:?} in:\n{text}");
         }
         assert!(text.contains("pollcast_open_fds "), "{text}");
+    }
+
+    #[test]
+    fn redis_series_exist_only_in_a_cluster() {
+        let stats = Stats::default();
+        assert!(!render(&stats, Gauges::default(), None).contains("redis"));
+        let figures = ClusterFigures { up: true, sent: 3, received: 2, ..ClusterFigures::default() };
+        let text = render(&stats, Gauges::default(), Some(figures));
+        for line in ["pollcast_redis_up 1", "pollcast_redis_sent_total 3", "pollcast_redis_received_total 2"] {
+            assert!(text.contains(line), "{line} in:\n{text}");
+        }
     }
 }
