@@ -115,7 +115,7 @@ impl Chat {
     /// (the local sender excepted: a JSON sender gets its own copy, a raw one nothing).
     pub fn render_stored(&mut self, stored: Stored, out: &mut Outbox) {
         let Some(room) = self.rooms.find(stored.room) else { return };
-        let sender = stored.sender.filter(|conn| self.users.contains_key(conn));
+        let sender = stored.sender.filter(|&conn| self.is_sender(conn, stored.from));
         let text = (!stored.binary).then(|| std::str::from_utf8(stored.body).ok()).flatten();
         let envelope = text.map(|text| {
             let text = if stored.echo { text } else { line_text(text) };
@@ -132,7 +132,8 @@ impl Chat {
     /// A message is stored: its sender's ack (the shell sends it after the sender's own
     /// copy, when there is one).
     pub fn stored_ack(&self, outgoing: &Outgoing, id: u64) -> Option<Ack> {
-        (outgoing.json && self.has(outgoing.conn)).then(|| Ack { conn: outgoing.conn, cid: outgoing.cid.clone(), id })
+        let sender = outgoing.json && self.is_sender(outgoing.conn, &outgoing.from);
+        sender.then(|| Ack { conn: outgoing.conn, cid: outgoing.cid.clone(), id })
     }
 
     /// A history read could not be answered (Redis is away or failed it): the reader is
@@ -145,6 +146,9 @@ impl Chat {
     /// A message could not be stored (Redis refused it, or went away before answering):
     /// its sender is told; nobody received it.
     pub fn store_failed(&self, outgoing: &Outgoing, why: &str, out: &mut Outbox) {
+        if !self.is_sender(outgoing.conn, &outgoing.from) {
+            return;
+        }
         let reference = (!outgoing.cid.is_null()).then_some(&outgoing.cid);
         self.fail(outgoing.conn, Failure::new("store_failed", why), reference, out);
     }
@@ -237,9 +241,12 @@ impl Chat {
     /// Another node heard the direct message: the sender is told as if it were local
     /// (its copy, then an ack).
     pub fn remote_dm_sent(&mut self, dm: &RemoteDm, out: &mut Outbox) {
+        if !self.is_sender(dm.conn, &dm.from) {
+            return;
+        }
         let view = DmView { id: dm.id, from: &dm.from, to: &dm.to, text: &dm.text, ts: dm.ts };
         self.tell(dm.conn, Reply::DmSent { dm: view, to_self: false }, out);
-        if dm.json && self.has(dm.conn) {
+        if dm.json {
             out.acks.push(Ack { conn: dm.conn, cid: dm.cid.clone(), id: dm.id });
         }
     }
@@ -247,12 +254,22 @@ impl Chat {
     /// The direct message reached nobody (`heard` false: no node holds the name) or
     /// could not be published: the sender is told why.
     pub fn remote_dm_failed(&mut self, dm: &RemoteDm, heard: Option<bool>, out: &mut Outbox) {
+        if !self.is_sender(dm.conn, &dm.from) {
+            return;
+        }
         let failure = match heard {
             Some(false) => Failure::new("no_such_user", format!("{} is not connected", dm.to)),
             _ => Failure::new("unavailable", "the cluster is unreachable (Redis): the message was not sent"),
         };
         let reference = (!dm.cid.is_null()).then_some(&dm.cid);
         self.fail(dm.conn, failure, reference, out);
+    }
+
+    /// Is `conn` still the connection that sent as `name`? An answer comes a Redis round
+    /// trip after the request: by then the sender may be gone and its slot reused by
+    /// another connection, which must not get the sender's copy, ack or error.
+    fn is_sender(&self, conn: usize, name: &str) -> bool {
+        self.users.get(&conn).is_some_and(|user| user.name == name)
     }
 
     /// A direct message from another node, to every local connection of `to`.

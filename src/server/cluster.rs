@@ -59,6 +59,9 @@ use crate::redis::resp::error_text;
 use crate::redis::{Backoff, Event, Link, LinkLimits, Phase, RedisUrl, Reply};
 use crate::sys::nb::retrying;
 
+/// Channels named in one SUBSCRIBE or UNSUBSCRIBE (a reconnect resubscribes to every
+/// room and name the node holds: tens of thousands, in commands of this many).
+const CHANNELS_PER_COMMAND: usize = 1000;
 /// The first reconnect's delay; later ones double up to `--redis-backoff-max`.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 
@@ -336,10 +339,20 @@ impl Cluster {
             last.push((channel, on));
         }
         for (verb, on) in [("SUBSCRIBE", true), ("UNSUBSCRIBE", false)] {
-            let channels = last.iter().filter(|(_, o)| *o == on).map(|(c, _)| c.as_bytes());
-            let args: Vec<&[u8]> = std::iter::once(verb.as_bytes()).chain(channels).collect();
-            if args.len() > 1 && self.subscriptions.link.send(&args, Tag::Quiet("subscribe"), now).is_err() {
-                log::debug!("redis: {verb} not sent (the link is full or down): redone when it is back");
+            let channels: Vec<&[u8]> = last.iter().filter(|(_, o)| *o == on).map(|(c, _)| c.as_bytes()).collect();
+            // In batches, so that a node holding many rooms and names after a reconnect
+            // never builds one command larger than --redis-max-buffer.
+            for batch in channels.chunks(CHANNELS_PER_COMMAND) {
+                let args: Vec<&[u8]> = std::iter::once(verb.as_bytes()).chain(batch.iter().copied()).collect();
+                if self.subscriptions.link.send(&args, Tag::Quiet("subscribe"), now).is_err() {
+                    // Full: the link is far behind, so drop it and start again from the
+                    // chat's whole state (which it subscribes to when it is back).
+                    let mut events = Vec::new();
+                    let reason = format!("{verb} did not fit in --redis-max-buffer");
+                    self.subscriptions.link.fail(reason, now, &mut events);
+                    self.events.extend(events.into_iter().map(|event| (true, event)));
+                    return;
+                }
             }
         }
     }
