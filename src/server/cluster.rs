@@ -1,37 +1,42 @@
-//! The Redis phase: this node's two connections to Redis, on the loop's own `Poll`.
+//! This node's two connections to Redis, on the loop's own `Poll`: the links of the
+//! Redis phase (phase 8; what the phase does with them is `cluster_turn.rs`, history in
+//! Redis `cluster_history.rs`, TLS `cluster_tls.rs`).
 //!
 //! Owns: the two sockets (`commands`: pipelined commands and their replies;
-//! `subscriptions`: pub/sub), connecting them (the address is resolved once, at start),
-//! reading and writing them, the reconnect timers (`redis::Link` decides when), and one
-//! log line per change of health. Must not touch: client sockets, what a message means
-//! (`chat`), how RESP is spelled (`redis::resp`).
+//! `subscriptions`: pub/sub), connecting them (the address is resolved at start, and
+//! again only if that failed), reading and writing them, the reconnect timers
+//! (`redis::Link` decides when), the heartbeat, subscriptions and name claims as the
+//! chat's change log asks, and one log line per change of health. Must not touch:
+//! client sockets, what a message means (`chat`), how RESP is spelled (`redis::resp`).
 //!
 //! Where it sits in the loop: readiness of either socket is handled in **dispatch**
-//! (`on_event`: connect completion, reads); the **Redis** phase (`Server::cluster_turn`,
-//! phase 8, after commit and before the flush) publishes what the turn routed, gives up
-//! on what timed out, starts the connects that are due, acts on the replies and pushes
-//! of this turn, and writes what it queued, so a turn's commands leave in one write per
-//! link.
+//! (`on_event`: connect completion, reads); in the **Redis** phase (`turn`, after
+//! commit and before the flush) the links give up on what timed out, start the
+//! connects that are due, and write what the turn queued, so a turn's commands leave
+//! in one write per link.
 //!
 //! ## How nodes hear each other
 //!
 //! - **Rooms.** A node subscribes to `pollcast:room:ROOM` when the room gets its first
-//!   local member and unsubscribes when the last leaves (`chat::cluster::Watch`). Each
-//!   room output this node routes (messages, presence: already framed, one chunk per
-//!   codec) is published once, as one envelope (`redis::envelope`), whatever the number
-//!   of members or nodes. Every other subscribed node pushes those chunks, shared, to its
-//!   own members (`Router::deliver_remote`); the publishing node skips its own envelope,
-//!   since its members had the message when it was routed. One commands link publishes in
-//!   the order the loop routed, and Redis delivers one connection's publishes in order,
-//!   so each member sees one sender's messages once and in order.
+//!   local member and unsubscribes when the last leaves (`chat::cluster::Watch`). With
+//!   history, every message goes through the store script first and every node renders
+//!   it from its subscription (`cluster_history.rs`). Without history, and for presence
+//!   always, each room output this node routes (already framed, one chunk per codec) is
+//!   published once, as one envelope (`redis::envelope`); every other subscribed node
+//!   pushes those chunks, shared, to its own members (`Router::deliver_remote`), and the
+//!   publishing node skips its own. One commands link publishes in the order the loop
+//!   routed, and Redis delivers one connection's publishes in order, so each member sees
+//!   one sender's messages once and in order.
 //! - **Direct messages.** A node subscribes to `pollcast:user:NAME` for each name it
 //!   holds. A DM to a name held elsewhere is published there; PUBLISH answers how many
 //!   nodes heard it, so the sender gets its copy and `ack` (one or more) or
 //!   `no_such_user` (none) once Redis replies.
+//! - **Liveness, names, members.** A heartbeat key per node (`--node-ttl`), names
+//!   claimed atomically, members per room: `redis::presence`.
 //! - **Redis away.** The node is degraded (`/healthz` 503 with the reason), and the chat
 //!   refuses messages with `unavailable` rather than delivering them to this node's
 //!   members only (`Chat::set_cluster_down`); clients stay connected; the links
-//!   reconnect with backoff and subscribe again to everything the chat watches.
+//!   reconnect with backoff and subscribe, claim and write members again.
 //!
 //! Interest: both sockets are registered READABLE | WRITABLE once, for their life. With
 //! edge-triggered readiness WRITABLE fires only when the kernel buffer drains (or the
@@ -52,11 +57,9 @@ use super::broadcast::Read as HistoryRead;
 use super::cluster_history::AckOrder;
 use super::cluster_tls::{self, LinkTls};
 use super::metrics::ClusterFigures;
-use crate::chat::cluster::{Ask, Outgoing, RemoteDm, Watch};
-use crate::redis::envelope::{self, Envelope};
+use crate::chat::cluster::{Outgoing, RemoteDm, Watch};
 use crate::redis::presence;
-use crate::redis::resp::error_text;
-use crate::redis::{Backoff, Event, Link, LinkLimits, Phase, RedisUrl, Reply};
+use crate::redis::{Backoff, Event, Link, LinkLimits, Phase, RedisUrl};
 use crate::sys::nb::retrying;
 
 /// Channels named in one SUBSCRIBE or UNSUBSCRIBE (a reconnect resubscribes to every
@@ -490,190 +493,6 @@ fn resolve(url: &RedisUrl) -> Option<SocketAddr> {
         Err(e) => {
             log::warn!("redis: cannot resolve {}: {e}", url.host);
             None
-        }
-    }
-}
-
-/// Pushes on the subscriptions link: `message CHANNEL PAYLOAD` (what was published),
-/// or a subscribe/unsubscribe confirmation (`None`).
-pub fn published(reply: &Reply) -> Option<(&[u8], &[u8])> {
-    let Reply::Array(parts) = reply else { return None };
-    match parts.as_slice() {
-        [Reply::BulkString(kind), Reply::BulkString(channel), Reply::BulkString(payload)] if kind == b"message" => {
-            Some((channel, payload))
-        }
-        _ => None,
-    }
-}
-
-impl super::Server {
-    /// The Redis phase's work for the server: what this turn produced goes out (room
-    /// outputs published once per room, direct messages to other nodes, subscriptions
-    /// for rooms and names gained or lost), the links do their turn, and what they
-    /// brought is acted on (replies settle senders, published frames reach members).
-    pub(super) fn cluster_turn(&mut self) {
-        let Some(cluster) = &mut self.cluster else { return };
-        let now = self.now;
-        for relayed in self.router.take_relayed() {
-            let mut payload = Vec::with_capacity(relayed.raw.len() + relayed.json.len() + 64);
-            let messages = u32::try_from(relayed.messages).unwrap_or(u32::MAX);
-            envelope::room(&mut payload, &cluster.node, messages, &relayed.raw, &relayed.json);
-            let channel = room_channel(&relayed.room);
-            let tag = Tag::Relay { messages: relayed.messages };
-            match cluster.command(&[b"PUBLISH".as_slice(), channel.as_bytes(), &payload], tag, now) {
-                Ok(()) => cluster.figures.sent += 1,
-                Err(_) => cluster.count_unrelayed(relayed.messages),
-            }
-        }
-        let dms = std::mem::take(&mut self.router.outbox().remote_dms);
-        let mut failed = Vec::new();
-        for dm in dms {
-            let mut payload = Vec::with_capacity(dm.text.len() + 64);
-            envelope::dm(&mut payload, &cluster.node, dm.id, dm.ts, &dm.from, &dm.to, &dm.text);
-            let channel = user_channel(&dm.to);
-            if let Err(Tag::Dm(dm)) =
-                cluster.command(&[b"PUBLISH".as_slice(), channel.as_bytes(), &payload], Tag::Dm(Box::new(dm)), now)
-            {
-                failed.push(dm);
-            }
-        }
-        cluster.heartbeat(now, self.now_ms, false);
-        cluster.watch(self.chat.take_watch(), now);
-        for ask in std::mem::take(&mut self.router.outbox().asks) {
-            let (command, tag) = match ask {
-                Ask::Who { conn, room } => (presence::who(&room), Tag::Who { conn, room }),
-                Ask::Rooms { conn } => (presence::rooms(), Tag::Rooms { conn }),
-            };
-            match cluster.command(&command, tag, now) {
-                Ok(()) => {}
-                Err(Tag::Who { conn, room }) => self.chat.answer_who(conn, &room, None, self.router.outbox()),
-                Err(Tag::Rooms { conn }) => self.chat.answer_rooms(conn, None, self.router.outbox()),
-                Err(_) => {}
-            }
-        }
-        self.store_and_read();
-        let Some(cluster) = &mut self.cluster else { return };
-        let events = cluster.turn(self.poll.registry(), now);
-        self.chat.set_cluster_down(!cluster.is_ready());
-        for dm in failed {
-            self.chat.remote_dm_failed(&dm, None, self.router.outbox());
-        }
-        self.on_cluster_events(events);
-        self.route();
-        if let Some(cluster) = &mut self.cluster {
-            cluster.write_out(now);
-        }
-    }
-
-    /// Replies settle what waits on them; pushes are what other nodes published.
-    fn on_cluster_events(&mut self, events: Vec<(bool, Event<Tag>)>) {
-        for (subscriber, event) in events {
-            match event {
-                // Up again: everything this node holds is claimed and subscribed to again
-                // (both idempotent); the commands link first says this node is alive.
-                Event::Ready => {
-                    if !subscriber {
-                        if let Some(cluster) = &mut self.cluster {
-                            cluster.heartbeat(self.now, self.now_ms, true);
-                            let _ =
-                                cluster.command(&presence::reset(&cluster.node), Tag::Quiet("reset members"), self.now);
-                        }
-                        self.load_scripts();
-                    }
-                    let watching = self.chat.watching();
-                    if let Some(cluster) = &mut self.cluster {
-                        cluster.watch(watching, self.now);
-                    }
-                }
-                Event::Reply(Tag::Claim(name), Reply::Integer(0)) => {
-                    log::info!("redis: the name {name} is held on another node: its user here is renamed");
-                    self.chat.name_lost(&name, self.router.outbox());
-                }
-                Event::Reply(Tag::Claim(name), reply) => {
-                    if let Some(error) = error_text(&reply) {
-                        log::warn!("redis: claiming the name {name} failed: {error}");
-                    }
-                }
-                Event::Lost(Tag::Claim(_)) => {} // claimed again when the link is back
-                Event::Reply(Tag::Who { conn, room }, reply) => {
-                    let names = presence::names(&reply);
-                    self.chat.answer_who(conn, &room, names, self.router.outbox());
-                }
-                Event::Lost(Tag::Who { conn, room }) => self.chat.answer_who(conn, &room, None, self.router.outbox()),
-                Event::Reply(Tag::Rooms { conn }, reply) => {
-                    let counts = presence::room_counts(&reply);
-                    self.chat.answer_rooms(conn, counts, self.router.outbox());
-                }
-                Event::Lost(Tag::Rooms { conn }) => self.chat.answer_rooms(conn, None, self.router.outbox()),
-                Event::Down { .. } => self.release_acks(),
-                Event::Reply(Tag::Store(message), reply) => self.on_stored(message, Some(reply)),
-                Event::Lost(Tag::Store(message)) => self.on_stored(message, None),
-                Event::Reply(Tag::Read(read), reply) => self.on_read(read, Some(reply)),
-                Event::Lost(Tag::Read(read)) => self.on_read(read, None),
-                Event::Push(reply) => self.on_published(&reply),
-                Event::Reply(Tag::Dm(dm), Reply::Integer(heard)) if heard > 0 => {
-                    self.chat.remote_dm_sent(&dm, self.router.outbox())
-                }
-                Event::Reply(Tag::Dm(dm), Reply::Integer(_)) => {
-                    self.chat.remote_dm_failed(&dm, Some(false), self.router.outbox())
-                }
-                Event::Reply(Tag::Dm(dm), _) | Event::Lost(Tag::Dm(dm)) => {
-                    self.chat.remote_dm_failed(&dm, None, self.router.outbox())
-                }
-                Event::Reply(Tag::Relay { messages }, reply) if error_text(&reply).is_some() => {
-                    log::warn!("redis: a publish failed: {}", error_text(&reply).unwrap_or_default());
-                    self.unrelayed(messages);
-                }
-                Event::Lost(Tag::Relay { messages }) => self.unrelayed(messages),
-                Event::Reply(Tag::Quiet(what), reply) => {
-                    if let Some(error) = error_text(&reply) {
-                        log::warn!("redis: {what} failed: {error}");
-                    }
-                }
-                Event::Reply(Tag::Relay { .. }, _) | Event::Lost(Tag::Quiet(_)) => {}
-            }
-        }
-    }
-
-    fn unrelayed(&mut self, messages: u64) {
-        if let Some(cluster) = &mut self.cluster {
-            cluster.count_unrelayed(messages);
-        }
-    }
-
-    /// A message on a channel this node subscribed to: frames for a room's local
-    /// members, or a direct message for a local user. Its own room publishes come back
-    /// too, and are skipped: its members had them when they were routed.
-    fn on_published(&mut self, reply: &Reply) {
-        let Some((channel, payload)) = published(reply) else { return }; // a (un)subscribe confirmation
-        if self.on_stored_published(&String::from_utf8_lossy(channel), payload) {
-            return; // cluster history: a stored message, `ID|ENVELOPE`
-        }
-        let Some(cluster) = &self.cluster else { return };
-        let envelope = match envelope::decode(payload) {
-            Ok(envelope) => envelope,
-            Err(why) => return log::warn!("redis: dropped a published message: {why}"),
-        };
-        let channel = String::from_utf8_lossy(channel);
-        match envelope {
-            Envelope::Stored { .. } => {} // never without its id in front: handled above
-            Envelope::Room { node, .. } if node == cluster.node => {}
-            Envelope::Room { messages, raw, json, .. } => {
-                let Some(room) = channel.strip_prefix("pollcast:room:").and_then(|room| self.chat.local_room(room))
-                else {
-                    return; // its last member left since: the unsubscribe is on its way
-                };
-                if let Some(cluster) = &mut self.cluster {
-                    cluster.figures.received += 1;
-                }
-                let frames = (raw, json, u64::from(messages));
-                let (clients, chat, history, stats) =
-                    (&mut self.clients, &mut self.chat, &mut self.history, &mut self.stats);
-                self.router.deliver_remote(room, frames, clients, chat, history, stats, self.now);
-            }
-            Envelope::Dm { id, ts, from, to, text, .. } => {
-                self.chat.deliver_dm(id, ts, from, to, text, self.router.outbox());
-            }
         }
     }
 }

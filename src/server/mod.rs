@@ -33,7 +33,7 @@
 //!
 //! Where each phase lives: `mod.rs` holds the loop's state and the phases that are a
 //! few lines (wait, now, dispatch, commit, flush, reap); `accept.rs` new connections
-//! and the accept pause; `read.rs` the reading of a client; `cluster.rs` the Redis links; `upgrade.rs` the request
+//! and the accept pause; `read.rs` the reading of a client; `cluster.rs` the Redis links and `cluster_turn.rs` what the Redis phase does with them; `upgrade.rs` the request
 //! head and the upgrade; `timers.rs` the timers and signals; `broadcast.rs` routing.
 
 mod accept;
@@ -43,6 +43,7 @@ mod client;
 pub mod cluster;
 mod cluster_history;
 mod cluster_tls;
+mod cluster_turn;
 mod history;
 pub mod http;
 mod listener;
