@@ -695,3 +695,29 @@ fn rediss_speaks_tls_to_redis_with_a_password_and_a_room_crosses_nodes() {
     assert!(untrusted.log_text().contains("TLS"), "{}", untrusted.log_text());
     assert_eq!(health(&untrusted).0, 503);
 }
+
+#[test]
+fn the_admin_api_posts_into_the_cluster_and_answers_once_stored() {
+    let _dog = watchdog(TEST_LIMIT);
+    let redis = Redis::start();
+    let (a, b) = (history_node(&redis, &[]), history_node(&redis, &[]));
+    let mut bob = JsonClient::join(&b, "lobby", "bob");
+    bob.expect("history");
+    subscribers(&redis, "pollcast:room:lobby", 1);
+    subscribers(&redis, "pollcast:user:bob", 1);
+
+    let (status, response) =
+        a.admin_request("POST", "/api/publish", "", r#"{"room":"lobby","text":"maintenance","from":"ops"}"#);
+    assert_eq!(status, 200, "{response}");
+    let body: serde_json::Value = serde_json::from_str(response.split_once("\r\n\r\n").unwrap().1).unwrap();
+    let (message, _) = bob.wait_for(|e| e["type"] == "message");
+    assert_eq!((message["from"].as_str(), message["id"].as_u64()), (Some("ops"), body["id"].as_u64()), "{message}");
+    assert!(redis.raw("XLEN pollcast:history:lobby").starts_with(":1"), "stored before the answer");
+
+    let (status, _) = a.admin_request("POST", "/api/dm", "", r#"{"to":"bob","text":"psst"}"#);
+    assert_eq!(status, 200);
+    let (dm, _) = bob.wait_for(|e| e["type"] == "dm");
+    assert_eq!(dm["text"], "psst");
+    let (status, _) = a.admin_request("POST", "/api/dm", "", r#"{"to":"nobody","text":"hello?"}"#);
+    assert_eq!(status, 404);
+}

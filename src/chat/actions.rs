@@ -299,7 +299,8 @@ impl Chat {
         let user = &self.users[&conn];
         let (json, from, echo) = (user.json, user.name.clone(), cid.is_some() && to.is_none());
         let cid = cid.unwrap_or(Value::Null);
-        out.to_store.push(Outgoing { conn, json, cid, room, to, from, binary, body: body.to_vec(), ts, echo });
+        let body = body.to_vec();
+        out.to_store.push(Outgoing { conn, json, cid, room, to, from, binary, body, ts, echo, admin: false });
         Ok(())
     }
 

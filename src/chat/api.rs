@@ -68,13 +68,26 @@ impl Chat {
         Ok(id)
     }
 
-    /// The admin API answers with the stored id at once; with the cluster's history a
-    /// message is stored by Redis later in the turn, which this API cannot wait for yet.
+    /// The admin API answers these with the stored id at once; with the cluster's
+    /// history the shell calls `publish_stored` / `dm_stored` instead (answered later).
     fn answers_at_once(&self) -> Result<(), Failure> {
         match self.store_first {
-            true => Err(Failure::new("unsupported", "posting through the admin API is not available in a cluster yet")),
+            true => Err(Failure::new("unsupported", "in a cluster with history, use publish_stored / dm_stored")),
             false => Ok(()),
         }
+    }
+
+    /// What `publish` and `dm_from` check of a message from the application: a valid
+    /// room (when there is one), a valid author, a text within bounds, a reachable
+    /// cluster.
+    pub(super) fn check_application_message(&self, room: Option<&str>, from: &str, text: &str) -> Result<(), Failure> {
+        if room.is_some_and(|room| !valid_room_name(room)) {
+            return Err(Failure::new("bad_field", "room names are 1-64 of A-Z a-z 0-9 _ . -"));
+        }
+        names::validate(from)
+            .map_err(|_| Failure::new("bad_field", "from must be 1-32 printable characters, no spaces"))?;
+        self.check_text(text)?;
+        self.deliverable()
     }
 
     /// The connections of `user`: by name, or (with tokens) by the token's user id.

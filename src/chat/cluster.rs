@@ -70,6 +70,7 @@ pub struct Outgoing {
     pub body: Vec<u8>,      // the message as relayed
     pub ts: u64,            // ms since the epoch
     pub echo: bool,         // a JSON `send`: the sender gets its own copy (a raw line: never)
+    pub admin: bool,        // the admin API asked (`conn` is its HTTP connection): answered with the id
 }
 
 /// A stored message as the subscription brings it back to a node.
@@ -109,6 +110,71 @@ impl Chat {
         for conn in conns {
             let _ = self.rename(conn, &fresh, out);
         }
+    }
+
+    /// Does a message become an `Outgoing` (cluster history), to be answered later?
+    pub fn stores_first(&self) -> bool {
+        self.store_first
+    }
+
+    /// `POST /api/publish` in a cluster with history: checked like `publish`, then kept
+    /// first; the shell answers the HTTP request `conn` with the id once Redis has it.
+    pub fn publish_stored(
+        &mut self,
+        conn: usize,
+        room: &str,
+        text: &str,
+        from: &str,
+        ts: u64,
+        out: &mut Outbox,
+    ) -> Result<(), Failure> {
+        self.check_application_message(Some(room), from, text)?;
+        let body = text.as_bytes().to_vec();
+        let (room, from) = (room.to_owned(), from.to_owned());
+        out.to_store.push(Outgoing {
+            conn,
+            json: false,
+            cid: Value::Null,
+            room,
+            to: None,
+            from,
+            binary: false,
+            body,
+            ts,
+            echo: false,
+            admin: true,
+        });
+        Ok(())
+    }
+
+    /// `POST /api/dm` in a cluster with history: like `publish_stored`, to `to`'s
+    /// channel; the answer is `no_such_user` when no node holds the name.
+    pub fn dm_stored(
+        &mut self,
+        conn: usize,
+        to: &str,
+        text: &str,
+        from: &str,
+        ts: u64,
+        out: &mut Outbox,
+    ) -> Result<(), Failure> {
+        self.check_application_message(None, from, text)?;
+        let (room, to, from) = (super::record::DM_ROOM.to_owned(), Some(to.to_owned()), from.to_owned());
+        let body = text.as_bytes().to_vec();
+        out.to_store.push(Outgoing {
+            conn,
+            json: false,
+            cid: Value::Null,
+            room,
+            to,
+            from,
+            binary: false,
+            body,
+            ts,
+            echo: false,
+            admin: true,
+        });
+        Ok(())
     }
 
     /// A stored message for a room with members here: framed once per codec for them

@@ -58,7 +58,7 @@ pub struct AdminRequest {
 }
 
 /// A refusal: status, code and message.
-type Refused = (Status, &'static str, String);
+pub(super) type Refused = (Status, &'static str, String);
 
 /// Parses a request from the start of `input`: `Ok(None)` until the head and the whole
 /// body are here (nothing consumed), then the request and the bytes it took.
@@ -168,10 +168,26 @@ struct Disconnect {
 impl Server {
     /// CONNECTING on the admin port: once the request is whole, answer it and close.
     pub(super) fn on_admin_request(&mut self, key: usize, input: &[u8]) -> Option<usize> {
+        if self.clients[key].awaiting {
+            return Some(input.len()); // one request per connection: its answer is on its way
+        }
         let (answer, summary) = match parse(input, &self.config.request_limits()) {
             Ok(None) => return None,
             Ok(Some((request, _))) => {
                 let summary = format!("{:?} {}", request.method, request.path);
+                match self.admin_later(key, &request) {
+                    Some(Ok(())) => {
+                        self.clients[key].awaiting = true;
+                        log::debug!(target: "pollcast::admin", "admin {summary}: answered once Redis has stored it");
+                        return Some(input.len());
+                    }
+                    Some(Err(refused)) => {
+                        let answer = error_response(refused);
+                        self.answer_admin(key, answer, &summary);
+                        return Some(input.len());
+                    }
+                    None => {}
+                }
                 let mut answer = self.admin_answer(&request);
                 if request.method == Method::Head {
                     crate::proto::handshake::strip_body(&mut answer);
@@ -180,13 +196,54 @@ impl Server {
             }
             Err(refused) => (error_response(refused), "malformed request".to_owned()),
         };
+        self.answer_admin(key, answer, &summary);
+        Some(input.len())
+    }
+
+    /// Sends an admin answer, counted and logged.
+    fn answer_admin(&mut self, key: usize, answer: Vec<u8>, summary: &str) {
         self.stats.http_requests += 1;
         let status = String::from_utf8_lossy(answer.get(9..12).unwrap_or_default()).into_owned();
         let client = &mut self.clients[key];
         log::info!(target: "pollcast::admin", "admin {} {summary} {status}", client.addr);
         client.session.respond_http(answer, self.now);
         client.session_output_to(key, self.router.outbox());
-        Some(input.len())
+    }
+
+    /// In a cluster with history, `publish` and `dm` are answered once Redis has
+    /// stored the message: `Some(Ok)` when the request now waits, `Some(Err)` when it is
+    /// refused at once, `None` for every other request (and any unauthorized one: the
+    /// usual path answers it).
+    fn admin_later(&mut self, key: usize, request: &AdminRequest) -> Option<Result<(), Refused>> {
+        let authorized = self.admin_token.as_ref().map_or(true, |t| authorized(request.authorization.as_deref(), t));
+        let segments: Vec<&str> = request.path.trim_start_matches('/').split('/').collect();
+        if !self.chat.stores_first() || !authorized || request.method != Method::Post {
+            return None;
+        }
+        let out = self.router.outbox();
+        Some(match segments.as_slice() {
+            ["api", "publish"] => body::<Publish>(request).and_then(|Publish { room, text, from }| {
+                let from = from.as_deref().unwrap_or(DEFAULT_AUTHOR);
+                self.chat.publish_stored(key, &room, &text, from, self.now_ms, out).map_err(failure)
+            }),
+            ["api", "dm"] => body::<Dm>(request).and_then(|Dm { to, text, from }| {
+                let from = from.as_deref().unwrap_or(DEFAULT_AUTHOR);
+                self.chat.dm_stored(key, &to, &text, from, self.now_ms, out).map_err(failure)
+            }),
+            _ => return None,
+        })
+    }
+
+    /// The answer to an admin request that waited for Redis (`admin_later`), if its
+    /// connection is still the one that asked.
+    pub(super) fn answer_admin_later(&mut self, key: usize, result: Result<Value, Refused>) {
+        let Some(client) = self.clients.get_mut(key).filter(|c| c.admin && c.awaiting) else { return };
+        client.awaiting = false;
+        let answer = match result {
+            Ok(body) => json_response(Status::Ok, &body),
+            Err(refused) => error_response(refused),
+        };
+        self.answer_admin(key, answer, "POST (after Redis)");
     }
 
     /// The answer to one admin request.

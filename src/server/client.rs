@@ -33,6 +33,7 @@ pub struct Client {
     pub sealed: bool,   // a Close (or a final HTTP answer) is queued: no data frame may follow it
     pub registered: Interest, // the interest the poller currently has for this socket
     pub admin: bool,    // came in on the admin port: HTTP requests only
+    pub awaiting: bool, // an admin request whose answer waits for Redis (cluster history)
     pub upgraded: Option<Upgraded>, // what the access log line says of it, once upgraded
     pub farewell: Option<Box<Farewell>>, // who and where it was, taken from the chat as it leaves
     pub traffic: Traffic, // messages and bytes each way, for the access log
@@ -80,6 +81,7 @@ impl Client {
             sealed: false,
             registered: Interest::READABLE,
             admin: false,
+            awaiting: false,
             upgraded: None,
             farewell: None,
             traffic: Traffic::default(),

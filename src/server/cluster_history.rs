@@ -18,11 +18,14 @@
 
 use std::collections::{HashMap, HashSet};
 
+use serde_json::json;
+
 use super::broadcast::Read;
 use super::cluster::{room_channel, user_channel, Tag};
 use crate::chat::cluster::{Outgoing, RemoteDm, Stored};
 use crate::chat::history_frames;
 use crate::chat::Ack;
+use crate::proto::handshake::Status;
 use crate::redis::envelope::{self, Envelope};
 use crate::redis::history::{self as stream, ToStore, READ_SCRIPT, STORE_SCRIPT};
 use crate::redis::resp::error_text;
@@ -63,11 +66,7 @@ impl super::Server {
             self.chat.history_unavailable(read.conn, &read.room, self.router.outbox());
         }
         for message in failed {
-            self.chat.store_failed(
-                &message,
-                "the cluster is unreachable (Redis): the message was not stored",
-                self.router.outbox(),
-            );
+            self.not_stored(&message, "the cluster is unreachable (Redis): the message was not stored");
         }
     }
 
@@ -99,9 +98,16 @@ impl super::Server {
             if let Some(cluster) = &mut self.cluster {
                 cluster.figures.store_failed += 1;
             }
-            return self.chat.store_failed(&message, &why, self.router.outbox());
+            return self.not_stored(&message, &why);
         };
         self.stats.stored += 1;
+        if message.admin {
+            let answer = match (&message.to, heard) {
+                (Some(to), 0) => Err((Status::NotFound, "no_such_user", format!("{to} is not connected"))),
+                _ => Ok(json!({"id": id})),
+            };
+            return self.answer_admin_later(message.conn, answer);
+        }
         if let Some(to) = &message.to {
             let Outgoing { conn, json, cid, from, body, ts, .. } = *message;
             let text = String::from_utf8(body).unwrap_or_default();
@@ -122,6 +128,17 @@ impl super::Server {
         }
     }
 
+    /// A message that was not (or not surely) stored: its sender is told, a client with
+    /// `store_failed`, the admin API with a 503.
+    fn not_stored(&mut self, message: &Outgoing, why: &str) {
+        match message.admin {
+            true => {
+                self.answer_admin_later(message.conn, Err((Status::ServiceUnavailable, "store_failed", why.to_owned())))
+            }
+            false => self.chat.store_failed(message, why, self.router.outbox()),
+        }
+    }
+
     /// After NOSCRIPT (a SCRIPT FLUSH since this link loaded it): the same message with
     /// EVAL, which also caches the script again.
     fn store_again_with_eval(&mut self, message: Box<Outgoing>) {
@@ -129,11 +146,7 @@ impl super::Server {
         log::warn!("redis: the store script was flushed from Redis; sending it again");
         let command = store_command(&message, cluster.node(), self.config.history_keep, true);
         if let Err(Tag::Store(message)) = cluster.command(&command, Tag::Store(message), self.now) {
-            self.chat.store_failed(
-                &message,
-                "the cluster is unreachable (Redis): the message was not stored",
-                self.router.outbox(),
-            );
+            self.not_stored(&message, "the cluster is unreachable (Redis): the message was not stored");
         }
     }
 
