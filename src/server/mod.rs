@@ -136,7 +136,10 @@ impl Server {
         let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         let store: Option<Box<dyn Store>> = match config.history_db() {
-            Some(path) => Some(Box::new(SqliteStore::open(path, config.history_keep).map_err(io::Error::other)?)),
+            Some(path) => Some(Box::new(
+                SqliteStore::open_with(path, config.history_keep, config.history_log_file_size as u64)
+                    .map_err(io::Error::other)?,
+            )),
             None => None,
         };
         let history = History::new(store, config.history_max);
