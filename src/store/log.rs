@@ -18,7 +18,8 @@
 //! last seconds: a segment whose bytes never reached the disk reads back as zeros, which
 //! the reader (`sqlite.rs`) detects by its ids and skips.
 //!
-//! Space: a file is deleted once no index row points into it. A room that keeps old
+//! Space: a file is retired once no index row points into it (deleted, or kept as the
+//! spare the next file is written over). A room that keeps old
 //! messages pins the file they are in, so when dead bytes outweigh live ones (and one
 //! file), `compaction_source` names the oldest file, whose live segments the store copies
 //! to the newest file, a bounded amount per commit, until it is free. The directory thus
@@ -49,6 +50,7 @@ pub struct MessageLog {
     sizes: BTreeMap<u64, u64>,    // every file's length, by number
     live: BTreeMap<u64, u64>,     // bytes still referenced by the index, by file number
     readers: BTreeMap<u64, File>, // files opened for reading, kept open until deleted
+    spares: Vec<u64>,             // dead files kept to be written over (`SPARES`), by number
 }
 
 impl MessageLog {
@@ -80,6 +82,7 @@ impl MessageLog {
             sizes,
             live,
             readers: BTreeMap::new(),
+            spares: Vec::new(),
         })
     }
 
@@ -123,10 +126,16 @@ impl MessageLog {
         *self.sizes.get_mut(&self.current_no).expect("the current file is sized") += n as u64;
     }
 
-    /// Starts the next file.
+    /// Starts the next file: a spare renamed, written over from its start, or a new one.
     fn rotate(&mut self) -> io::Result<()> {
         let no = self.current_no + 1;
-        self.current = create(&self.dir, no)?;
+        self.current = match self.spares.pop() {
+            Some(spare) => {
+                fs::rename(path_of(&self.dir, spare), path_of(&self.dir, no))?;
+                OpenOptions::new().write(true).open(path_of(&self.dir, no))?
+            }
+            None => create(&self.dir, no)?,
+        };
         self.current_no = no;
         self.sizes.insert(no, 0);
         Ok(())
@@ -161,14 +170,20 @@ impl MessageLog {
         }
     }
 
-    /// Deletes every file but the current one that nothing references any more; returns
-    /// how many went. Call after the index change that freed them is committed.
+    /// Retires every file but the current one that nothing references any more: up to
+    /// `SPARES` are kept to be written over by the next files, the others are deleted.
+    /// Returns how many were retired. Call after the index change that freed them is
+    /// committed.
     pub fn collect(&mut self) -> io::Result<usize> {
         let dead: Vec<u64> =
             self.sizes.keys().copied().filter(|no| *no != self.current_no && !self.live.contains_key(no)).collect();
         for no in &dead {
             self.readers.remove(no);
             self.sizes.remove(no);
+            if self.spares.len() < SPARES {
+                self.spares.push(*no);
+                continue;
+            }
             match fs::remove_file(path_of(&self.dir, *no)) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
                 _ => {}
@@ -205,6 +220,13 @@ impl MessageLog {
     }
 }
 
+/// Dead files kept to be written over rather than deleted. Deleting a 64 MiB file frees
+/// its 16,384 cached pages and the next file allocates as many again: 2% of the loop's
+/// time at 200 MB/s of messages, and a third of the cost of writing them. Written over,
+/// a recently freed file's pages are found in the cache and reused. (Not counted in
+/// `disk_bytes`: the directory holds up to this many files more.)
+const SPARES: usize = 1;
+
 /// Most buffers one `writev` takes (Linux's `IOV_MAX`).
 const IOV_MAX: usize = 1024;
 
@@ -219,8 +241,10 @@ fn file_number(name: &str) -> Option<u64> {
     (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse().ok()).flatten()
 }
 
+/// A new file, written from its start (not in append mode, so a spare file written over
+/// works the same way).
 fn create(dir: &Path, no: u64) -> io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path_of(dir, no))
+    OpenOptions::new().create(true).truncate(true).write(true).open(path_of(dir, no))
 }
 
 #[cfg(test)]

@@ -44,22 +44,35 @@ fn more_parts_than_one_writev_takes_are_all_written_in_order() {
 }
 
 #[test]
-fn files_rotate_and_dead_ones_are_deleted() {
+fn files_rotate_a_dead_one_is_written_over_and_more_are_deleted() {
     let dir = temp_dir();
     let mut log = MessageLog::open(&dir, 10, BTreeMap::new()).unwrap();
     let first = log.append(&[IoSlice::new(&[1; 12])]).unwrap(); // fills file 1 past its size
     log.add_live(first.file, 12);
-    let second = log.append(&[IoSlice::new(&[2; 4])]).unwrap();
-    log.add_live(second.file, 4);
+    let second = log.append(&[IoSlice::new(&[2; 12])]).unwrap();
+    log.add_live(second.file, 12);
     assert_eq!((first.file, second.file), (1, 2));
     assert_eq!(names(&dir), ["00000001.log", "00000002.log"]);
     assert_eq!(log.collect().unwrap(), 0, "both files are referenced");
     log.remove_live(1, 12);
     assert_eq!(log.collect().unwrap(), 1);
-    assert_eq!(names(&dir), ["00000002.log"]);
-    assert_eq!(log.read(second, 4).unwrap(), [2; 4]);
-    log.remove_live(2, 4);
-    assert_eq!(log.collect().unwrap(), 0, "the current file stays, referenced or not");
+    assert_eq!(names(&dir), ["00000001.log", "00000002.log"], "file 1 is kept as the spare");
+    // File 3 is file 1 renamed and written over from its start: its old bytes stay
+    // after what is written, unreferenced.
+    let third = log.append(&[IoSlice::new(&[3; 4])]).unwrap();
+    log.add_live(third.file, 4);
+    assert_eq!(third, Place { file: 3, offset: 0 });
+    assert_eq!(names(&dir), ["00000002.log", "00000003.log"]);
+    assert_eq!(log.read(third, 4).unwrap(), [3; 4]);
+    assert_eq!(log.read(second, 12).unwrap(), [2; 12]);
+    let fourth = log.append(&[IoSlice::new(&[4; 12])]).unwrap(); // file 3 had room left
+    let fifth = log.append(&[IoSlice::new(&[5; 1])]).unwrap();
+    assert_eq!((fourth.file, fifth.file), (3, 4));
+    log.remove_live(2, 12);
+    log.remove_live(3, 4);
+    assert_eq!(log.collect().unwrap(), 2);
+    assert_eq!(names(&dir).len(), 2, "one dead file is the spare, the other is deleted: {:?}", names(&dir));
+    assert_eq!(log.disk_bytes(), 1, "a spare does not count");
     fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -306,3 +306,13 @@ fn a_segment_the_log_lost_is_skipped_and_recovery_says_so() {
     store.commit().unwrap();
     assert_eq!(ids(&store.query("a", Query::Last(10), 10, false).unwrap()), [1, 2, 4]);
 }
+
+#[test]
+fn id_runs_list_a_segments_ids_compactly() {
+    let runs = id_runs([5, 6, 7, 9, 12, 13].into_iter());
+    assert_eq!(runs.len(), 3 * 16);
+    let listed: Vec<Option<u64>> = (0..7).map(|i| nth_id(&runs, i)).collect();
+    assert_eq!(listed, [Some(5), Some(6), Some(7), Some(9), Some(12), Some(13), None]);
+    assert_eq!(id_runs(100..400).len(), 16, "one room's burst is one run");
+    assert_eq!(nth_id(&runs[..20], 3), None, "a malformed value finds nothing");
+}
