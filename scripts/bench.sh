@@ -72,7 +72,7 @@ start_server() { # NAME: starts it on $PORT pinned to CPU 0, sets SERVER_PID
     pollcast-auth)
       taskset -c 0 "$BIN" --listen "127.0.0.1:$PORT" --admin-listen off --no-history --jwt-secret-file "$WORK/jwt-secret" 2>"$WORK/$name.log" & ;;
     pollcast-history)
-      rm -f "$WORK"/history.db*
+      rm -rf "$WORK"/history.db*
       taskset -c 0 "$BIN" --listen "127.0.0.1:$PORT" --admin-listen off --db "$WORK/history.db" 2>"$WORK/$name.log" & ;;
     pollcast-tls)
       taskset -c 0 "$BIN" --listen "127.0.0.1:$PORT" --admin-listen off --no-history --tls-cert "$CERT" --tls-key "$KEY" 2>"$WORK/$name.log" & ;;
@@ -140,15 +140,18 @@ if [[ " ${SERVERS[*]} " == *-tls\ * && ! -s "$CERT" ]]; then
     2>"$WORK/tls/openssl.log" || { cat "$WORK/tls/openssl.log" >&2; exit 1; }
 fi
 
-for server in "${SERVERS[@]}"; do
-  build_peer "$server"
-  QUERY=""
-  [[ "$server" != pollcast-auth ]] || QUERY="?token=$TOKEN"
-  SCHEME=ws
-  TLS_FLAGS=()
-  [[ "$server" != *-tls ]] || { SCHEME=wss; TLS_FLAGS=(--insecure); }
-  for scenario in $SCENARIOS; do
-    for run in $(seq 1 "$REPEAT"); do
+for server in "${SERVERS[@]}"; do build_peer "$server"; done
+
+# Runs are interleaved (each scenario's run 1 on every server, then run 2, ...), so a drift
+# of the machine during the benchmark touches every column alike.
+for scenario in $SCENARIOS; do
+  for run in $(seq 1 "$REPEAT"); do
+    for server in "${SERVERS[@]}"; do
+      QUERY=""
+      [[ "$server" != pollcast-auth ]] || QUERY="?token=$TOKEN"
+      SCHEME=ws
+      TLS_FLAGS=()
+      [[ "$server" != *-tls ]] || { SCHEME=wss; TLS_FLAGS=(--insecure); }
       start_server "$server"
       sleep 0.3
       echo "bench: $server $scenario (run $run of $REPEAT)" >&2
@@ -192,7 +195,7 @@ def cell(r, scenario):
     lat = r["latency_us"]
     lost = f", lost {r['lost']}" if r["lost"] else ""
     wire = f", {r['wire_bytes_per_delivery']:.0f} B/dlv on the wire" if scenario.startswith("chat") else ""
-    return (f"{r['deliveries_per_sec']/1e6:.2f}M/s, p99 {lat['p99']/1e3:.1f} ms, server {r['server_cpu_ns_per_delivery']:.0f} ns/dlv "
+    return (f"{r['deliveries_per_sec']/1e6:.2f}M/s, p99 {lat['p99']/1e3:.1f} ms, p99.9 {lat['p999']/1e3:.1f} ms, server {r['server_cpu_ns_per_delivery']:.0f} ns/dlv "
             f"({r['server_cpu_share']*100:.0f}% busy), bench {r['bench_cpu_share']*100:.0f}%{wire}{lost}")
 
 names = {"fanout100": "fanout R=100 S=1 64 B max (W=256)", "fanout1000": "fanout R=1000 S=1 64 B max (W=256)",
@@ -208,5 +211,21 @@ print("| scenario | " + " | ".join(servers) + " |")
 print("|---" * (len(servers) + 1) + "|")
 for s in scenarios:
     print(f"| {names.get(s, s)} | " + " | ".join(cell(load(srv, s), s) for srv in servers) + " |")
+
+# What history costs (issue 15's goal: within 10% of deliveries/s, p99.9 at most 2x).
+if "pollcast" in servers and "pollcast-history" in servers:
+    rows = []
+    for s in scenarios:
+        off, on = load("pollcast", s), load("pollcast-history", s)
+        if s in ("idle", "idlez", "churn") or not off or not on or "latency_us" not in off or "latency_us" not in on:
+            continue
+        ratio = on["deliveries_per_sec"] / off["deliveries_per_sec"] - 1
+        tail = on["latency_us"]["p999"] / max(off["latency_us"]["p999"], 1)
+        rows.append(f"| {names.get(s, s)} | {ratio*100:+.1f}% | {tail:.2f}× |")
+    if rows:
+        print()
+        print("| history on against off | deliveries/s | p99.9 |")
+        print("|---|---|---|")
+        print("\n".join(rows))
 PY
 echo "bench: JSON results in $WORK" >&2

@@ -114,8 +114,9 @@ pub struct Config {
     #[arg(long, env = "POLLCAST_MAX_UPLOADS", default_value = "16")]
     pub max_uploads: usize,
 
-    /// SQLite file keeping message history (created if missing; WAL mode). Not used
-    /// with --redis: a cluster keeps its history in Redis streams.
+    /// SQLite file indexing message history (created if missing; WAL mode). The messages'
+    /// bytes go to the directory beside it named after it with `-log` (pollcast.db-log/).
+    /// Not used with --redis: a cluster keeps its history in Redis streams.
     #[arg(long, env = "POLLCAST_DB", default_value = "pollcast.db")]
     pub db: PathBuf,
 
@@ -127,6 +128,11 @@ pub struct Config {
     /// Messages kept per room; older ones are trimmed.
     #[arg(long, env = "POLLCAST_HISTORY_KEEP", default_value = "1000", value_parser = at_least_one)]
     pub history_keep: usize,
+
+    /// Size at which the message log (`<db>-log/`) starts a new file. The log holds about
+    /// twice the live messages plus two files at most.
+    #[arg(long, env = "POLLCAST_HISTORY_LOG_FILE_SIZE", default_value = "64MiB", value_parser = parse_nonzero_size)]
+    pub history_log_file_size: usize,
 
     /// Most messages one replay (?history=N, join) or history page carries.
     #[arg(long, env = "POLLCAST_HISTORY_MAX", default_value = "500", value_parser = at_least_one)]

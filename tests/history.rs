@@ -616,3 +616,40 @@ fn a_sigkill_in_mid_stream_loses_nothing_anyone_saw() {
     let (ack, _) = auditor.wait_for(|e| e["type"] == "ack");
     assert!(ack["id"].as_u64().unwrap() > last, "id {} after the crash, {last} before", ack["id"]);
 }
+
+/// Sustained traffic does not grow the disk: the message log keeps about twice the live
+/// messages plus two files and a spare (`--history-log-file-size`), and the WAL stays
+/// under SQLite's checkpoint size, while retention goes on answering the newest.
+#[test]
+fn the_message_log_and_the_wal_stay_bounded_under_sustained_traffic() {
+    const FILE: u64 = 16 << 10;
+    let _dog = watchdog(TEST_LIMIT);
+    let dir = TempDir::new("bounded");
+    let server = start(&dir, &["--history-keep", "10", "--history-log-file-size", "16KiB", "--max-text", "2KiB"]);
+    let mut ann = TextClient::open(&server, "/r?name=ann");
+    let mut quiet = TextClient::open(&server, "/quiet?name=bob");
+    type_lines(&mut quiet, ["pinned".to_owned()]); // a room that keeps one old message
+    let body = "x".repeat(1000);
+    for round in 0..40 {
+        type_lines(&mut ann, (0..25).map(|i| format!("{}{round}-{i}", body)));
+    }
+    let log = std::path::PathBuf::from(format!("{}-log", dir.file("x.db")));
+    let files: Vec<u64> = std::fs::read_dir(&log).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).collect();
+    let total: u64 = files.iter().sum();
+    // Live: at most 10 + 10/16 messages of ~1 KiB in `r`, one in `quiet`: about 11 KiB.
+    assert!(
+        total <= 2 * 11 * 1024 + 3 * (FILE + 26 * 1024),
+        "{} files, {total} bytes, after ~1 MB written",
+        files.len()
+    );
+    let wal = std::fs::metadata(format!("{}-wal", dir.file("x.db"))).map_or(0, |m| m.len());
+    assert!(wal <= 40 << 20, "WAL {wal} bytes");
+    let mut watcher = JsonClient::join(&server, "quiet", "watcher");
+    let history = watcher.expect("history");
+    assert_eq!(texts(&page_of(&history).0), ["pinned"], "the quiet room's message survived compaction");
+    let mut reader = JsonClient::join(&server, "r", "reader");
+    let _ = reader.expect("history");
+    let kept = whole_history(&mut reader, "r", 10);
+    assert_eq!(kept.len(), 10);
+    assert!(kept.last().unwrap().2.ends_with("39-24"));
+}

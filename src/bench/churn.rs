@@ -44,12 +44,12 @@ pub fn run(args: ChurnArgs) -> Result<(), BenchError> {
     check_range("concurrency", u64::from(args.concurrency), 1, MAX_CONCURRENCY)?;
     check_duration("duration", args.duration, true)?;
     let mut bench = Bench::prepare(&args.common, u64::from(args.concurrency))?;
-    let start_mark = CpuMark::take(bench.server_pid)?;
+    let start_mark = CpuMark::take(&bench.server_pid)?;
     let t0 = bench.pool.now_ns();
     let mut churn = Churn::new(t0 + args.duration.as_nanos() as u64);
     bench.progress.stage("churn", args.duration.as_millis() as u64);
     churn_until_the_end(&mut bench, &mut churn, args.concurrency as usize, t0)?;
-    let end_mark = CpuMark::take(bench.server_pid)?;
+    let end_mark = CpuMark::take(&bench.server_pid)?;
     let measured = Duration::from_nanos(bench.pool.now_ns() - t0);
     finish(&mut bench, &mut churn)?;
     let cost = CpuCost::between(start_mark, end_mark, measured, churn.measured);

@@ -54,7 +54,7 @@ pub fn run(args: IdleArgs) -> Result<(), BenchError> {
     check_range("connections", u64::from(args.connections), 1, MAX_CONNECTIONS)?;
     check_duration("hold", args.hold, false)?;
     let mut bench = Bench::prepare(&args.common, u64::from(args.connections))?;
-    let before = Memory::read(bench.server_pid)?;
+    let before = Memory::read(&bench.server_pid)?;
 
     let mut idle = Idle { connected: 0 };
     let started = bench.pool.now_ns();
@@ -63,7 +63,7 @@ pub fn run(args: IdleArgs) -> Result<(), BenchError> {
 
     hold(&mut bench, &mut idle, args.hold)?;
     let held = bench.pool.open_count() as u64;
-    let after = Memory::read(bench.server_pid)?;
+    let after = Memory::read(&bench.server_pid)?;
     bench.close_all(&mut idle)?;
     bench.progress.finish();
 
@@ -111,9 +111,14 @@ struct Memory {
 }
 
 impl Memory {
-    /// Reads the server's, then our own.
-    fn read(server_pid: Option<u32>) -> Result<Memory, BenchError> {
-        let server = server_pid.map(sys::process_rss).transpose().map_err(BenchError::Failed)?;
+    /// Reads the server's (added up over several processes), then our own.
+    fn read(server_pids: &[u32]) -> Result<Memory, BenchError> {
+        let each = server_pids.iter().map(|&pid| sys::process_rss(pid)).collect::<Result<Vec<_>, _>>();
+        let each = each.map_err(BenchError::Failed)?;
+        let server = (!each.is_empty()).then(|| Rss {
+            rss_kib: each.iter().map(|r| r.rss_kib).sum(),
+            anon_kib: each.iter().map(|r| r.anon_kib).sum(),
+        });
         let bench = sys::process_rss(std::process::id()).map_err(BenchError::Failed)?;
         Ok(Memory { server, bench })
     }

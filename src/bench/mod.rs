@@ -100,9 +100,10 @@ pub struct Common {
     pub ca_file: Option<PathBuf>,
 
     /// The server's process id: adds its CPU time per operation (fanout, churn) or its
-    /// memory per connection (idle), read from /proc.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
+    /// memory per connection (idle), read from /proc. Several (comma-separated or the
+    /// flag repeated) are added up: the nodes of a cluster and its Redis, say.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
 
     /// Print exactly one JSON line with every figure instead of the summary.
     #[arg(long)]
@@ -184,13 +185,13 @@ pub fn check_duration(flag: &str, value: Duration, positive: bool) -> Result<(),
 
 /// What every scenario works with: the target, the connection pool, the bar.
 pub struct Bench {
-    pub target: Target,          // the resolved --url
-    pub pool: Pool,              // every connection
-    pub progress: Progress,      // the bar on stderr
-    pub server_pid: Option<u32>, // --server-pid, checked readable
-    pub sources: usize,          // source addresses in use
-    pub fd_limit: u64,           // the open-file limit after raising it
-    pub start: Instant,          // the origin of every `_ns` timestamp
+    pub target: Target,       // the resolved --url
+    pub pool: Pool,           // every connection
+    pub progress: Progress,   // the bar on stderr
+    pub server_pid: Vec<u32>, // --server-pid, checked readable (none: not measured)
+    pub sources: usize,       // source addresses in use
+    pub fd_limit: u64,        // the open-file limit after raising it
+    pub start: Instant,       // the origin of every `_ns` timestamp
 }
 
 impl Bench {
@@ -201,7 +202,7 @@ impl Bench {
         check_duration("handshake-timeout", common.handshake_timeout, true)?;
         let target = Target::parse(&common.url).map_err(BenchError::Usage)?;
         let tls = tls_target(common, &target)?;
-        if let Some(pid) = common.server_pid {
+        for &pid in &common.server_pid {
             sys::process_cpu(pid).map_err(|e| BenchError::Usage(format!("--server-pid: {e}")))?;
         }
         let fd_limit = crate::sys::raise_fd_limit();
@@ -227,7 +228,7 @@ impl Bench {
             target,
             pool,
             progress: Progress::new(),
-            server_pid: common.server_pid,
+            server_pid: common.server_pid.clone(),
             sources: sources.len(),
             fd_limit,
             start,

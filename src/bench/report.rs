@@ -80,8 +80,11 @@ pub struct CpuMark {
 
 impl CpuMark {
     /// Reads both clocks now.
-    pub fn take(server_pid: Option<u32>) -> Result<CpuMark, BenchError> {
-        let server = server_pid.map(sys::process_cpu).transpose().map_err(BenchError::Failed)?;
+    /// With several server processes, their times are added up.
+    pub fn take(server_pids: &[u32]) -> Result<CpuMark, BenchError> {
+        let times = server_pids.iter().map(|&pid| sys::process_cpu(pid)).collect::<Result<Vec<_>, _>>();
+        let times = times.map_err(BenchError::Failed)?;
+        let server = (!times.is_empty()).then(|| times.iter().sum());
         Ok(CpuMark { bench: sys::own_cpu(), server })
     }
 }

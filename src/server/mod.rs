@@ -150,10 +150,13 @@ impl Server {
         let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         // With --redis, history is the cluster's (Redis streams, read and written by
-        // `cluster.rs`); SQLite is the single node's.
+        // `cluster_history.rs`); SQLite is the single node's.
         let cluster_history = config.redis.is_some() && config.history_db().is_some();
         let store: Option<Box<dyn Store>> = match config.history_db().filter(|_| !cluster_history) {
-            Some(path) => Some(Box::new(SqliteStore::open(path, config.history_keep).map_err(io::Error::other)?)),
+            Some(path) => Some(Box::new(
+                SqliteStore::open_with(path, config.history_keep, config.history_log_file_size as u64)
+                    .map_err(io::Error::other)?,
+            )),
             None => None,
         };
         let history = History::new(store, config.history_max);

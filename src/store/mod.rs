@@ -10,6 +10,7 @@
 //! So any message a client has received is already committed, and a JSON sender's `ack`
 //! (sent only after the commit) promises the message is stored.
 
+pub mod log;
 pub mod sqlite;
 
 use std::fmt;

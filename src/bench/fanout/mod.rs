@@ -223,7 +223,7 @@ fn send_until_the_end(
     loop {
         let now = bench.pool.now_ns();
         if start.is_none() && now >= timeline.measure_from {
-            start = Some((CpuMark::take(bench.server_pid)?, now, bench.pool.bytes_read()));
+            start = Some((CpuMark::take(&bench.server_pid)?, now, bench.pool.bytes_read()));
         }
         if now >= timeline.measure_to {
             break;
@@ -239,7 +239,7 @@ fn send_until_the_end(
         }
         show_progress(bench, fanout, timeline, &mut last_shown);
     }
-    let end = CpuMark::take(bench.server_pid)?;
+    let end = CpuMark::take(&bench.server_pid)?;
     let (start, started_at, read_at_start) =
         start.ok_or_else(|| BenchError::Failed("the run ended before it began".into()))?;
     let measured = Duration::from_nanos(bench.pool.now_ns().saturating_sub(started_at));
