@@ -240,7 +240,11 @@ impl Cluster {
     /// written. Returns the events of this turn for the server to act on (replies,
     /// pushes, ready, down), in order.
     pub fn turn(&mut self, registry: &Registry, now: Instant) -> Vec<(bool, Event<Tag>)> {
-        for subscriber in [false, true] {
+        // The subscriptions link writes first: a SUBSCRIBE for a room a member just joined
+        // then leaves before the history read of the same turn, which narrows (on one
+        // host, closes in practice) the window in which a message stored elsewhere is in
+        // neither the page nor the subscription. Two connections give no guarantee.
+        for subscriber in [true, false] {
             let side = if subscriber { &mut self.subscriptions } else { &mut self.commands };
             let mut events = Vec::new();
             side.link.handle_timeout(now, &mut events);
@@ -373,7 +377,7 @@ impl Cluster {
     /// Writes what the links hold (the Redis phase's last step: what acting on this
     /// turn's events queued leaves in the same turn).
     pub fn write_out(&mut self, now: Instant) {
-        for subscriber in [false, true] {
+        for subscriber in [true, false] {
             let side = if subscriber { &mut self.subscriptions } else { &mut self.commands };
             let mut events = Vec::new();
             side.write(now, &mut events);
