@@ -721,3 +721,44 @@ fn the_admin_api_posts_into_the_cluster_and_answers_once_stored() {
     let (status, _) = a.admin_request("POST", "/api/dm", "", r#"{"to":"nobody","text":"hello?"}"#);
     assert_eq!(status, 404);
 }
+
+#[test]
+fn a_room_s_first_member_on_a_node_joining_mid_stream_gets_every_message_once() {
+    let _dog = watchdog(TEST_LIMIT);
+    let redis = Redis::start();
+    let extra = ["--history-max", "10000", "--history-keep", "100000"];
+    let (a, b) = (history_node(&redis, &extra), history_node(&redis, &extra));
+    let mut sender = JsonClient::open(&a, "/load?name=s&history=0");
+    sender.expect_welcome("load");
+    sender.expect("joined");
+    subscribers(&redis, "pollcast:room:load", 1);
+
+    const N: usize = 2000;
+    let sent = burst(sender, "load", "m", N);
+    assert!(common::wait_until(NOTICE, || stream_len(&redis, "load") >= 200));
+    // B has no member in the room: this join makes B subscribe, mid-stream.
+    let mut late = JsonClient::open(&b, "/lobby?name=late&history=0");
+    late.expect_welcome("lobby");
+    late.send(json!({"type": "join", "room": "load", "history": 10000}));
+    let (_, mut sender) = sent.join().unwrap();
+    let end = say_acked(&mut sender, "load", "the-end");
+
+    let (mut page, mut live) = (Vec::new(), Vec::new());
+    loop {
+        let envelope = late.recv();
+        match envelope["type"].as_str() {
+            Some("history") if envelope["room"] == "load" => page = page_ids(&envelope),
+            Some("message") => live.push(envelope["id"].as_u64().unwrap()),
+            _ => {}
+        }
+        if live.last() == Some(&end) && !page.is_empty() {
+            break;
+        }
+    }
+    let mut all: Vec<u64> = page.iter().chain(&live).copied().collect();
+    all.sort_unstable();
+    let len = all.len();
+    all.dedup();
+    assert_eq!(all.len(), len, "a message came twice (page and live)");
+    assert_eq!(all, stored_ids(&b, "load"), "every stored message, in the page or live");
+}

@@ -73,10 +73,11 @@ pub struct Router {
 /// when Redis replies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Read {
-    pub conn: usize,  // who asked
-    pub room: String, // which room
-    pub query: Query, // which part
-    pub json: bool,   // a pollcast.v1 reader (text records only)
+    pub conn: usize,           // who asked
+    pub room: String,          // which room
+    pub query: Query,          // which part
+    pub json: bool,            // a pollcast.v1 reader (text records only)
+    pub after_subscribe: bool, // sent once its room's SUBSCRIBE was confirmed: what came live is left out of the page
 }
 
 impl Router {
@@ -291,7 +292,7 @@ impl Router {
                 }
             }
             Output::History { conn, room, query, json } if self.reads.is_some() => {
-                self.reads.get_or_insert_with(Vec::new).push(Read { conn, room, query, json });
+                self.reads.get_or_insert_with(Vec::new).push(Read { conn, room, query, json, after_subscribe: false });
             }
             Output::History { conn, room, query, json } => {
                 let page = history.read(&room, query, json, stats);

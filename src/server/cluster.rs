@@ -54,7 +54,7 @@ use mio::{Interest, Registry, Token};
 use rustls::ClientConfig;
 
 use super::broadcast::Read as HistoryRead;
-use super::cluster_history::AckOrder;
+use super::cluster_history::{AckOrder, JoinOrder};
 use super::cluster_tls::{self, LinkTls};
 use super::metrics::ClusterFigures;
 use crate::chat::cluster::{Outgoing, RemoteDm, Watch};
@@ -139,6 +139,7 @@ pub struct Cluster {
     down_since: Option<Instant>,        // when the current outage began (either link), for /healthz
     unrelayed: u64,                     // messages not published this outage (reset when healthy)
     pub(super) acks: AckOrder,          // cluster history: each sender's ack after its own copy
+    pub(super) joins: JoinOrder,        // cluster history: a room's first member's read waits for its SUBSCRIBE
     ttl: Duration,                      // --node-ttl
     next_heartbeat: Option<Instant>,    // when the heartbeat is refreshed next (None: the commands link is down)
     tls: Option<Arc<ClientConfig>>,     // with rediss://: the TLS configuration both links use
@@ -174,6 +175,7 @@ impl Cluster {
             down_since: Some(now),
             unrelayed: 0,
             acks: AckOrder::default(),
+            joins: JoinOrder::default(),
             ttl: config.ttl,
             next_heartbeat: None,
             figures: ClusterFigures::default(),
@@ -344,6 +346,14 @@ impl Cluster {
             };
             last.retain(|(c, _)| *c != channel);
             last.push((channel, on));
+        }
+        for (channel, on) in &last {
+            if let Some(room) = channel.strip_prefix("pollcast:room:") {
+                match on {
+                    true => self.joins.subscribing(room),
+                    false => self.joins.unsubscribed(room),
+                }
+            }
         }
         for (verb, on) in [("SUBSCRIBE", true), ("UNSUBSCRIBE", false)] {
             let channels: Vec<&[u8]> = last.iter().filter(|(_, o)| *o == on).map(|(c, _)| c.as_bytes()).collect();

@@ -41,7 +41,55 @@ pub struct AckOrder {
     seen: HashSet<u64>,         // own copy delivered, the script's answer not read yet
 }
 
+/// The first member of a room on this node must miss nothing: its history read waits
+/// until Redis confirms the node's SUBSCRIBE to the room, so every message is either in
+/// the page (stored before the read) or arrives live (published after the
+/// confirmation). The store script publishes in id order, so what arrives live after
+/// the confirmation is every id from the first one on: the page leaves those out, and
+/// each message reaches the member once.
+#[derive(Debug, Default)]
+pub struct JoinOrder {
+    waiting: HashMap<String, Vec<Read>>, // rooms whose SUBSCRIBE is not confirmed yet, and the reads parked on them
+    first_live: HashMap<String, u64>,    // per room: the first id delivered live since its SUBSCRIBE was confirmed
+}
+
+impl JoinOrder {
+    /// A SUBSCRIBE to `room` was sent: its reads wait for the confirmation.
+    pub fn subscribing(&mut self, room: &str) {
+        self.waiting.entry(room.to_owned()).or_default();
+        self.first_live.remove(room);
+    }
+
+    /// The room has no member here any more: nothing waits on it.
+    pub fn unsubscribed(&mut self, room: &str) {
+        self.waiting.remove(room);
+        self.first_live.remove(room);
+    }
+}
+
 impl super::Server {
+    /// Redis confirmed the SUBSCRIBE to `room` (or, `None`, the subscriptions link went
+    /// down: then every parked read goes, with nothing live to leave out): the reads that
+    /// waited on it are sent.
+    pub(super) fn subscribed(&mut self, room: Option<&str>) {
+        let Some(cluster) = &mut self.cluster else { return };
+        let parked: Vec<Read> = match room {
+            Some(room) => cluster.joins.waiting.remove(room).unwrap_or_default(),
+            None => cluster.joins.waiting.drain().flat_map(|(_, reads)| reads).collect(),
+        };
+        let mut unread = Vec::new();
+        for mut read in parked {
+            read.after_subscribe = room.is_some();
+            let command = stream::read_command(&read.room, read.query, self.config.history_max, false);
+            if let Err(Tag::Read(read)) = cluster.command(&command, Tag::Read(Box::new(read)), self.now) {
+                unread.push(read);
+            }
+        }
+        for read in unread {
+            self.chat.history_unavailable(read.conn, &read.room, self.router.outbox());
+        }
+    }
+
     /// This turn's messages to store and pages to read, as commands on the commands link.
     pub(super) fn store_and_read(&mut self) {
         let Some(cluster) = &mut self.cluster else { return };
@@ -57,6 +105,10 @@ impl super::Server {
         }
         let mut unread = Vec::new();
         for read in self.router.take_reads() {
+            if let Some(parked) = cluster.joins.waiting.get_mut(&read.room) {
+                parked.push(read); // the room's SUBSCRIBE is not confirmed yet: `subscribed` sends it
+                continue;
+            }
             let command = stream::read_command(&read.room, read.query, self.config.history_max, false);
             if let Err(Tag::Read(read)) = cluster.command(&command, Tag::Read(Box::new(read)), self.now) {
                 unread.push(read);
@@ -164,7 +216,11 @@ impl super::Server {
             return;
         }
         match stream::page(&read.room, read.query, self.config.history_max, read.json, &reply) {
-            Ok(page) => {
+            Ok(mut page) => {
+                let first_live = self.cluster.as_ref().and_then(|cluster| cluster.joins.first_live.get(&read.room));
+                if let Some(&first_live) = first_live.filter(|_| read.after_subscribe) {
+                    page.messages.retain(|m| m.id < first_live); // those came live, after the confirmation
+                }
                 let frames = history_frames(&read.room, &page, read.json);
                 self.router.page_to(read.conn, frames);
             }
@@ -186,6 +242,7 @@ impl super::Server {
         match envelope::decode(envelope) {
             Ok(Envelope::Stored { node, conn, echo, binary, ts, from, body }) => {
                 let Some(room) = channel.strip_prefix("pollcast:room:") else { return true };
+                cluster.joins.first_live.entry(room.to_owned()).or_insert(id);
                 let own = node == cluster.node();
                 let sender = own.then_some(conn as usize);
                 let stored = Stored { id, sender, echo, room, from, binary, body, ts };

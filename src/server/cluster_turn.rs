@@ -116,7 +116,12 @@ impl super::Server {
                     self.chat.answer_rooms(conn, counts, self.router.outbox());
                 }
                 Event::Lost(Tag::Rooms { conn }) => self.chat.answer_rooms(conn, None, self.router.outbox()),
-                Event::Down { .. } => self.release_acks(),
+                Event::Down { .. } => {
+                    self.release_acks();
+                    if subscriber {
+                        self.subscribed(None); // nothing will be confirmed on this connection
+                    }
+                }
                 Event::Reply(Tag::Store(message), reply) => self.on_stored(message, Some(reply)),
                 Event::Lost(Tag::Store(message)) => self.on_stored(message, None),
                 Event::Reply(Tag::Read(read), reply) => self.on_read(read, Some(reply)),
@@ -156,7 +161,10 @@ impl super::Server {
     /// members, or a direct message for a local user. Its own room publishes come back
     /// too, and are skipped: its members had them when they were routed.
     fn on_published(&mut self, reply: &Reply) {
-        let Some((channel, payload)) = published(reply) else { return }; // a (un)subscribe confirmation
+        if let Some(room) = confirmed(reply).and_then(|channel| channel.strip_prefix(b"pollcast:room:")) {
+            return self.subscribed(Some(&String::from_utf8_lossy(room)));
+        }
+        let Some((channel, payload)) = published(reply) else { return }; // another confirmation
         if self.on_stored_published(&String::from_utf8_lossy(channel), payload) {
             return; // cluster history: a stored message, `ID|ENVELOPE`
         }
@@ -186,6 +194,18 @@ impl super::Server {
                 self.chat.deliver_dm(id, ts, from, to, text, self.router.outbox());
             }
         }
+    }
+}
+
+/// `subscribe CHANNEL COUNT`: Redis confirms a subscription, from which on every
+/// message published on CHANNEL comes to this node.
+fn confirmed(reply: &Reply) -> Option<&[u8]> {
+    let Reply::Array(parts) = reply else { return None };
+    match parts.as_slice() {
+        [Reply::BulkString(kind), Reply::BulkString(channel), Reply::Integer(_)] if kind == b"subscribe" => {
+            Some(channel)
+        }
+        _ => None,
     }
 }
 
