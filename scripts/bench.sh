@@ -11,6 +11,10 @@
 #           directory, the bench run with --insecure): pollcast-tls (pollcast, no history,
 #           --tls-cert/--tls-key), tt-tls (bench/peers/tt-tls: tokio-tungstenite over
 #           tokio-rustls, 1 worker). Compare pollcast with pollcast-tls and tt with tt-tls.
+#           With Redis (redis-server and the nodes all on CPU 0, history in Redis):
+#           pollcast-redis (one node), pollcast-cluster (two nodes sharing the port with
+#           --reuse-port, so a room's members are spread over both). The server CPU is
+#           the sum of every process of the cluster.
 # env:    BENCH_WORK   where peers are built and results kept (default /tmp/pollcast-bench)
 #         SCENARIOS    space-separated subset of: fanout100 fanout1000 paced1000 tenbyten
 #                      tenbyten256 idle churn, and the compression rows chat100 chat100z
@@ -18,7 +22,8 @@
 #         DURATION     seconds per throughput scenario (default 5)
 #         REPEAT       runs per scenario and server, each on a fresh server; the table shows
 #                      the median run (default 3: figures on a shared VM move ±15%)
-# Needs: taskset, python3; cargo (tt, tt-tls), node/npm (node), openssl (the TLS servers).
+# Needs: taskset, python3; cargo (tt, tt-tls), node/npm (node), openssl (the TLS servers),
+#        redis-server (the cluster servers; scripts/redis.sh installs it).
 # Stops every process by its PID.
 set -euo pipefail
 
@@ -63,11 +68,38 @@ build_peer() {
   esac
 }
 
-SERVER_PID=""
+SERVER_PID=""   # what the bench's --server-pid gets: one pid, or a cluster's, comma-separated
+SERVER_PIDS=()  # every process start_server started
+# A cluster on the server core: redis-server and N nodes sharing $PORT (--reuse-port, so the
+# kernel spreads the bench's connections over them), history in Redis. Redis appends
+# every write to its AOF without fsync (`appendfsync no`): like pollcast's own history, a
+# message survives the crash of any process, not a power loss.
+start_cluster() { # NAME N
+  local name=$1 n=$2 redis_port=$((PORT + 5000)) i
+  rm -rf "$WORK/redis" && mkdir -p "$WORK/redis"
+  taskset -c 0 redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$WORK/redis" --save '' \
+    --appendonly yes --appendfsync no --loglevel warning >"$WORK/$name.redis.log" 2>&1 &
+  SERVER_PIDS+=($!)
+  for _ in $(seq 1 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  for i in $(seq 1 "$n"); do
+    taskset -c 0 "$BIN" --listen "127.0.0.1:$PORT" --reuse-port --admin-listen off \
+      --redis "redis://127.0.0.1:$redis_port/0" --node-id "node$i" 2>"$WORK/$name.node$i.log" &
+    SERVER_PIDS+=($!)
+  done
+  for _ in $(seq 1 100); do
+    [[ "$(grep -l 'ready (both links up' "$WORK/$name".node*.log 2>/dev/null | wc -l)" -eq "$n" ]] && break
+    sleep 0.1
+  done
+  cat "$WORK/$name".node*.log > "$WORK/$name.log"
+}
+
 start_server() { # NAME: starts it on $PORT pinned to CPU 0, sets SERVER_PID
   local name=$1
   ulimit -n "$(ulimit -Hn)"
+  SERVER_PIDS=()
   case "$name" in
+    pollcast-redis) start_cluster "$name" 1 ;;
+    pollcast-cluster) start_cluster "$name" 2 ;;
     pollcast) taskset -c 0 "$BIN" --listen "127.0.0.1:$PORT" --admin-listen off --no-history 2>"$WORK/$name.log" & ;;
     pollcast-auth)
       taskset -c 0 "$BIN" --listen "127.0.0.1:$PORT" --admin-listen off --no-history --jwt-secret-file "$WORK/jwt-secret" 2>"$WORK/$name.log" & ;;
@@ -82,7 +114,8 @@ start_server() { # NAME: starts it on $PORT pinned to CPU 0, sets SERVER_PID
     node-deflate) (cd "$WORK/node" && exec taskset -c 0 node server.js "$PORT" --compress) >"$WORK/$name.log" 2>&1 & ;;
     *) echo "bench: unknown server $name" >&2; exit 2 ;;
   esac
-  SERVER_PID=$!
+  [[ ${#SERVER_PIDS[@]} -gt 0 ]] || SERVER_PIDS=($!)
+  SERVER_PID="$(IFS=,; echo "${SERVER_PIDS[*]}")"
   for _ in $(seq 1 100); do
     (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && return 0
     sleep 0.1
@@ -94,9 +127,11 @@ start_server() { # NAME: starts it on $PORT pinned to CPU 0, sets SERVER_PID
 
 stop_server() {
   [[ -n "$SERVER_PID" ]] || return 0
-  kill "$SERVER_PID" 2>/dev/null || true
-  wait "$SERVER_PID" 2>/dev/null || true
+  local pid
+  for pid in "${SERVER_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${SERVER_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   SERVER_PID=""
+  SERVER_PIDS=()
   PORT=$((PORT + 1)) # a fresh port: no TIME_WAIT surprises between runs
 }
 trap stop_server EXIT
@@ -141,6 +176,7 @@ if [[ " ${SERVERS[*]} " == *-tls\ * && ! -s "$CERT" ]]; then
 fi
 
 for server in "${SERVERS[@]}"; do build_peer "$server"; done
+[[ " ${SERVERS[*]} " != *" pollcast-redis "* && " ${SERVERS[*]} " != *" pollcast-cluster "* ]] || "$ROOT/scripts/redis.sh" >/dev/null
 
 # Runs are interleaved (each scenario's run 1 on every server, then run 2, ...), so a drift
 # of the machine during the benchmark touches every column alike.
