@@ -86,6 +86,9 @@ pub enum Tag {
     Rooms { conn: usize },
     /// A message run through the store script (cluster history): its sender waits.
     Store(Box<Outgoing>),
+    /// One room's messages of a turn run through the batch store script (cluster
+    /// history), in order: each sender waits.
+    StoreBatch(Vec<Outgoing>),
     /// A history read (cluster history): its reader waits for the page.
     Read(Box<HistoryRead>),
 }

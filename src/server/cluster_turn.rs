@@ -124,6 +124,8 @@ impl super::Server {
                 }
                 Event::Reply(Tag::Store(message), reply) => self.on_stored(message, Some(reply)),
                 Event::Lost(Tag::Store(message)) => self.on_stored(message, None),
+                Event::Reply(Tag::StoreBatch(batch), reply) => self.on_stored_batch(batch, Some(reply)),
+                Event::Lost(Tag::StoreBatch(batch)) => self.on_stored_batch(batch, None),
                 Event::Reply(Tag::Read(read), reply) => self.on_read(read, Some(reply)),
                 Event::Lost(Tag::Read(read)) => self.on_read(read, None),
                 Event::Push(reply) => self.on_published(&reply),
