@@ -313,14 +313,16 @@ impl super::Server {
             Ok(Envelope::Stored { node, conn, echo, binary, ts, from, body }) => {
                 let Some(room) = channel.strip_prefix("pollcast:room:") else { return true };
                 let own = node == cluster.node();
-                self.deliver_stored(room, id, own, StoredMessage { conn, echo, binary, ts, from, body });
+                self.render_stored(room, id, own, StoredMessage { conn, echo, binary, ts, from, body });
+                self.route_stored();
             }
             Ok(Envelope::StoredBatch { node, messages }) => {
                 let Some(room) = channel.strip_prefix("pollcast:room:") else { return true };
                 let own = node == cluster.node();
                 for (id, message) in (id..).zip(messages) {
-                    self.deliver_stored(room, id, own, message);
+                    self.render_stored(room, id, own, message);
                 }
+                self.route_stored(); // once per batch: a room's frames for members elsewhere are one chunk
             }
             Ok(Envelope::Dm { from, to, text, ts, .. }) => {
                 self.chat.deliver_dm(id, ts, from, to, text, self.router.outbox());
@@ -332,17 +334,15 @@ impl super::Server {
     }
 
     /// One stored room message (`own`: sent from this node), as it came live: rendered
-    /// and routed to this node's members, then its sender's ack if it waited for this
-    /// copy.
-    fn deliver_stored(&mut self, room: &str, id: u64, own: bool, message: StoredMessage) {
+    /// for this node's members, and its sender's ack queued if it waited for this copy
+    /// (`route_stored` then delivers the copies first, the acks after them).
+    fn render_stored(&mut self, room: &str, id: u64, own: bool, message: StoredMessage) {
         let Some(cluster) = &mut self.cluster else { return };
         cluster.joins.first_live.entry(room.to_owned()).or_insert(id);
         let StoredMessage { conn, echo, binary, ts, from, body } = message;
         let sender = own.then_some(conn as usize);
         let stored = Stored { id, sender, echo, room, from, binary, body, ts };
         self.chat.render_stored(stored, self.router.outbox());
-        let (clients, chat, history, stats) = (&mut self.clients, &mut self.chat, &mut self.history, &mut self.stats);
-        self.router.route_local(clients, chat, history, stats, self.now); // every node renders it: no relay
         let Some(cluster) = &mut self.cluster else { return };
         if own && echo {
             match cluster.acks.waiting.remove(&id) {
@@ -352,6 +352,14 @@ impl super::Server {
                 }
             }
         }
+    }
+
+    /// Routes what `render_stored` produced to this node's members, then the acks that
+    /// waited for those copies (a route answers its acks after its outputs). Every node
+    /// renders stored messages for itself: nothing is relayed.
+    fn route_stored(&mut self) {
+        let (clients, chat, history, stats) = (&mut self.clients, &mut self.chat, &mut self.history, &mut self.stats);
+        self.router.route_local(clients, chat, history, stats, self.now);
     }
 
     /// A link dropped: the order kept between acks and copies is over. Acks waiting for
