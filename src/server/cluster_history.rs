@@ -41,10 +41,14 @@ use crate::redis::Reply;
 /// A batch holds at most this many messages (more in one turn for one room make more
 /// batches, in order).
 pub const BATCH_MAX_MESSAGES: usize = 256;
-/// ... and at most this many bytes of message bodies (or an eighth of
-/// `--redis-max-buffer`, if less: every node's subscriptions link must take the
-/// published batch whole). A message longer than that is a batch of its own.
+/// ... and at most this many bytes of messages, each counted as its body, its sender's
+/// name and `MESSAGE_OVERHEAD` (or an eighth of `--redis-max-buffer`, if less: every
+/// node's subscriptions link must take the published batch whole). A message longer
+/// than that is a batch of its own.
 pub const BATCH_MAX_BYTES: usize = 256 * 1024;
+/// What a message adds to a batch besides its body and name: its fixed envelope fields
+/// (23 bytes) and the script's other arguments, rounded up.
+const MESSAGE_OVERHEAD: usize = 64;
 
 /// Acks waiting for their sender's own copy, and copies that came before their ack: a
 /// JSON sender hears its message, then the `ack`, whichever of the two links answers
@@ -381,7 +385,7 @@ enum Batch {
 }
 
 /// A turn's messages to store, as script calls: one batch per room (a new one when
-/// `max_messages` or `max_bytes` of bodies would be passed; a message larger than
+/// `max_messages` or `max_bytes` (`size`) would be passed; a message larger than
 /// `max_bytes` alone), each in the order the chat produced its messages, batches in the
 /// order of their first message; each direct message alone, where it came.
 fn batches(outgoing: Vec<Outgoing>, max_messages: usize, max_bytes: usize) -> Vec<Batch> {
@@ -393,7 +397,7 @@ fn batches(outgoing: Vec<Outgoing>, max_messages: usize, max_bytes: usize) -> Ve
             continue;
         }
         let fits = |(batch, bytes): &(Batch, usize)| match batch {
-            Batch::Room(messages) => messages.len() < max_messages && bytes + message.body.len() <= max_bytes,
+            Batch::Room(messages) => messages.len() < max_messages && bytes + size(&message) <= max_bytes,
             Batch::Dm(_) => false,
         };
         let index = match open.get(&message.room) {
@@ -405,12 +409,17 @@ fn batches(outgoing: Vec<Outgoing>, max_messages: usize, max_bytes: usize) -> Ve
             }
         };
         let (batch, bytes) = &mut batches[index];
-        *bytes += message.body.len();
+        *bytes += size(&message);
         if let Batch::Room(messages) = batch {
             messages.push(message);
         }
     }
     batches.into_iter().map(|(batch, _)| batch).collect()
+}
+
+/// What a message counts for against a batch's bytes.
+fn size(message: &Outgoing) -> usize {
+    message.body.len() + message.from.len() + MESSAGE_OVERHEAD
 }
 
 /// The batch script command for one room's messages (at least one, all of one room).
@@ -502,17 +511,21 @@ mod tests {
             message("cake", None, "5"),
             message("tea", None, "6"),
         ];
-        let got: Vec<Vec<String>> = batches(outgoing, 100, 1000).iter().map(bodies).collect();
+        let got: Vec<Vec<String>> = batches(outgoing, 100, 10_000).iter().map(bodies).collect();
         assert_eq!(got, [vec!["tea:1", "tea:4", "tea:6"], vec!["cake:2", "cake:5"], vec!["dm:3"]]);
     }
 
     #[test]
     fn a_batch_is_capped_by_count_and_by_bytes() {
         let outgoing = (0..5).map(|i| message("tea", None, &i.to_string())).collect();
-        let got: Vec<Vec<String>> = batches(outgoing, 2, 1000).iter().map(bodies).collect();
+        let got: Vec<Vec<String>> = batches(outgoing, 2, 10_000).iter().map(bodies).collect();
         assert_eq!(got, [vec!["tea:0", "tea:1"], vec!["tea:2", "tea:3"], vec!["tea:4"]]);
         let outgoing = vec![message("tea", None, "aaaa"), message("tea", None, "bb"), message("tea", None, "cccccc")];
-        let got: Vec<Vec<String>> = batches(outgoing, 100, 5).iter().map(bodies).collect();
+        let cap = 5 + 3 + MESSAGE_OVERHEAD; // "ann" sends each
+        let got: Vec<Vec<String>> = batches(outgoing, 100, cap).iter().map(bodies).collect();
         assert_eq!(got, [vec!["tea:aaaa"], vec!["tea:bb"], vec!["tea:cccccc"]], "one over the cap goes alone");
+        let outgoing = vec![message("tea", None, "bb"), message("tea", None, "bb"), message("tea", None, "bb")];
+        let got: Vec<Vec<String>> = batches(outgoing, 100, 2 * (2 + 3 + MESSAGE_OVERHEAD)).iter().map(bodies).collect();
+        assert_eq!(got, [vec!["tea:bb", "tea:bb"], vec!["tea:bb"]], "names and overhead count too");
     }
 }
