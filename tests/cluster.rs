@@ -762,3 +762,157 @@ fn a_room_s_first_member_on_a_node_joining_mid_stream_gets_every_message_once() 
     assert_eq!(all.len(), len, "a message came twice (page and live)");
     assert_eq!(all, stored_ids(&b, "load"), "every stored message, in the page or live");
 }
+
+/// Many frames in one write from one sender on each node: each node stores a turn's
+/// messages for the room in one batch (one script call, one publish), and every member
+/// on both nodes still hears each message once, in the sender's order, with increasing
+/// ids; the JSON sender gets its own copy and then one ack per message, with its id.
+#[test]
+fn a_burst_in_one_flush_is_stored_as_batches_and_reaches_everyone_once_in_order() {
+    burst_in_one_flush(true);
+}
+
+/// The same without history: each node publishes a turn's consecutive outputs for the
+/// room once (a JSON sender's too, whose own copies come between its outputs).
+#[test]
+fn without_history_a_burst_in_one_flush_is_published_once_and_reaches_everyone_once_in_order() {
+    burst_in_one_flush(false);
+}
+
+fn burst_in_one_flush(history: bool) {
+    let _dog = watchdog(TEST_LIMIT);
+    let redis = Redis::start();
+    let start = || if history { history_node(&redis, &[]) } else { node(&redis, "pollcast=info", &["--no-history"]) };
+    let (a, b) = (start(), start());
+    let mut ann = JsonClient::join(&a, "lobby", "ann"); // the JSON sender, on A
+    let mut dave = JsonClient::join(&a, "lobby", "dave"); // beside her, on A
+    let mut bob = JsonClient::join(&b, "lobby", "bob"); // on B
+    let mut carl = TextClient::open(&b, "/lobby?name=carl"); // raw, on B: the other sender
+    subscribers(&redis, "pollcast:room:lobby", 2);
+    for client in [&mut ann, &mut dave, &mut bob] {
+        client.sync();
+    }
+    carl.sync();
+    let sent_before = (a.metric("redis_sent_total"), b.metric("redis_sent_total"));
+
+    const N: usize = 60;
+    for i in 0..N {
+        let envelope = json!({"type": "send", "room": "lobby", "text": format!("a{i}"), "cid": i});
+        ann.ws.write(tungstenite::Message::text(envelope.to_string())).expect("queue a frame");
+        carl.ws.write(tungstenite::Message::text(format!("c{i}"))).expect("queue a frame");
+    }
+    ann.ws.flush().expect("one flush");
+    carl.ws.flush().expect("one flush");
+
+    // What a JSON member heard, by sender: (id, text) in arrival order; and ann's acks.
+    let hear = |client: &mut JsonClient| {
+        let (mut from_ann, mut from_carl, mut acks) = (Vec::new(), Vec::new(), Vec::new());
+        let is_ann = client.name == "ann";
+        while from_ann.len() < N || from_carl.len() < N || (is_ann && acks.len() < N) {
+            let envelope = client.recv();
+            let id = envelope["id"].as_u64();
+            let text = envelope["text"].as_str().unwrap_or_default().to_owned();
+            match (envelope["type"].as_str(), envelope["from"].as_str()) {
+                (Some("message"), Some("ann")) => from_ann.push((id.expect("an id"), text)),
+                (Some("message"), Some("carl")) => from_carl.push((id.expect("an id"), text)),
+                (Some("ack"), _) => {
+                    let copy = from_ann.iter().find(|(copy, _)| Some(*copy) == id);
+                    assert!(copy.is_some(), "ann's ack {envelope} came after her own copy");
+                    acks.push((envelope["cid"].as_u64().expect("cid"), id.expect("ack id")));
+                }
+                _ => {}
+            }
+        }
+        (from_ann, from_carl, acks)
+    };
+    let (ann_heard, carl_heard, acks) = hear(&mut ann);
+    let texts = |heard: &[(u64, String)]| heard.iter().map(|(_, t)| t.clone()).collect::<Vec<_>>();
+    let ids = |heard: &[(u64, String)]| heard.iter().map(|(id, _)| *id).collect::<Vec<_>>();
+    assert_eq!(texts(&ann_heard), (0..N).map(|i| format!("a{i}")).collect::<Vec<_>>(), "ann's, in order");
+    assert_eq!(texts(&carl_heard), (0..N).map(|i| format!("c{i}")).collect::<Vec<_>>(), "carl's, in order");
+    for heard in [&ann_heard, &carl_heard] {
+        assert!(ids(heard).windows(2).all(|w| w[0] < w[1]), "ids increase in each sender's order: {heard:?}");
+    }
+    let expected_acks: Vec<(u64, u64)> = (0..N as u64).zip(ids(&ann_heard)).collect();
+    assert_eq!(acks, expected_acks, "one ack per message, in order, with its copy's id");
+    for member in [&mut dave, &mut bob] {
+        let (from_ann, from_carl, _) = hear(member);
+        assert_eq!(from_ann, ann_heard, "{} hears ann's as she did: same ids, same order", member.name);
+        assert_eq!(from_carl, carl_heard, "{} hears carl's likewise", member.name);
+    }
+    let mut heard = Vec::new();
+    while heard.len() < N {
+        let line = carl.recv();
+        if line.starts_with('a') {
+            heard.push(line);
+        }
+    }
+    assert_eq!(heard, texts(&ann_heard), "carl (raw) hears ann's text verbatim, in order");
+    // Exactly once: nothing more is waiting for anyone (barriers, not sleeps).
+    for client in [&mut ann, &mut dave, &mut bob] {
+        let extra: Vec<_> =
+            client.sync().into_iter().filter(|e| e["type"] == "message" || e["type"] == "ack").collect();
+        assert!(extra.is_empty(), "{}: duplicates: {extra:?}", client.name);
+    }
+    let rest: Vec<String> = carl.sync().into_iter().filter(|l| l.starts_with('a') || l.starts_with('c')).collect();
+    assert!(rest.is_empty(), "carl: duplicates: {rest:?}");
+    // Batched: fewer store script calls (or publishes) than messages on each node (one
+    // write of N frames is read in a turn or a few).
+    let sent = (a.metric("redis_sent_total") - sent_before.0, b.metric("redis_sent_total") - sent_before.1);
+    eprintln!("store calls or publishes for {N} messages on each node (A, B): {sent:?}");
+    assert!(sent.0 < N as u64 && sent.1 < N as u64, "calls (A, B) for {N} messages each: {sent:?}");
+    if history {
+        assert_eq!(stream_len(&redis, "lobby"), 2 * N, "every message stored once");
+    }
+}
+
+/// After SCRIPT FLUSH, the next batch meets NOSCRIPT and is sent again with EVAL: every
+/// message of it is still stored, delivered once and acked (and a direct message, one
+/// script call alone, likewise).
+#[test]
+fn after_a_script_flush_a_batch_is_sent_again_with_eval() {
+    let _dog = watchdog(TEST_LIMIT);
+    let redis = Redis::start();
+    let (a, b) = (history_node(&redis, &[]), history_node(&redis, &[]));
+    let mut ann = JsonClient::join(&a, "lobby", "ann");
+    let mut bob = JsonClient::join(&b, "lobby", "bob");
+    subscribers(&redis, "pollcast:room:lobby", 2);
+    subscribers(&redis, "pollcast:user:bob", 1);
+    say_acked(&mut ann, "lobby", "before");
+    assert!(redis.raw("SCRIPT FLUSH").starts_with("+OK"));
+
+    const N: usize = 20;
+    for i in 0..N {
+        let envelope = json!({"type": "send", "room": "lobby", "text": format!("m{i}"), "cid": i});
+        ann.ws.write(tungstenite::Message::text(envelope.to_string())).expect("queue a frame");
+    }
+    ann.ws.flush().expect("one flush");
+    let (mut copies, mut acks) = (Vec::new(), Vec::new());
+    while acks.len() < N {
+        let envelope = ann.recv();
+        match envelope["type"].as_str() {
+            Some("message") if envelope["text"] != "before" => copies.push(envelope["id"].as_u64().unwrap()),
+            Some("ack") => acks.push(envelope["id"].as_u64().unwrap()),
+            Some("error") => panic!("{envelope}"),
+            _ => {}
+        }
+    }
+    assert_eq!(acks, copies, "each message acked once, after its copy, with its id");
+    let mut heard = Vec::new();
+    while heard.len() < N {
+        let envelope = bob.recv();
+        if envelope["type"] == "message" && envelope["text"] != "before" {
+            heard.push(envelope["id"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(heard, copies, "bob (B) hears them all, once, in order");
+    assert!(a.log_text().contains("the batch store script was flushed from Redis"));
+    assert_eq!(stream_len(&redis, "lobby"), N + 1);
+
+    redis.raw("SCRIPT FLUSH");
+    ann.send(json!({"type": "dm", "to": "bob", "text": "psst", "cid": "dm"}));
+    let (dm, _) = bob.wait_for(|e| e["type"] == "dm");
+    assert_eq!(dm["text"], "psst");
+    let (ack, _) = ann.wait_for(|e| e["type"] == "ack" && e["cid"] == "dm");
+    assert_eq!(ack["id"], dm["id"]);
+}

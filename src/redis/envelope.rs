@@ -16,7 +16,13 @@
 //! kind 1 (room frames): messages:u32 | raw_len:u32 | raw | json_len:u32 | json
 //! kind 2 (dm):          id:u64 | ts:u64 | from_len:u8 | from | to_len:u8 | to | text_len:u32 | text
 //! kind 3 (stored):      conn:u64 | echo:u8 | binary:u8 | ts:u64 | from_len:u8 | from | body_len:u32 | body
+//! kind 4 (stored batch): count:u32 | count × (the fields of kind 3 after the node)
 //! ```
+//!
+//! A stored batch is what the batch store script publishes: one loop turn's messages
+//! for one room, from one node, in order; their ids are consecutive from the one in
+//! front of the envelope (`history::split_stored`). A node that knows only kinds 1-3
+//! refuses kind 4 as an unknown kind: it never misreads it.
 //!
 //! A node reading a version it does not know drops the message and counts it, so nodes
 //! of two versions can share one Redis during a rolling upgrade without misreading.
@@ -26,6 +32,7 @@ pub const VERSION: u8 = 1;
 const ROOM_FRAMES: u8 = 1;
 const DIRECT: u8 = 2;
 const STORED: u8 = 3;
+const STORED_BATCH: u8 = 4;
 
 /// A decoded envelope, borrowing the payload.
 #[derive(Debug, PartialEq, Eq)]
@@ -37,6 +44,20 @@ pub enum Envelope<'a> {
     /// A room message as the store script published it (its id is in front of the
     /// envelope: `history::split_stored`). `conn`: the sender's connection on `node`.
     Stored { node: &'a str, conn: u64, echo: bool, binary: bool, ts: u64, from: &'a str, body: &'a [u8] },
+    /// Room messages as the batch store script published them, in order (the first
+    /// one's id is in front of the envelope; the others follow it one by one).
+    StoredBatch { node: &'a str, messages: Vec<StoredMessage<'a>> },
+}
+
+/// One message of a stored batch (the fields of `Envelope::Stored` but the node).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoredMessage<'a> {
+    pub conn: u64,      // the sender's connection on the batch's node
+    pub echo: bool,     // the sender gets its own copy
+    pub binary: bool,   // a binary message
+    pub ts: u64,        // ms since the epoch
+    pub from: &'a str,  // the sender's name
+    pub body: &'a [u8], // the message
 }
 
 /// Appends a room-frames envelope to `out`.
@@ -62,6 +83,21 @@ pub fn dm(out: &mut Vec<u8>, node: &str, id: u64, ts: u64, from: &str, to: &str,
 #[allow(clippy::too_many_arguments)] // the fields of one message
 pub fn stored(out: &mut Vec<u8>, node: &str, conn: u64, echo: bool, binary: bool, ts: u64, from: &str, body: &[u8]) {
     head(out, STORED, node);
+    stored_fields(out, conn, echo, binary, ts, from, body);
+}
+
+/// Appends a stored-batch envelope to `out`: `messages` in order (at most `u32::MAX`;
+/// the shell caps a batch far below).
+pub fn stored_batch(out: &mut Vec<u8>, node: &str, messages: &[StoredMessage]) {
+    head(out, STORED_BATCH, node);
+    let count = u32::try_from(messages.len()).expect("a batch is capped far below 4G messages");
+    out.extend_from_slice(&count.to_be_bytes());
+    for m in messages {
+        stored_fields(out, m.conn, m.echo, m.binary, m.ts, m.from, m.body);
+    }
+}
+
+fn stored_fields(out: &mut Vec<u8>, conn: u64, echo: bool, binary: bool, ts: u64, from: &str, body: &[u8]) {
     out.extend_from_slice(&conn.to_be_bytes());
     out.push(u8::from(echo));
     out.push(u8::from(binary));
@@ -93,12 +129,21 @@ pub fn decode(payload: &[u8]) -> Result<Envelope<'_>, &'static str> {
             Envelope::Dm { node, id, ts, from, to, text }
         }
         STORED => {
-            let conn = input.u64()?;
-            let (echo, binary) = (input.u8()? != 0, input.u8()? != 0);
-            let ts = input.u64()?;
-            let from = input.str_short()?;
-            let body = input.long()?;
+            let StoredMessage { conn, echo, binary, ts, from, body } = input.stored()?;
             Envelope::Stored { node, conn, echo, binary, ts, from, body }
+        }
+        STORED_BATCH => {
+            let count = input.u32()? as usize;
+            // Each message takes at least 23 bytes: a count beyond what is left is a lie,
+            // refused before anything is allocated for it.
+            if count > input.0.len() / 23 {
+                return Err("a batch count beyond its bytes");
+            }
+            let mut messages = Vec::with_capacity(count);
+            for _ in 0..count {
+                messages.push(input.stored()?);
+            }
+            Envelope::StoredBatch { node, messages }
         }
         _ => return Err("an envelope kind this node does not know"),
     };
@@ -160,6 +205,16 @@ impl<'a> Input<'a> {
         self.take(len)
     }
 
+    /// The fields of one stored message.
+    fn stored(&mut self) -> Result<StoredMessage<'a>, &'static str> {
+        let conn = self.u64()?;
+        let (echo, binary) = (self.u8()? != 0, self.u8()? != 0);
+        let ts = self.u64()?;
+        let from = self.str_short()?;
+        let body = self.long()?;
+        Ok(StoredMessage { conn, echo, binary, ts, from, body })
+    }
+
     fn str_short(&mut self) -> Result<&'a str, &'static str> {
         let len = self.u8()? as usize;
         std::str::from_utf8(self.take(len)?).map_err(|_| "a name that is not UTF-8")
@@ -198,6 +253,44 @@ mod tests {
         let expected =
             Envelope::Stored { node: "n3", conn: 12, echo: true, binary: false, ts: 99, from: "ann", body: b"hello" };
         assert_eq!(envelope, expected);
+    }
+
+    #[test]
+    fn stored_batches_round_trip_in_order() {
+        let messages = [
+            StoredMessage { conn: 3, echo: true, binary: false, ts: 10, from: "ann", body: b"one" },
+            StoredMessage { conn: 4, echo: false, binary: true, ts: 11, from: "bob", body: b"\x00\xff" },
+            StoredMessage { conn: 3, echo: true, binary: false, ts: 12, from: "ann", body: b"" },
+        ];
+        let mut out = Vec::new();
+        stored_batch(&mut out, "n4", &messages);
+        assert_eq!(&out[..2], [VERSION, STORED_BATCH]);
+        assert_eq!(decode(&out).unwrap(), Envelope::StoredBatch { node: "n4", messages: messages.to_vec() });
+        let mut empty = Vec::new();
+        stored_batch(&mut empty, "n4", &[]);
+        assert_eq!(decode(&empty).unwrap(), Envelope::StoredBatch { node: "n4", messages: Vec::new() });
+    }
+
+    #[test]
+    fn damaged_batches_are_refused() {
+        let one = StoredMessage { conn: 1, echo: true, binary: false, ts: 2, from: "ann", body: b"hi" };
+        let mut good = Vec::new();
+        stored_batch(&mut good, "n", &[one, one]);
+        for cut in 0..good.len() {
+            assert!(decode(&good[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = good.clone();
+        longer.push(0);
+        assert_eq!(decode(&longer), Err("bytes after the envelope"));
+        let mut lying = good.clone();
+        lying[4..8].copy_from_slice(&u32::MAX.to_be_bytes()); // count, after version, kind and "n"
+        assert_eq!(decode(&lying), Err("a batch count beyond its bytes"));
+        let mut fewer = good.clone();
+        fewer[4..8].copy_from_slice(&1u32.to_be_bytes());
+        assert_eq!(decode(&fewer), Err("bytes after the envelope"));
+        let mut future = good;
+        future[0] = VERSION + 1;
+        assert_eq!(decode(&future), Err("an envelope version this node does not know"));
     }
 
     #[test]

@@ -15,6 +15,14 @@
 //! so INCR, XADD and PUBLISH happen together or (on an error before PUBLISH) the message
 //! is never published. Every node, the sender's included, delivers a message only when
 //! the subscription brings it back, with its id in front: `ID|ENVELOPE`.
+//!
+//! Room messages go in batches (`STORE_BATCH_SCRIPT`): the shell gathers one loop
+//! turn's messages for one room into one script call, which takes N ids at once
+//! (`INCRBY`), XADDs each message with its own, and PUBLISHes once, `FIRST|BATCH`, a
+//! stored-batch envelope (`envelope::stored_batch`) whose messages have the ids FIRST,
+//! FIRST+1, ... in order. The same rule holds for each message of a batch: none is
+//! published before all of them are stored. Direct messages go one by one
+//! (`STORE_SCRIPT`: each has its own channel, the recipient's).
 
 use sha1::{Digest, Sha1};
 
@@ -31,6 +39,23 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '0-' .. sid,
   'f', ARGV[3], 'b', ARGV[4], 'x', ARGV[5], 'ts', ARGV[6], 'to', ARGV[7])
 local heard = redis.call('PUBLISH', ARGV[2], sid .. '|' .. ARGV[8])
 return {id, heard}
+"#;
+
+/// One room's messages of a loop turn: INCRBY the id by N, XADD each message (trimmed)
+/// with its id, PUBLISH `FIRST|envelope` once; returns `{first, last, nodes that heard
+/// it}` (the ids are first..=last, in the messages' order). KEYS: id counter, stream.
+/// ARGV: keep, channel, N, envelope, then N × (from, body, binary, ts).
+pub const STORE_BATCH_SCRIPT: &str = r#"
+local n = tonumber(ARGV[3])
+local last = redis.call('INCRBY', KEYS[1], n)
+local first = last - n + 1
+for i = 0, n - 1 do
+  local a = 5 + i * 4
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '0-' .. string.format('%d', first + i),
+    'f', ARGV[a], 'b', ARGV[a + 1], 'x', ARGV[a + 2], 'ts', ARGV[a + 3], 'to', '')
+end
+local heard = redis.call('PUBLISH', ARGV[2], string.format('%d', first) .. '|' .. ARGV[4])
+return {first, last, heard}
 "#;
 
 /// A range of one stream, and the highest id trimming ever deleted from it (so a
@@ -99,6 +124,56 @@ pub fn store_command(message: &ToStore, eval: bool) -> Vec<Vec<u8>> {
     .iter()
     .map(|arg| arg.to_vec())
     .collect()
+}
+
+/// One message of a batch, in the batch script's terms.
+pub struct BatchMessage<'a> {
+    pub from: &'a str,  // sender's name
+    pub body: &'a [u8], // the message
+    pub binary: bool,   // binary or text
+    pub ts: u64,        // ms since the epoch
+}
+
+/// The EVALSHA (or, with `eval`, EVAL) command storing one room's batch: `messages` in
+/// order into `room`'s stream, published on `channel` as `envelope` (a stored batch of
+/// the same messages, in the same order). At least one message.
+pub fn store_batch_command(
+    room: &str,
+    channel: &str,
+    keep: usize,
+    messages: &[BatchMessage],
+    envelope: &[u8],
+    eval: bool,
+) -> Vec<Vec<u8>> {
+    let (verb, script) = match eval {
+        true => ("EVAL", STORE_BATCH_SCRIPT.to_owned()),
+        false => ("EVALSHA", sha(STORE_BATCH_SCRIPT)),
+    };
+    let mut args = Vec::with_capacity(8 + messages.len() * 4);
+    for arg in [verb, &script, "2", ID_KEY, &stream_key(room), &keep.to_string(), channel] {
+        args.push(arg.as_bytes().to_vec());
+    }
+    args.push(messages.len().to_string().into_bytes());
+    args.push(envelope.to_vec());
+    for m in messages {
+        args.push(m.from.as_bytes().to_vec());
+        args.push(m.body.to_vec());
+        args.push(if m.binary { b"1".to_vec() } else { b"0".to_vec() });
+        args.push(m.ts.to_string().into_bytes());
+    }
+    args
+}
+
+/// The batch script's answer for `n` messages: their ids, in order, and how many nodes
+/// heard the publish; `None` for anything else (an error, or a range of another size).
+pub fn stored_batch(reply: &Reply, n: usize) -> Option<(Vec<u64>, i64)> {
+    let Reply::Array(parts) = reply else { return None };
+    let [Reply::Integer(first), Reply::Integer(last), Reply::Integer(heard)] = parts.as_slice() else {
+        return None;
+    };
+    let (first, last) = (u64::try_from(*first).ok()?, u64::try_from(*last).ok()?);
+    let count = last.checked_sub(first)?.checked_add(1)?;
+    (count == n as u64 && first > 0).then(|| ((first..=last).collect(), *heard))
 }
 
 /// The store script's answer: the id, and how many nodes heard the publish.
@@ -224,6 +299,50 @@ mod tests {
         assert_eq!(split_stored(b"42|\x01\x02"), Some((42, b"\x01\x02".as_slice())));
         assert_eq!(split_stored(b"\x01\x01n"), None);
         assert_eq!(split_stored(b"x|y"), None);
+    }
+
+    #[test]
+    fn a_batch_is_one_command_with_its_messages_in_order() {
+        let messages = [
+            BatchMessage { from: "ann", body: b"one", binary: false, ts: 5 },
+            BatchMessage { from: "bob", body: b"\x00", binary: true, ts: 6 },
+        ];
+        let command = store_batch_command("tea", "pollcast:room:tea", 1000, &messages, b"ENV", false);
+        let args: Vec<&[u8]> = command.iter().map(Vec::as_slice).collect();
+        assert_eq!(args[0], b"EVALSHA");
+        assert_eq!(args[1], sha(STORE_BATCH_SCRIPT).as_bytes());
+        let rest: [&[u8]; 15] = [
+            b"2",
+            b"pollcast:id",
+            b"pollcast:history:tea",
+            b"1000",
+            b"pollcast:room:tea",
+            b"2",
+            b"ENV",
+            b"ann",
+            b"one",
+            b"0",
+            b"5",
+            b"bob",
+            b"\x00",
+            b"1",
+            b"6",
+        ];
+        assert_eq!(args[2..], rest);
+        let eval = store_batch_command("tea", "c", 1, &messages, b"ENV", true);
+        assert_eq!((eval[0].as_slice(), eval[1].as_slice()), (b"EVAL".as_slice(), STORE_BATCH_SCRIPT.as_bytes()));
+    }
+
+    #[test]
+    fn a_batch_reply_gives_each_message_its_id() {
+        let reply =
+            |first, last, heard| Reply::Array(vec![first, last, heard].into_iter().map(Reply::Integer).collect());
+        assert_eq!(stored_batch(&reply(7, 9, 2), 3), Some((vec![7, 8, 9], 2)));
+        assert_eq!(stored_batch(&reply(7, 7, 0), 1), Some((vec![7], 0)));
+        assert_eq!(stored_batch(&reply(7, 9, 2), 2), None, "a range of another size");
+        assert_eq!(stored_batch(&reply(9, 7, 2), 3), None);
+        assert_eq!(stored_batch(&reply(-1, 1, 2), 3), None);
+        assert_eq!(stored_batch(&Reply::Error("NOSCRIPT".into()), 1), None);
     }
 
     #[test]

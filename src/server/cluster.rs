@@ -20,13 +20,14 @@
 //! - **Rooms.** A node subscribes to `pollcast:room:ROOM` when the room gets its first
 //!   local member and unsubscribes when the last leaves (`chat::cluster::Watch`). With
 //!   history, every message goes through the store script first and every node renders
-//!   it from its subscription (`cluster_history.rs`). Without history, and for presence
-//!   always, each room output this node routes (already framed, one chunk per codec) is
-//!   published once, as one envelope (`redis::envelope`); every other subscribed node
-//!   pushes those chunks, shared, to its own members (`Router::deliver_remote`), and the
-//!   publishing node skips its own. One commands link publishes in the order the loop
-//!   routed, and Redis delivers one connection's publishes in order, so each member sees
-//!   one sender's messages once and in order.
+//!   it from its subscription (`cluster_history.rs`; a turn's messages for a room are one
+//!   batch: one script call, one publish). Without history, and for presence always, each
+//!   room output this node routes (already framed, one chunk per codec; neighbouring
+//!   outputs of one room joined) is published once, as one envelope (`redis::envelope`);
+//!   every other subscribed node pushes those chunks, shared, to its own members
+//!   (`Router::deliver_remote`), and the publishing node skips its own. One commands
+//!   link publishes in the order the loop routed, and Redis delivers one connection's
+//!   publishes in order, so each member sees one sender's messages once and in order.
 //! - **Direct messages.** A node subscribes to `pollcast:user:NAME` for each name it
 //!   holds. A DM to a name held elsewhere is published there; PUBLISH answers how many
 //!   nodes heard it, so the sender gets its copy and `ack` (one or more) or
@@ -86,6 +87,9 @@ pub enum Tag {
     Rooms { conn: usize },
     /// A message run through the store script (cluster history): its sender waits.
     Store(Box<Outgoing>),
+    /// One room's messages of a turn run through the batch store script (cluster
+    /// history), in order: each sender waits.
+    StoreBatch(Vec<Outgoing>),
     /// A history read (cluster history): its reader waits for the page.
     Read(Box<HistoryRead>),
 }

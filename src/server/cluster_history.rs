@@ -15,6 +15,13 @@
 //! sender's own copy, when the subscription has brought it). A reply that never comes
 //! (Redis went away) is answered `store_failed`: not acked, and not delivered unless it
 //! was in fact stored, in which case `since` recovers it like any other.
+//!
+//! Batches: a turn's room messages go to Redis as one batch script call per room (in
+//! the order the chat produced them, at most `BATCH_MAX_MESSAGES` messages and
+//! `BATCH_MAX_BYTES` of bodies each), published once; every node splits the batch and
+//! handles each message as it would a single one. A reply settles each message of its
+//! batch: its own id, or (a failed or lost reply) `store_failed` for every one. Direct
+//! messages go one script call each (each has its own recipient's channel).
 
 use std::collections::{HashMap, HashSet};
 
@@ -26,10 +33,22 @@ use crate::chat::cluster::{Outgoing, RemoteDm, Stored};
 use crate::chat::history_frames;
 use crate::chat::Ack;
 use crate::proto::handshake::Status;
-use crate::redis::envelope::{self, Envelope};
-use crate::redis::history::{self as stream, ToStore, READ_SCRIPT, STORE_SCRIPT};
+use crate::redis::envelope::{self, Envelope, StoredMessage};
+use crate::redis::history::{self as stream, BatchMessage, ToStore, READ_SCRIPT, STORE_BATCH_SCRIPT, STORE_SCRIPT};
 use crate::redis::resp::error_text;
 use crate::redis::Reply;
+
+/// A batch holds at most this many messages (more in one turn for one room make more
+/// batches, in order).
+pub const BATCH_MAX_MESSAGES: usize = 256;
+/// ... and at most this many bytes of messages, each counted as its body, its sender's
+/// name and `MESSAGE_OVERHEAD` (or an eighth of `--redis-max-buffer`, if less: every
+/// node's subscriptions link must take the published batch whole). A message longer
+/// than that is a batch of its own.
+pub const BATCH_MAX_BYTES: usize = 256 * 1024;
+/// What a message adds to a batch besides its body and name: its fixed envelope fields
+/// (23 bytes) and the script's other arguments, rounded up.
+const MESSAGE_OVERHEAD: usize = 64;
 
 /// Acks waiting for their sender's own copy, and copies that came before their ack: a
 /// JSON sender hears its message, then the `ack`, whichever of the two links answers
@@ -95,11 +114,21 @@ impl super::Server {
         let Some(cluster) = &mut self.cluster else { return };
         let outgoing = std::mem::take(&mut self.router.outbox().to_store);
         let mut failed = Vec::new();
-        for message in outgoing {
-            let command = store_command(&message, cluster.node(), self.config.history_keep, false);
-            match cluster.command(&command, Tag::Store(Box::new(message)), self.now) {
+        let max_bytes = BATCH_MAX_BYTES.min(self.config.redis_max_buffer / 8);
+        for batch in batches(outgoing, BATCH_MAX_MESSAGES, max_bytes) {
+            let (command, tag) = match batch {
+                Batch::Dm(message) => {
+                    (store_command(&message, cluster.node(), self.config.history_keep, false), Tag::Store(message))
+                }
+                Batch::Room(messages) => {
+                    let command = store_batch_command(&messages, cluster.node(), self.config.history_keep, false);
+                    (command, Tag::StoreBatch(messages))
+                }
+            };
+            match cluster.command(&command, tag, self.now) {
                 Ok(()) => cluster.figures.sent += 1,
-                Err(Tag::Store(message)) => failed.push(message),
+                Err(Tag::Store(message)) => failed.push(*message),
+                Err(Tag::StoreBatch(messages)) => failed.extend(messages),
                 Err(_) => {}
             }
         }
@@ -126,7 +155,7 @@ impl super::Server {
     /// (one link, in order), so NOSCRIPT only follows a SCRIPT FLUSH.
     pub(super) fn load_scripts(&mut self) {
         let Some(cluster) = &mut self.cluster else { return };
-        for script in [STORE_SCRIPT, READ_SCRIPT] {
+        for script in [STORE_SCRIPT, STORE_BATCH_SCRIPT, READ_SCRIPT] {
             let _ = cluster.command(&["SCRIPT", "LOAD", script], Tag::Quiet("SCRIPT LOAD"), self.now);
         }
     }
@@ -139,19 +168,50 @@ impl super::Server {
             return self.store_again_with_eval(message);
         }
         let Some((id, heard)) = stored else {
-            let why = match (&reply, &error) {
-                (None, _) => {
-                    "Redis went away before confirming the message was stored (rejoin with since to see)".to_owned()
-                }
-                (Some(_), Some(e)) => format!("the store refused the message: {e}"),
-                (Some(_), None) => "the store answered something unexpected".to_owned(),
-            };
-            log::warn!("redis: a message from conn {} was not confirmed stored: {why}", message.conn);
-            if let Some(cluster) = &mut self.cluster {
-                cluster.figures.store_failed += 1;
-            }
-            return self.not_stored(&message, &why);
+            return self.not_confirmed(std::slice::from_ref(&*message), reply.is_some(), error.as_deref());
         };
+        self.stored_one(*message, id, heard);
+    }
+
+    /// The batch script answered (or failed): each message of the batch is settled as
+    /// one stored alone would be, with its own id, in order.
+    pub(super) fn on_stored_batch(&mut self, batch: Vec<Outgoing>, reply: Option<Reply>) {
+        let stored = reply.as_ref().and_then(|reply| stream::stored_batch(reply, batch.len()));
+        let error = reply.as_ref().and_then(error_text).map(str::to_owned);
+        if error.as_deref().is_some_and(|e| e.starts_with("NOSCRIPT")) {
+            return self.store_batch_again_with_eval(batch);
+        }
+        let Some((ids, heard)) = stored else {
+            return self.not_confirmed(&batch, reply.is_some(), error.as_deref());
+        };
+        for (message, id) in batch.into_iter().zip(ids) {
+            self.stored_one(message, id, heard);
+        }
+    }
+
+    /// Messages whose store was not confirmed (`replied`: Redis answered, with `error`
+    /// or something unexpected; else the reply was lost): each sender is told.
+    fn not_confirmed(&mut self, messages: &[Outgoing], replied: bool, error: Option<&str>) {
+        let why = match (replied, error) {
+            (false, _) => {
+                "Redis went away before confirming the message was stored (rejoin with since to see)".to_owned()
+            }
+            (true, Some(e)) => format!("the store refused the message: {e}"),
+            (true, None) => "the store answered something unexpected".to_owned(),
+        };
+        let conn = messages.first().map_or(0, |m| m.conn);
+        log::warn!("redis: {} message(s) (the first from conn {conn}) not confirmed stored: {why}", messages.len());
+        if let Some(cluster) = &mut self.cluster {
+            cluster.figures.store_failed += messages.len() as u64;
+        }
+        for message in messages {
+            self.not_stored(message, &why);
+        }
+    }
+
+    /// One message is stored with `id` (`heard`: how many nodes heard its publish): its
+    /// sender is answered, a JSON sender's ack kept until its own copy has come.
+    fn stored_one(&mut self, message: Outgoing, id: u64, heard: i64) {
         self.stats.stored += 1;
         if message.admin {
             let answer = match (&message.to, heard) {
@@ -161,7 +221,7 @@ impl super::Server {
             return self.answer_admin_later(message.conn, answer);
         }
         if let Some(to) = &message.to {
-            let Outgoing { conn, json, cid, from, body, ts, .. } = *message;
+            let Outgoing { conn, json, cid, from, body, ts, .. } = message;
             let text = String::from_utf8(body).unwrap_or_default();
             let dm = RemoteDm { conn, cid, json, id, from, to: to.clone(), text, ts };
             match heard > 0 {
@@ -202,6 +262,18 @@ impl super::Server {
         }
     }
 
+    /// After NOSCRIPT: the same batch with EVAL.
+    fn store_batch_again_with_eval(&mut self, batch: Vec<Outgoing>) {
+        let Some(cluster) = &mut self.cluster else { return };
+        log::warn!("redis: the batch store script was flushed from Redis; sending it again");
+        let command = store_batch_command(&batch, cluster.node(), self.config.history_keep, true);
+        if let Err(Tag::StoreBatch(batch)) = cluster.command(&command, Tag::StoreBatch(batch), self.now) {
+            for message in &batch {
+                self.not_stored(message, "the cluster is unreachable (Redis): the message was not stored");
+            }
+        }
+    }
+
     /// A read script answered: the page goes to its reader; a failure is logged and
     /// the reader told `unavailable`.
     pub(super) fn on_read(&mut self, read: Box<Read>, reply: Option<Reply>) {
@@ -232,9 +304,11 @@ impl super::Server {
         }
     }
 
-    /// A stored message the subscription brought (`ID|ENVELOPE`): rendered for this
-    /// node's members of its room, or (a DM) for this node's connections of its
-    /// recipient. Returns false when the payload was not a stored message.
+    /// A stored message the subscription brought (`ID|ENVELOPE`), or a stored batch
+    /// (`FIRST|BATCH`, split here: each message in order, with the ids from FIRST on):
+    /// rendered for this node's members of its room, or (a DM) for this node's
+    /// connections of its recipient. Returns false when the payload was not a stored
+    /// message.
     pub(super) fn on_stored_published(&mut self, channel: &str, payload: &[u8]) -> bool {
         let Some((id, envelope)) = stream::split_stored(payload) else { return false };
         let Some(cluster) = &mut self.cluster else { return true };
@@ -242,23 +316,17 @@ impl super::Server {
         match envelope::decode(envelope) {
             Ok(Envelope::Stored { node, conn, echo, binary, ts, from, body }) => {
                 let Some(room) = channel.strip_prefix("pollcast:room:") else { return true };
-                cluster.joins.first_live.entry(room.to_owned()).or_insert(id);
                 let own = node == cluster.node();
-                let sender = own.then_some(conn as usize);
-                let stored = Stored { id, sender, echo, room, from, binary, body, ts };
-                self.chat.render_stored(stored, self.router.outbox());
-                let (clients, chat, history, stats) =
-                    (&mut self.clients, &mut self.chat, &mut self.history, &mut self.stats);
-                self.router.route_local(clients, chat, history, stats, self.now); // every node renders it: no relay
-                let Some(cluster) = &mut self.cluster else { return true };
-                if own && echo {
-                    match cluster.acks.waiting.remove(&id) {
-                        Some(ack) => self.router.outbox().acks.push(ack), // after its copy, in the same route
-                        None => {
-                            cluster.acks.seen.insert(id);
-                        }
-                    }
+                self.render_stored(room, id, own, StoredMessage { conn, echo, binary, ts, from, body });
+                self.route_stored();
+            }
+            Ok(Envelope::StoredBatch { node, messages }) => {
+                let Some(room) = channel.strip_prefix("pollcast:room:") else { return true };
+                let own = node == cluster.node();
+                for (id, message) in (id..).zip(messages) {
+                    self.render_stored(room, id, own, message);
                 }
+                self.route_stored(); // once per batch: a room's frames for members elsewhere are one chunk
             }
             Ok(Envelope::Dm { from, to, text, ts, .. }) => {
                 self.chat.deliver_dm(id, ts, from, to, text, self.router.outbox());
@@ -267,6 +335,35 @@ impl super::Server {
             Err(why) => log::warn!("redis: dropped a published message: {why}"),
         }
         true
+    }
+
+    /// One stored room message (`own`: sent from this node), as it came live: rendered
+    /// for this node's members, and its sender's ack queued if it waited for this copy
+    /// (`route_stored` then delivers the copies first, the acks after them).
+    fn render_stored(&mut self, room: &str, id: u64, own: bool, message: StoredMessage) {
+        let Some(cluster) = &mut self.cluster else { return };
+        cluster.joins.first_live.entry(room.to_owned()).or_insert(id);
+        let StoredMessage { conn, echo, binary, ts, from, body } = message;
+        let sender = own.then_some(conn as usize);
+        let stored = Stored { id, sender, echo, room, from, binary, body, ts };
+        self.chat.render_stored(stored, self.router.outbox());
+        let Some(cluster) = &mut self.cluster else { return };
+        if own && echo {
+            match cluster.acks.waiting.remove(&id) {
+                Some(ack) => self.router.outbox().acks.push(ack), // after its copy, in the same route
+                None => {
+                    cluster.acks.seen.insert(id);
+                }
+            }
+        }
+    }
+
+    /// Routes what `render_stored` produced to this node's members, then the acks that
+    /// waited for those copies (a route answers its acks after its outputs). Every node
+    /// renders stored messages for itself: nothing is relayed.
+    fn route_stored(&mut self) {
+        let (clients, chat, history, stats) = (&mut self.clients, &mut self.chat, &mut self.history, &mut self.stats);
+        self.router.route_local(clients, chat, history, stats, self.now);
     }
 
     /// A link dropped: the order kept between acks and copies is over. Acks waiting for
@@ -278,6 +375,73 @@ impl super::Server {
         let waiting: Vec<Ack> = cluster.acks.waiting.drain().map(|(_, ack)| ack).collect();
         self.router.outbox().acks.extend(waiting);
     }
+}
+
+/// What one store script call carries: a direct message alone, or a room's batch.
+#[derive(Debug, PartialEq)]
+enum Batch {
+    Dm(Box<Outgoing>),
+    Room(Vec<Outgoing>),
+}
+
+/// A turn's messages to store, as script calls: one batch per room (a new one when
+/// `max_messages` or `max_bytes` (`size`) would be passed; a message larger than
+/// `max_bytes` alone), each in the order the chat produced its messages, batches in the
+/// order of their first message; each direct message alone, where it came.
+fn batches(outgoing: Vec<Outgoing>, max_messages: usize, max_bytes: usize) -> Vec<Batch> {
+    let mut batches: Vec<(Batch, usize)> = Vec::new(); // and the bytes of its bodies
+    let mut open: HashMap<String, usize> = HashMap::new(); // a room's batch still taking messages
+    for message in outgoing {
+        if message.to.is_some() {
+            batches.push((Batch::Dm(Box::new(message)), 0));
+            continue;
+        }
+        let fits = |(batch, bytes): &(Batch, usize)| match batch {
+            Batch::Room(messages) => messages.len() < max_messages && bytes + size(&message) <= max_bytes,
+            Batch::Dm(_) => false,
+        };
+        let index = match open.get(&message.room) {
+            Some(&index) if fits(&batches[index]) => index,
+            _ => {
+                open.insert(message.room.clone(), batches.len());
+                batches.push((Batch::Room(Vec::new()), 0));
+                batches.len() - 1
+            }
+        };
+        let (batch, bytes) = &mut batches[index];
+        *bytes += size(&message);
+        if let Batch::Room(messages) = batch {
+            messages.push(message);
+        }
+    }
+    batches.into_iter().map(|(batch, _)| batch).collect()
+}
+
+/// What a message counts for against a batch's bytes.
+fn size(message: &Outgoing) -> usize {
+    message.body.len() + message.from.len() + MESSAGE_OVERHEAD
+}
+
+/// The batch script command for one room's messages (at least one, all of one room).
+fn store_batch_command(batch: &[Outgoing], node: &str, keep: usize, eval: bool) -> Vec<Vec<u8>> {
+    let room = &batch[0].room;
+    let stored: Vec<StoredMessage> = batch
+        .iter()
+        .map(|m| StoredMessage {
+            conn: m.conn as u64,
+            echo: m.echo,
+            binary: m.binary,
+            ts: m.ts,
+            from: &m.from,
+            body: &m.body,
+        })
+        .collect();
+    let bytes: usize = batch.iter().map(|m| m.body.len() + m.from.len() + 24).sum();
+    let mut payload = Vec::with_capacity(bytes + 64);
+    envelope::stored_batch(&mut payload, node, &stored);
+    let messages: Vec<BatchMessage> =
+        batch.iter().map(|m| BatchMessage { from: &m.from, body: &m.body, binary: m.binary, ts: m.ts }).collect();
+    stream::store_batch_command(room, &room_channel(room), keep, &messages, &payload, eval)
 }
 
 /// The store command for one outgoing message: to its room's stream and channel, or
@@ -308,4 +472,60 @@ fn store_command(message: &Outgoing, node: &str, keep: usize, eval: bool) -> Vec
         keep,
     };
     stream::store_command(&to_store, eval)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(room: &str, to: Option<&str>, body: &str) -> Outgoing {
+        Outgoing {
+            conn: 1,
+            json: true,
+            cid: serde_json::Value::Null,
+            room: room.to_owned(),
+            to: to.map(str::to_owned),
+            from: "ann".to_owned(),
+            binary: false,
+            body: body.as_bytes().to_vec(),
+            ts: 5,
+            echo: true,
+            admin: false,
+        }
+    }
+
+    fn bodies(batch: &Batch) -> Vec<String> {
+        match batch {
+            Batch::Dm(m) => vec![format!("dm:{}", String::from_utf8_lossy(&m.body))],
+            Batch::Room(ms) => ms.iter().map(|m| format!("{}:{}", m.room, String::from_utf8_lossy(&m.body))).collect(),
+        }
+    }
+
+    #[test]
+    fn a_turn_makes_one_batch_per_room_in_order_and_dms_alone() {
+        let outgoing = vec![
+            message("tea", None, "1"),
+            message("cake", None, "2"),
+            message("@dm", Some("bob"), "3"),
+            message("tea", None, "4"),
+            message("cake", None, "5"),
+            message("tea", None, "6"),
+        ];
+        let got: Vec<Vec<String>> = batches(outgoing, 100, 10_000).iter().map(bodies).collect();
+        assert_eq!(got, [vec!["tea:1", "tea:4", "tea:6"], vec!["cake:2", "cake:5"], vec!["dm:3"]]);
+    }
+
+    #[test]
+    fn a_batch_is_capped_by_count_and_by_bytes() {
+        let outgoing = (0..5).map(|i| message("tea", None, &i.to_string())).collect();
+        let got: Vec<Vec<String>> = batches(outgoing, 2, 10_000).iter().map(bodies).collect();
+        assert_eq!(got, [vec!["tea:0", "tea:1"], vec!["tea:2", "tea:3"], vec!["tea:4"]]);
+        let outgoing = vec![message("tea", None, "aaaa"), message("tea", None, "bb"), message("tea", None, "cccccc")];
+        let cap = 5 + 3 + MESSAGE_OVERHEAD; // "ann" sends each
+        let got: Vec<Vec<String>> = batches(outgoing, 100, cap).iter().map(bodies).collect();
+        assert_eq!(got, [vec!["tea:aaaa"], vec!["tea:bb"], vec!["tea:cccccc"]], "one over the cap goes alone");
+        let outgoing = vec![message("tea", None, "bb"), message("tea", None, "bb"), message("tea", None, "bb")];
+        let got: Vec<Vec<String>> = batches(outgoing, 100, 2 * (2 + 3 + MESSAGE_OVERHEAD)).iter().map(bodies).collect();
+        assert_eq!(got, [vec!["tea:bb", "tea:bb"], vec!["tea:bb"]], "names and overhead count too");
+    }
 }

@@ -7,7 +7,9 @@
 //! published message means for the chat and the queues. Must not touch: the sockets,
 //! reconnects and RESP (`cluster.rs`, `redis::`), history in Redis (`cluster_history.rs`).
 
+use super::broadcast::Relayed;
 use super::cluster::{room_channel, user_channel, Tag};
+use super::cluster_history::BATCH_MAX_BYTES;
 use crate::chat::cluster::Ask;
 use crate::redis::envelope::{self, Envelope};
 use crate::redis::presence;
@@ -22,15 +24,28 @@ impl super::Server {
     pub(super) fn cluster_turn(&mut self) {
         let Some(cluster) = &mut self.cluster else { return };
         let now = self.now;
-        for relayed in self.router.take_relayed() {
-            let mut payload = Vec::with_capacity(relayed.raw.len() + relayed.json.len() + 64);
-            let messages = u32::try_from(relayed.messages).unwrap_or(u32::MAX);
-            envelope::room(&mut payload, cluster.node(), messages, &relayed.raw, &relayed.json);
-            let channel = room_channel(&relayed.room);
-            let tag = Tag::Relay { messages: relayed.messages };
+        let relayed = self.router.take_relayed();
+        let max_bytes = BATCH_MAX_BYTES.min(self.config.redis_max_buffer / 8);
+        for run in runs(&relayed, max_bytes) {
+            let run = &relayed[run];
+            let messages: u64 = run.iter().map(|r| r.messages).sum();
+            let joined: (Vec<u8>, Vec<u8>);
+            let (raw, json): (&[u8], &[u8]) = match run {
+                [one] => (&one.raw, &one.json),
+                _ => {
+                    let raw: Vec<&[u8]> = run.iter().map(|r| r.raw.as_slice()).collect();
+                    let json: Vec<&[u8]> = run.iter().map(|r| r.json.as_slice()).collect();
+                    joined = (raw.concat(), json.concat());
+                    (&joined.0, &joined.1)
+                }
+            };
+            let mut payload = Vec::with_capacity(raw.len() + json.len() + 64);
+            envelope::room(&mut payload, cluster.node(), u32::try_from(messages).unwrap_or(u32::MAX), raw, json);
+            let channel = room_channel(&run[0].room);
+            let tag = Tag::Relay { messages };
             match cluster.command(&[b"PUBLISH".as_slice(), channel.as_bytes(), &payload], tag, now) {
                 Ok(()) => cluster.figures.sent += 1,
-                Err(_) => cluster.count_unrelayed(relayed.messages),
+                Err(_) => cluster.count_unrelayed(messages),
             }
         }
         let dms = std::mem::take(&mut self.router.outbox().remote_dms);
@@ -124,6 +139,8 @@ impl super::Server {
                 }
                 Event::Reply(Tag::Store(message), reply) => self.on_stored(message, Some(reply)),
                 Event::Lost(Tag::Store(message)) => self.on_stored(message, None),
+                Event::Reply(Tag::StoreBatch(batch), reply) => self.on_stored_batch(batch, Some(reply)),
+                Event::Lost(Tag::StoreBatch(batch)) => self.on_stored_batch(batch, None),
                 Event::Reply(Tag::Read(read), reply) => self.on_read(read, Some(reply)),
                 Event::Lost(Tag::Read(read)) => self.on_read(read, None),
                 Event::Push(reply) => self.on_published(&reply),
@@ -175,7 +192,7 @@ impl super::Server {
         };
         let channel = String::from_utf8_lossy(channel);
         match envelope {
-            Envelope::Stored { .. } => {} // never without its id in front: handled above
+            Envelope::Stored { .. } | Envelope::StoredBatch { .. } => {} // never without an id in front: handled above
             Envelope::Room { node, .. } if node == cluster.node() => {}
             Envelope::Room { messages, raw, json, .. } => {
                 let Some(room) = channel.strip_prefix("pollcast:room:").and_then(|room| self.chat.local_room(room))
@@ -195,6 +212,26 @@ impl super::Server {
             }
         }
     }
+}
+
+/// The turn's room outputs to publish, as runs: consecutive outputs of one room go in
+/// one publish (their frames one after the other, so the other nodes push the same
+/// bytes in the same order), up to `max_bytes` of frames (an output larger than that
+/// alone). A JSON sender's burst is one output per message (its own copy comes between
+/// them), so this is what makes it one publish per turn, as a raw sender's already was.
+fn runs(relayed: &[Relayed], max_bytes: usize) -> Vec<std::ops::Range<usize>> {
+    let mut runs: Vec<(std::ops::Range<usize>, usize)> = Vec::new();
+    for (i, output) in relayed.iter().enumerate() {
+        let bytes = output.raw.len() + output.json.len();
+        match runs.last_mut() {
+            Some((run, total)) if relayed[run.start].room == output.room && *total + bytes <= max_bytes => {
+                run.end = i + 1;
+                *total += bytes;
+            }
+            _ => runs.push((i..i + 1, bytes)),
+        }
+    }
+    runs.into_iter().map(|(run, _)| run).collect()
 }
 
 /// `subscribe CHANNEL COUNT`: Redis confirms a subscription, from which on every
@@ -218,5 +255,25 @@ pub fn published(reply: &Reply) -> Option<(&[u8], &[u8])> {
             Some((channel, payload))
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::rc::Rc;
+
+    use super::*;
+
+    fn output(room: &str, bytes: usize) -> Relayed {
+        Relayed { room: room.to_owned(), messages: 1, raw: Rc::new(vec![0; bytes]), json: Rc::new(Vec::new()) }
+    }
+
+    #[test]
+    fn consecutive_outputs_of_a_room_are_one_publish_up_to_the_cap() {
+        let relayed = [output("tea", 2), output("tea", 2), output("cake", 2), output("tea", 2), output("tea", 2)];
+        assert_eq!(runs(&relayed, 100), [0..2, 2..3, 3..5], "order kept: only neighbours join");
+        assert_eq!(runs(&relayed, 4), [0..2, 2..3, 3..5]);
+        assert_eq!(runs(&relayed, 3), [0..1, 1..2, 2..3, 3..4, 4..5], "over the cap: alone");
+        assert!(runs(&[], 100).is_empty());
     }
 }
