@@ -17,7 +17,12 @@
 //! kind 2 (dm):          id:u64 | ts:u64 | from_len:u8 | from | to_len:u8 | to | text_len:u32 | text
 //! kind 3 (stored):      conn:u64 | echo:u8 | binary:u8 | ts:u64 | from_len:u8 | from | body_len:u32 | body
 //! kind 4 (stored batch): count:u32 | count × (the fields of kind 3 after the node)
+//! kind 5 (stored file): conn:u64 | ts:u64 | size:u64 | from_len:u8 | from | to_len:u8 | to | name_len:u8 | name | mime_len:u8 | mime
 //! ```
+//!
+//! A stored file's envelope is its notice only: the bytes stay in the stream (a
+//! `fetch` reads them), so every node's subscription carries a few hundred bytes per
+//! file, never the file. `to` is empty for a room's file.
 //!
 //! A stored batch is what the batch store script publishes: one loop turn's messages
 //! for one room, from one node, in order; their ids are consecutive from the one in
@@ -33,6 +38,7 @@ const ROOM_FRAMES: u8 = 1;
 const DIRECT: u8 = 2;
 const STORED: u8 = 3;
 const STORED_BATCH: u8 = 4;
+const STORED_FILE: u8 = 5;
 
 /// A decoded envelope, borrowing the payload.
 #[derive(Debug, PartialEq, Eq)]
@@ -47,6 +53,22 @@ pub enum Envelope<'a> {
     /// Room messages as the batch store script published them, in order (the first
     /// one's id is in front of the envelope; the others follow it one by one).
     StoredBatch { node: &'a str, messages: Vec<StoredMessage<'a>> },
+    /// A shared file's notice as the file store script published it (its id in front;
+    /// its bytes are in the stream only). `to`: a direct file's recipient.
+    File(StoredFile<'a>),
+}
+
+/// A stored file's notice: who shared what, where (`node`: where its sender is).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoredFile<'a> {
+    pub node: &'a str,       // the sender's node
+    pub conn: u64,           // the sender's connection there
+    pub ts: u64,             // ms since the epoch
+    pub size: u64,           // the file's bytes
+    pub from: &'a str,       // the sender's name
+    pub to: Option<&'a str>, // a direct file's recipient (None: the channel's room)
+    pub name: &'a str,       // the file's name (≤ 255 bytes: `chat::files::MAX_NAME`)
+    pub mime: &'a str,       // its type (≤ 255 bytes)
 }
 
 /// One message of a stored batch (the fields of `Envelope::Stored` but the node).
@@ -97,6 +119,18 @@ pub fn stored_batch(out: &mut Vec<u8>, node: &str, messages: &[StoredMessage]) {
     }
 }
 
+/// Appends a stored-file envelope to `out` (the file store script puts the id in front).
+pub fn file(out: &mut Vec<u8>, file: &StoredFile) {
+    head(out, STORED_FILE, file.node);
+    out.extend_from_slice(&file.conn.to_be_bytes());
+    out.extend_from_slice(&file.ts.to_be_bytes());
+    out.extend_from_slice(&file.size.to_be_bytes());
+    short(out, file.from.as_bytes());
+    short(out, file.to.unwrap_or("").as_bytes());
+    short(out, file.name.as_bytes());
+    short(out, file.mime.as_bytes());
+}
+
 fn stored_fields(out: &mut Vec<u8>, conn: u64, echo: bool, binary: bool, ts: u64, from: &str, body: &[u8]) {
     out.extend_from_slice(&conn.to_be_bytes());
     out.push(u8::from(echo));
@@ -144,6 +178,13 @@ pub fn decode(payload: &[u8]) -> Result<Envelope<'_>, &'static str> {
                 messages.push(input.stored()?);
             }
             Envelope::StoredBatch { node, messages }
+        }
+        STORED_FILE => {
+            let (conn, ts, size) = (input.u64()?, input.u64()?, input.u64()?);
+            let (from, to) = (input.str_short()?, input.str_short()?);
+            let (name, mime) = (input.str_short()?, input.str_short()?);
+            let to = (!to.is_empty()).then_some(to);
+            Envelope::File(StoredFile { node, conn, ts, size, from, to, name, mime })
         }
         _ => return Err("an envelope kind this node does not know"),
     };
@@ -243,6 +284,27 @@ mod tests {
             envelope,
             Envelope::Dm { node: "n2", id: 7, ts: 1_700_000_000_000, from: "ann", to: "bob", text: "hé" }
         );
+    }
+
+    #[test]
+    fn stored_files_round_trip_without_their_bytes() {
+        for to in [None, Some("bob")] {
+            let file = StoredFile {
+                node: "n3",
+                conn: 4,
+                ts: 9,
+                size: 1 << 20,
+                from: "ann",
+                to,
+                name: "cat pic.png",
+                mime: "image/png",
+            };
+            let mut out = Vec::new();
+            super::file(&mut out, &file);
+            assert!(out.len() < 64, "a notice, not the file");
+            assert_eq!(decode(&out), Ok(Envelope::File(file)));
+            assert_eq!(decode(&out[..out.len() - 1]), Err("a truncated envelope"));
+        }
     }
 
     #[test]

@@ -192,7 +192,7 @@ impl super::Server {
         };
         let channel = String::from_utf8_lossy(channel);
         match envelope {
-            Envelope::Stored { .. } | Envelope::StoredBatch { .. } => {} // never without an id in front: handled above
+            Envelope::Stored { .. } | Envelope::StoredBatch { .. } | Envelope::File(_) => {} // never without an id in front: handled above
             Envelope::Room { node, .. } if node == cluster.node() => {}
             Envelope::Room { messages, raw, json, .. } => {
                 let Some(room) = channel.strip_prefix("pollcast:room:").and_then(|room| self.chat.local_room(room))
