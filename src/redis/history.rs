@@ -23,11 +23,23 @@
 //! FIRST+1, ... in order. The same rule holds for each message of a batch: none is
 //! published before all of them are stored. Direct messages go one by one
 //! (`STORE_SCRIPT`: each has its own channel, the recipient's).
+//!
+//! Shared files go one by one too (`STORE_FILE_SCRIPT`): a record like any other in
+//! the room's (or `@dm`'s) stream, with the same id sequence and trimming, and three
+//! more fields: `n` name, `m` type, `s` size (`b` holds the bytes). The script
+//! publishes a notice only (`envelope::file`), never the bytes, and writes
+//! `pollcast:file:ID` → the file's room (`@dm` for a direct file), so a `fetch` finds
+//! the stream (`FETCH_SCRIPT`). That key's lifetime: a fetch checks that the stream
+//! still holds the entry (retention may have trimmed it) and deletes the key when it
+//! does not; and each file stored in a room deletes the keys of that room's files
+//! trimmed since (`pollcast:files:ROOM`, a sorted set of the room's file ids), so the
+//! keys never outnumber the files a room keeps plus those trimmed since its last file.
+//! Reads (`READ_SCRIPT`) leave a file's bytes out: a page lists files as notices.
 
 use sha1::{Digest, Sha1};
 
 use super::resp::{bytes, Reply};
-use crate::chat::record::{Page, Query, Record};
+use crate::chat::record::{FileMeta, Page, Query, Record};
 
 /// INCR the id, XADD to the stream (trimmed), PUBLISH `ID|envelope`; returns
 /// `{id, nodes that heard it}`. KEYS: id counter, stream. ARGV: keep, channel, from,
@@ -58,11 +70,58 @@ local heard = redis.call('PUBLISH', ARGV[2], string.format('%d', first) .. '|' .
 return {first, last, heard}
 "#;
 
+/// One shared file: INCR the id, XADD it (trimmed) with its name, type, size and bytes,
+/// map `pollcast:file:ID` to its room, forget the mappings of the room's files trimmed
+/// since (see the module's notes), PUBLISH `ID|notice` on the channel (and, a direct
+/// file some node heard, on its sender's channel too, when that is another); returns `{id, nodes that
+/// heard the first publish}`. KEYS: id counter, stream, the room's file set. ARGV: keep,
+/// channel, from, bytes, ts, to, notice, name, mime, size, room, second channel (or '').
+pub const STORE_FILE_SCRIPT: &str = r#"
+local id = redis.call('INCR', KEYS[1])
+local sid = string.format('%d', id)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '0-' .. sid,
+  'f', ARGV[3], 'b', ARGV[4], 'x', '1', 'ts', ARGV[5], 'to', ARGV[6], 'n', ARGV[8], 'm', ARGV[9], 's', ARGV[10])
+redis.call('SET', 'pollcast:file:' .. sid, ARGV[11])
+redis.call('ZADD', KEYS[3], id, sid)
+local oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+if #oldest > 0 then
+  local first = '(' .. string.sub(oldest[1][1], 3)
+  for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', first)) do
+    redis.call('DEL', 'pollcast:file:' .. gone)
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', first)
+end
+local heard = redis.call('PUBLISH', ARGV[2], sid .. '|' .. ARGV[7])
+if heard > 0 and ARGV[12] ~= '' then redis.call('PUBLISH', ARGV[12], sid .. '|' .. ARGV[7]) end
+return {id, heard}
+"#;
+
+/// One file with its bytes, for a `fetch`: `{room, entry}`, or nil when there is no
+/// such file or retention trimmed it (then its mapping goes too). KEYS: `pollcast:file:ID`.
+/// ARGV: `0-ID`.
+pub const FETCH_SCRIPT: &str = r#"
+local room = redis.call('GET', KEYS[1])
+if not room then return false end
+local entries = redis.call('XRANGE', 'pollcast:history:' .. room, ARGV[1], ARGV[1])
+if #entries == 0 then
+  redis.call('DEL', KEYS[1])
+  return false
+end
+return {room, entries[1]}
+"#;
+
 /// A range of one stream, and the highest id trimming ever deleted from it (so a
 /// `since` recovery can say whether anything after `since` was lost). KEYS: stream.
-/// ARGV: XRANGE or XREVRANGE, start, end, count.
+/// ARGV: XRANGE or XREVRANGE, start, end, count. A file's bytes are left out.
 pub const READ_SCRIPT: &str = r#"
 local entries = redis.call(ARGV[1], KEYS[1], ARGV[2], ARGV[3], 'COUNT', ARGV[4])
+for _, entry in ipairs(entries) do
+  local fields, file = entry[2], false
+  for i = 1, #fields, 2 do if fields[i] == 'n' then file = true end end
+  if file then
+    for i = 1, #fields, 2 do if fields[i] == 'b' then fields[i + 1] = '' end end
+  end
+end
 local deleted = '0-0'
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local info = redis.call('XINFO', 'STREAM', KEYS[1])
@@ -79,6 +138,16 @@ pub const ID_KEY: &str = "pollcast:id";
 /// A room's stream.
 pub fn stream_key(room: &str) -> String {
     format!("pollcast:history:{room}")
+}
+
+/// The key mapping a file's id to its room.
+pub fn file_key(id: u64) -> String {
+    format!("pollcast:file:{id}")
+}
+
+/// A room's set of file ids (to forget the mappings of trimmed ones).
+pub fn files_key(room: &str) -> String {
+    format!("pollcast:files:{room}")
 }
 
 /// A script's SHA1, in hex, as EVALSHA names it.
@@ -124,6 +193,77 @@ pub fn store_command(message: &ToStore, eval: bool) -> Vec<Vec<u8>> {
     .iter()
     .map(|arg| arg.to_vec())
     .collect()
+}
+
+/// One shared file to store, in the file script's terms.
+pub struct FileToStore<'a> {
+    pub room: &'a str,         // the stream's room (or `@dm`)
+    pub channel: &'a str,      // where to publish the notice
+    pub also: Option<&'a str>, // a second channel (a direct file's sender's)
+    pub from: &'a str,         // sender's name
+    pub to: Option<&'a str>,   // a direct file's recipient
+    pub meta: &'a FileMeta,    // name, type, size
+    pub bytes: &'a [u8],       // the file
+    pub ts: u64,               // ms since the epoch
+    pub notice: &'a [u8],      // what to publish after `ID|` (`envelope::file`)
+    pub keep: usize,           // --history-keep
+}
+
+/// The EVALSHA (or, with `eval`, EVAL) command storing one file.
+pub fn file_command(file: &FileToStore, eval: bool) -> Vec<Vec<u8>> {
+    let (verb, script) = match eval {
+        true => ("EVAL", STORE_FILE_SCRIPT.to_owned()),
+        false => ("EVALSHA", sha(STORE_FILE_SCRIPT)),
+    };
+    [
+        verb.as_bytes(),
+        script.as_bytes(),
+        b"3",
+        ID_KEY.as_bytes(),
+        stream_key(file.room).as_bytes(),
+        files_key(file.room).as_bytes(),
+        file.keep.to_string().as_bytes(),
+        file.channel.as_bytes(),
+        file.from.as_bytes(),
+        file.bytes,
+        file.ts.to_string().as_bytes(),
+        file.to.unwrap_or("").as_bytes(),
+        file.notice,
+        file.meta.name.as_bytes(),
+        file.meta.mime.as_bytes(),
+        file.meta.size.to_string().as_bytes(),
+        file.room.as_bytes(),
+        file.also.unwrap_or("").as_bytes(),
+    ]
+    .iter()
+    .map(|arg| arg.to_vec())
+    .collect()
+}
+
+/// The EVALSHA (or EVAL) command reading file `id` with its bytes.
+pub fn fetch_command(id: u64, eval: bool) -> Vec<Vec<u8>> {
+    let (verb, script) = match eval {
+        true => ("EVAL", FETCH_SCRIPT.to_owned()),
+        false => ("EVALSHA", sha(FETCH_SCRIPT)),
+    };
+    [verb, &script, "1", &file_key(id), &format!("0-{id}")].iter().map(|a| a.as_bytes().to_vec()).collect()
+}
+
+/// The fetch script's answer: the file (`None`: no such file, or trimmed); an error for
+/// anything else.
+pub fn fetched(reply: &Reply) -> Result<Option<Record>, String> {
+    match reply {
+        Reply::Null => Ok(None),
+        Reply::Array(parts) => match parts.as_slice() {
+            [room, entry] => {
+                let room = bytes(room).and_then(|r| std::str::from_utf8(r).ok()).ok_or("a file's room")?;
+                let record = record(room, entry)?;
+                Ok(record.file.is_some().then_some(record))
+            }
+            _ => Err("the fetch script's answer".into()),
+        },
+        _ => Err("the fetch script answered neither a file nor nil".into()),
+    }
 }
 
 /// One message of a batch, in the batch script's terms.
@@ -235,7 +375,7 @@ pub fn page(room: &str, query: Query, cap: usize, text_only: bool, reply: &Reply
         _ => None,
     };
     if text_only {
-        messages.retain(|m| !m.binary);
+        messages.retain(|m| !m.binary || m.file.is_some()); // files are listed as notices
     }
     Ok(Page { messages, more, recovered })
 }
@@ -260,6 +400,7 @@ fn record(room: &str, entry: &Reply) -> Result<Record, String> {
         ts: 0,
         file: None,
     };
+    let (mut file_name, mut mime, mut size) = (None, String::new(), 0);
     for pair in fields.chunks(2) {
         let [name, value] = pair else { continue };
         let (Some(name), Some(value)) = (bytes(name), bytes(value)) else { continue };
@@ -269,9 +410,13 @@ fn record(room: &str, entry: &Reply) -> Result<Record, String> {
             b"x" => record.binary = value == b"1",
             b"ts" => record.ts = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()).unwrap_or(0),
             b"to" if !value.is_empty() => record.to = Some(String::from_utf8_lossy(value).into_owned()),
+            b"n" => file_name = Some(String::from_utf8_lossy(value).into_owned()),
+            b"m" => mime = String::from_utf8_lossy(value).into_owned(),
+            b"s" => size = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()).unwrap_or(0),
             _ => {}
         }
     }
+    record.file = file_name.map(|name| FileMeta { name, mime, size });
     Ok(record)
 }
 
@@ -286,6 +431,65 @@ mod tests {
     fn entry(id: u64, from: &str, body: &str, binary: bool) -> Reply {
         let fields = ["f", from, "b", body, "x", if binary { "1" } else { "0" }, "ts", "5", "to", ""];
         Reply::Array(vec![bulk(&format!("0-{id}")), Reply::Array(fields.iter().map(|f| bulk(f)).collect())])
+    }
+
+    #[test]
+    fn a_file_is_read_back_with_its_name_type_and_size_and_listed_in_pages() {
+        let fields = ["f", "ann", "b", "", "x", "1", "ts", "5", "to", "", "n", "a b.png", "m", "image/png", "s", "300"];
+        let file = Reply::Array(vec![bulk("0-3"), Reply::Array(fields.iter().map(|f| bulk(f)).collect())]);
+        let reply = Reply::Array(vec![Reply::Array(vec![file.clone(), entry(2, "bob", "\x00", true)]), bulk("0-0")]);
+        let page = page("tea", Query::Last(5), 500, true, &reply).unwrap();
+        let meta = FileMeta { name: "a b.png".into(), mime: "image/png".into(), size: 300 };
+        assert_eq!(page.messages.len(), 1, "binary messages left out for JSON readers, files kept");
+        assert_eq!((page.messages[0].id, page.messages[0].file.as_ref()), (3, Some(&meta)));
+        let record = fetched(&Reply::Array(vec![bulk("tea"), file])).unwrap().unwrap();
+        assert_eq!((record.room.as_str(), record.file), ("tea", Some(meta)));
+        assert_eq!(fetched(&Reply::Null), Ok(None), "no such file, or trimmed");
+        let message = Reply::Array(vec![bulk("tea"), entry(4, "ann", "hi", false)]);
+        assert_eq!(fetched(&message), Ok(None), "a message is no file");
+        assert!(fetched(&Reply::Error("ERR".into())).is_err());
+    }
+
+    #[test]
+    fn a_file_is_stored_alone_with_its_mapping_keys() {
+        let meta = FileMeta { name: "n".into(), mime: "a/b".into(), size: 2 };
+        let file = FileToStore {
+            room: "@dm",
+            channel: "pollcast:user:bob",
+            also: Some("pollcast:user:ann"),
+            from: "ann",
+            to: Some("bob"),
+            meta: &meta,
+            bytes: b"hi",
+            ts: 5,
+            notice: b"N",
+            keep: 10,
+        };
+        let command = file_command(&file, false);
+        let args: Vec<&[u8]> = command.iter().map(Vec::as_slice).collect();
+        let rest: [&[u8]; 16] = [
+            b"3",
+            b"pollcast:id",
+            b"pollcast:history:@dm",
+            b"pollcast:files:@dm",
+            b"10",
+            b"pollcast:user:bob",
+            b"ann",
+            b"hi",
+            b"5",
+            b"bob",
+            b"N",
+            b"n",
+            b"a/b",
+            b"2",
+            b"@dm",
+            b"pollcast:user:ann",
+        ];
+        assert_eq!((args[0], args[1]), (b"EVALSHA".as_slice(), sha(STORE_FILE_SCRIPT).as_bytes()));
+        assert_eq!(args[2..], rest);
+        let fetch = fetch_command(7, false);
+        let fetch: Vec<&[u8]> = fetch.iter().map(Vec::as_slice).collect();
+        assert_eq!(fetch[2..], [b"1".as_slice(), b"pollcast:file:7", b"0-7"]);
     }
 
     #[test]
