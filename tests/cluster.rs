@@ -916,3 +916,175 @@ fn after_a_script_flush_a_batch_is_sent_again_with_eval() {
     let (ack, _) = ann.wait_for(|e| e["type"] == "ack" && e["cid"] == "dm");
     assert_eq!(ack["id"], dm["id"]);
 }
+
+// ----- shared files ---------------------------------------------------------------------
+
+/// A JSON client's next data frame: an envelope (`Ok`) or binary bytes (`Err`),
+/// `presence` skipped.
+fn next_frame(client: &mut JsonClient) -> Result<serde_json::Value, Vec<u8>> {
+    use tungstenite::Message;
+    loop {
+        match client.ws.read() {
+            Ok(Message::Text(text)) => {
+                let envelope: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+                if envelope["type"] != "presence" {
+                    return Ok(envelope);
+                }
+            }
+            Ok(Message::Binary(bytes)) => return Err(bytes),
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            other => panic!("{}: expected a data frame, got {other:?}", client.name),
+        }
+    }
+}
+
+/// Sends a `file` header to `place` and its bytes in frames of at most 60 KiB.
+fn upload(client: &mut JsonClient, place: (&str, &str), name: &str, bytes: &[u8], cid: &str) {
+    let size = bytes.len();
+    client.send(json!({"type": "file", place.0: place.1, "name": name, "mime": "image/png", "size": size, "cid": cid}));
+    for chunk in bytes.chunks(60 << 10) {
+        client.ws.write(tungstenite::Message::binary(chunk.to_vec())).expect("write");
+    }
+    client.ws.flush().expect("flush");
+}
+
+/// `fetch {id}`: the `file_data` envelope and the bytes, or the `error`'s code.
+fn fetch(client: &mut JsonClient, id: u64) -> Result<(serde_json::Value, Vec<u8>), String> {
+    client.send(json!({"type": "fetch", "id": id, "ref": "f"}));
+    let head = next_frame(client).expect("an envelope before any bytes");
+    if head["type"] == "error" {
+        assert_eq!(head["ref"], "f", "{head}");
+        return Err(head["code"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(head["type"], "file_data", "{head}");
+    Ok((head, next_frame(client).expect_err("the bytes")))
+}
+
+#[test]
+fn a_room_file_from_one_node_reaches_every_member_once_and_is_fetched_and_paged_from_another() {
+    let _dog = watchdog(TEST_LIMIT);
+    let redis = Redis::start();
+    let (a, b) = (history_node(&redis, &[]), history_node(&redis, &[]));
+    let mut ann = JsonClient::join(&a, "lobby", "ann");
+    ann.expect("history");
+    let mut kim = JsonClient::join(&a, "lobby", "kim");
+    kim.expect("history");
+    let mut bob = JsonClient::join(&b, "lobby", "bob");
+    bob.expect("history");
+    let mut bo = TextClient::open(&b, "/lobby?name=bo");
+    assert!(bo.sync().is_empty());
+    subscribers(&redis, "pollcast:room:lobby", 2);
+
+    let said = say_acked(&mut ann, "lobby", "look");
+    let body: Vec<u8> = (0..300_000).map(|i: usize| (i * 7 + i / 251) as u8).collect();
+    upload(&mut ann, ("room", "lobby"), "cat pic.png", &body, "c1");
+    let (ack, seen) = ann.wait_for(|e| e["type"] == "ack" && e["cid"] == "c1");
+    let own: Vec<_> = seen.iter().filter(|e| e["type"] != "presence").collect();
+    assert_eq!(own.len(), 1, "its own copy, then the ack: {seen:?}");
+    let own = own[0].clone();
+    let id = ack["id"].as_u64().unwrap();
+    assert_eq!(
+        own,
+        json!({"type": "file", "id": id, "room": "lobby", "from": "ann", "name": "cat pic.png",
+               "mime": "image/png", "size": 300_000, "ts": own["ts"]})
+    );
+    assert!(id > said);
+    for client in [&mut kim, &mut bob] {
+        let (file, skipped) = client.wait_for(|e| e["type"] == "file");
+        assert_eq!(file, own, "the same notice on both nodes, no bytes");
+        let texts: Vec<&serde_json::Value> = skipped.iter().filter(|e| e["type"] == "message").collect();
+        assert_eq!(texts.len(), 1, "the message first, in order: {skipped:?}");
+        assert!(client.sync().iter().all(|e| e["type"] != "file"), "once");
+    }
+    assert_eq!(bo.recv(), "look");
+    assert_eq!(bo.recv(), format!("file ann cat pic.png 300000 id={id}"), "raw: the notice line");
+    assert!(bo.sync().is_empty());
+    assert!(redis.raw("XLEN pollcast:history:lobby").starts_with(":2"), "a record in the room's stream");
+
+    // Fetched on B, by a member and by anyone else (no tokens: room files are public).
+    let (head, bytes) = fetch(&mut bob, id).expect("bob fetches on B");
+    assert_eq!(
+        head,
+        json!({"type": "file_data", "id": id, "name": "cat pic.png", "mime": "image/png", "size": 300_000})
+    );
+    assert!(bytes == body, "the bytes come back unchanged");
+    let mut out = JsonClient::join(&b, "elsewhere", "out");
+    out.expect("history");
+    assert!(fetch(&mut out, id).expect("a non-member fetches").1 == body);
+    assert_eq!(fetch(&mut out, said), Err("not_found".into()), "a message is no file");
+
+    // A page on B lists it as a notice, in order with the message.
+    let mut lu = JsonClient::open(&b, "/lobby?name=lu&history=5");
+    lu.expect_welcome("lobby");
+    let (history, _) = lu.wait_for(|e| e["type"] == "history");
+    let kinds: Vec<&str> =
+        history["messages"].as_array().unwrap().iter().map(|m| m["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["message", "file"], "{history}");
+    assert_eq!(history["messages"][1], own);
+    let mut late = TextClient::open(&b, "/lobby?history=2");
+    assert_eq!(late.recv(), "look");
+    assert_eq!(late.recv(), format!("file ann cat pic.png 300000 id={id}"));
+
+    // Retention took it (here by hand): not found, and its mapping goes with it.
+    assert!(redis.raw(&format!("EXISTS pollcast:file:{id}")).starts_with(":1"));
+    assert!(redis.raw(&format!("XDEL pollcast:history:lobby 0-{id}")).starts_with(":1"));
+    assert_eq!(fetch(&mut bob, id), Err("not_found".into()));
+    assert!(redis.raw(&format!("EXISTS pollcast:file:{id}")).starts_with(":0"), "the mapping is gone");
+}
+
+#[test]
+fn a_direct_file_crosses_nodes_to_its_two_users_only() {
+    let _dog = watchdog(TEST_LIMIT);
+    let redis = Redis::start();
+    let (a, b) = (history_node(&redis, &[]), history_node(&redis, &[]));
+    let mut ann = JsonClient::join(&a, "lobby", "ann");
+    ann.expect("history");
+    let mut bob = JsonClient::join(&b, "lobby", "bob");
+    bob.expect("history");
+    let mut cy = JsonClient::join(&b, "lobby", "cy");
+    cy.expect("history");
+    subscribers(&redis, "pollcast:user:bob", 1);
+    subscribers(&redis, "pollcast:user:ann", 1);
+
+    upload(&mut ann, ("to", "bob"), "note.txt", b"for bob only", "d1");
+    let (ack, seen) = ann.wait_for(|e| e["type"] == "ack" && e["cid"] == "d1");
+    let own: Vec<_> = seen.iter().filter(|e| e["type"] == "file").collect();
+    assert_eq!(own.len(), 1, "the sender's own copy, then the ack: {seen:?}");
+    let own = own[0].clone();
+    let id = ack["id"].as_u64().unwrap();
+    assert_eq!((own["id"].as_u64(), own["to"].as_str(), own["from"].as_str()), (Some(id), Some("bob"), Some("ann")));
+    assert!(own.get("room").is_none(), "{own}");
+    let (file, _) = bob.wait_for(|e| e["type"] == "file");
+    assert_eq!(file, own);
+    assert!(bob.sync().iter().all(|e| e["type"] != "file"), "once");
+    cy.expect_quiet();
+    assert!(redis.raw("XLEN pollcast:history:@dm").starts_with(":1"));
+
+    assert_eq!(fetch(&mut bob, id).expect("bob fetches on B").1, b"for bob only");
+    assert_eq!(fetch(&mut ann, id).expect("ann fetches on A").1, b"for bob only");
+    assert_eq!(fetch(&mut cy, id), Err("not_found".into()), "to anyone else a direct file does not exist");
+
+    // Nobody anywhere holds the name: the sender is told, and sees no copy.
+    upload(&mut ann, ("to", "nobody"), "n.txt", b"x", "d2");
+    let (error, seen) = ann.wait_for(|e| e["type"] == "error");
+    assert_eq!((error["code"].as_str(), error["ref"].as_str()), (Some("no_such_user"), Some("d2")), "{error}");
+    assert!(seen.iter().all(|e| e["type"] != "file"), "{seen:?}");
+}
+
+#[test]
+fn a_fetch_of_an_unknown_file_is_not_found_and_uploads_wait_for_redis() {
+    let _dog = watchdog(TEST_LIMIT);
+    let mut redis = Redis::start();
+    let a = history_node(&redis, &[]);
+    let mut ann = JsonClient::join(&a, "lobby", "ann");
+    ann.expect("history");
+    assert_eq!(fetch(&mut ann, 999_999), Err("not_found".into()));
+    assert_eq!(fetch(&mut ann, 0), Err("not_found".into()));
+
+    redis.kill();
+    assert!(common::wait_until(NOTICE, || health(&a).0 == 503));
+    upload(&mut ann, ("room", "lobby"), "a.png", b"abc", "z");
+    let (error, _) = ann.wait_for(|e| e["type"] == "error");
+    assert_eq!((error["code"].as_str(), error["ref"].as_str()), (Some("unavailable"), Some("z")), "{error}");
+    ann.expect_quiet(); // its bytes were skipped, not answered one by one
+}

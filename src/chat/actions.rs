@@ -300,7 +300,20 @@ impl Chat {
         let (json, from, echo) = (user.json, user.name.clone(), cid.is_some() && to.is_none());
         let cid = cid.unwrap_or(Value::Null);
         let body = body.to_vec();
-        out.to_store.push(Outgoing { conn, json, cid, room, to, from, binary, body, ts, echo, admin: false });
+        out.to_store.push(Outgoing {
+            conn,
+            json,
+            cid,
+            room,
+            to,
+            from,
+            binary,
+            body,
+            ts,
+            echo,
+            admin: false,
+            file: None,
+        });
         Ok(())
     }
 

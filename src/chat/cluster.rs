@@ -6,7 +6,9 @@
 //! loses its last; a name gets its first local connection or loses its last), which the
 //! shell turns into SUBSCRIBE/UNSUBSCRIBE; direct messages to users on other nodes
 //! (`RemoteDm`), and their outcome; a direct message from another node, spelled for each
-//! local connection of its recipient. Must not touch: sockets, Redis, the clock.
+//! local connection of its recipient; a stored file's notice, rendered for local members
+//! (or, a direct file, for the local connections of its two users). Must not touch:
+//! sockets, Redis, the clock.
 //!
 //! Off (the single-node default) it costs one `false` check where rooms and names change.
 
@@ -14,9 +16,10 @@ use serde_json::Value;
 
 use super::json::Envelope;
 use super::outbox::Outbox;
-use super::reply::{DmView, Failure, Reply};
+use super::record::FileMeta;
+use super::reply::{DmView, Failure, FileView, Reply};
 use super::rooms::RoomId;
-use super::text::line_text;
+use super::text::{file_line, line_text};
 use super::{Ack, Chat};
 use crate::proto::frame::OpCode;
 
@@ -60,17 +63,18 @@ pub struct RemoteDm {
 /// (`render_stored`), with the id the store gave it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Outgoing {
-    pub conn: usize,        // the sender's connection
-    pub json: bool,         // the sender speaks pollcast.v1: it is owed an ack
-    pub cid: Value,         // the sender's id for the request (null if none)
-    pub room: String,       // the room (or `record::DM_ROOM` for a direct message)
-    pub to: Option<String>, // a direct message's recipient
-    pub from: String,       // the sender's name
-    pub binary: bool,       // a binary message (raw clients only)
-    pub body: Vec<u8>,      // the message as relayed
-    pub ts: u64,            // ms since the epoch
-    pub echo: bool,         // a JSON `send`: the sender gets its own copy (a raw line: never)
-    pub admin: bool,        // the admin API asked (`conn` is its HTTP connection): answered with the id
+    pub conn: usize,            // the sender's connection
+    pub json: bool,             // the sender speaks pollcast.v1: it is owed an ack
+    pub cid: Value,             // the sender's id for the request (null if none)
+    pub room: String,           // the room (or `record::DM_ROOM` for a direct message)
+    pub to: Option<String>,     // a direct message's recipient
+    pub from: String,           // the sender's name
+    pub binary: bool,           // a binary message (raw clients only)
+    pub body: Vec<u8>,          // the message as relayed
+    pub ts: u64,                // ms since the epoch
+    pub echo: bool,             // a JSON `send`: the sender gets its own copy (a raw line: never)
+    pub admin: bool,            // the admin API asked (`conn` is its HTTP connection): answered with the id
+    pub file: Option<FileMeta>, // a shared file (`body` its bytes): stored alone, published as a notice
 }
 
 /// A stored message as the subscription brings it back to a node.
@@ -83,6 +87,17 @@ pub struct Stored<'a> {
     pub from: &'a str,         // the sender's name
     pub binary: bool,          // a binary message
     pub body: &'a [u8],        // the message as relayed
+    pub ts: u64,               // ms since the epoch
+}
+
+/// A stored file's notice as the subscription brings it back to a node.
+#[derive(Clone, Copy, Debug)]
+pub struct StoredFileView<'a> {
+    pub id: u64,               // the id the store gave it
+    pub sender: Option<usize>, // the uploader's connection when it is on this node
+    pub room: &'a str,         // the room (a direct file: `record::DM_ROOM`)
+    pub from: &'a str,         // the uploader's name
+    pub meta: &'a FileMeta,    // name, type, size
     pub ts: u64,               // ms since the epoch
 }
 
@@ -143,6 +158,7 @@ impl Chat {
             ts,
             echo: false,
             admin: true,
+            file: None,
         });
         Ok(())
     }
@@ -173,6 +189,7 @@ impl Chat {
             ts,
             echo: false,
             admin: true,
+            file: None,
         });
         Ok(())
     }
@@ -193,6 +210,51 @@ impl Chat {
         if let (Some(conn), true, Some(envelope)) = (sender, stored.echo, &envelope) {
             out.send(conn, envelope);
         }
+    }
+
+    /// A stored file for a room with members here (`sender`: its uploader's connection,
+    /// when on this node): every member gets the `file` notice (raw members the `file`
+    /// line), the uploader its own copy, as on one node.
+    pub fn render_stored_file(&mut self, file: StoredFileView, out: &mut Outbox) {
+        let StoredFileView { id, sender, room, from, meta, ts } = file;
+        let Some(room_id) = self.rooms.find(room) else { return };
+        let sender = sender.filter(|&conn| self.is_sender(conn, from));
+        let view =
+            FileView { id, room: Some(room), to: None, from, name: &meta.name, mime: &meta.mime, size: meta.size, ts };
+        let envelope = Envelope::file(&view).to_json();
+        let deflate = self.deflate_for(room_id, sender);
+        out.to_room(room_id, sender, Some((OpCode::Text, file_line(&view).as_bytes())), Some(&envelope), deflate);
+        if let Some(conn) = sender {
+            out.send(conn, &envelope);
+        }
+    }
+
+    /// A stored direct file, for every local connection of `user` (its recipient or its
+    /// sender: the store publishes it to both).
+    pub fn deliver_stored_file(&mut self, file: StoredFileView, to: &str, user: &str, out: &mut Outbox) {
+        let Some(targets) = self.names.get(user).cloned() else { return };
+        let StoredFileView { id, from, meta, ts, .. } = file;
+        let view =
+            FileView { id, room: None, to: Some(to), from, name: &meta.name, mime: &meta.mime, size: meta.size, ts };
+        for target in targets {
+            self.tell(target, Reply::File(view), out);
+        }
+    }
+
+    /// A fetch could not be answered (Redis is away or failed it): the reader is told.
+    pub fn fetch_unavailable(&self, conn: usize, reference: &Value, out: &mut Outbox) {
+        let message = "the file store is unreachable (Redis): try again when the server is healthy";
+        let reference = (!reference.is_null()).then_some(reference);
+        self.fail(conn, Failure::new("unavailable", message), reference, out);
+    }
+
+    /// A direct file was stored but no node holds its recipient: the sender is told.
+    pub fn stored_file_unheard(&self, outgoing: &Outgoing, out: &mut Outbox) {
+        let Some(to) = outgoing.to.as_deref().filter(|_| self.is_sender(outgoing.conn, &outgoing.from)) else {
+            return;
+        };
+        let reference = (!outgoing.cid.is_null()).then_some(&outgoing.cid);
+        self.fail(outgoing.conn, Failure::new("no_such_user", format!("{to} is not connected")), reference, out);
     }
 
     /// A message is stored: its sender's ack (the shell sends it after the sender's own

@@ -26,7 +26,8 @@
 //!
 //! Names and types are data. Nothing in pollcast writes a client's file to a file
 //! system: the bytes live in memory while they arrive (at most `--max-file` per upload,
-//! `--max-uploads` uploads at once) and then only inside a SQLite blob. The name is
+//! `--max-uploads` uploads at once) and then only inside a SQLite blob (in a cluster with
+//! history, a Redis stream entry: the file becomes an `Outgoing`, stored first). The name is
 //! shown, never used as a path; the type is passed along, never acted on (the page
 //! decides what it will draw itself). The rules below are belt and braces for the
 //! programs that receive them: no control characters (no line breaks into a raw
@@ -110,11 +111,9 @@ impl Chat {
         if matches!(self.users[&conn].upload, Some(Upload::Receiving(_))) {
             return Err(Failure::new("busy", "one upload at a time per connection: its bytes are still arriving"));
         }
-        self.deliverable()?;
-        if self.store_first {
-            return Err(Failure::new("unsupported", "files are not shared across a cluster yet"));
-        }
-        let target = match self.check_upload(conn, &header) {
+        // Any refusal (Redis away too) skips the header's bytes: one error, not one per frame.
+        let checked = self.deliverable().and_then(|()| self.check_upload(conn, &header));
+        let target = match checked {
             Ok(target) => target,
             Err(failure) => {
                 let skip = (header.size > 0).then_some(Upload::Discarding { left: header.size });
@@ -250,6 +249,8 @@ impl Chat {
                 Target::Room(room.clone())
             }
             (None, Some(to)) if self.names.contains_key(to) => Target::To(to.clone()),
+            // Cluster history: the recipient may be on any node; the store's publish says.
+            (None, Some(to)) if self.store_first && super::names::validate(to).is_ok() => Target::To(to.clone()),
             (None, Some(to)) => return Err(Failure::new("no_such_user", format!("{to} is not connected"))),
             _ => return Err(Failure::new("bad_field", "a file goes to a room or to a user: give room or to")),
         };
@@ -267,6 +268,9 @@ impl Chat {
     /// bytes took a while, and the sender may have left or the recipient gone.
     fn share(&mut self, conn: usize, incoming: Incoming, now_ms: u64, out: &mut Outbox) -> Result<(), Failure> {
         let Incoming { target, meta, cid, data } = incoming;
+        if self.store_first {
+            return self.keep_file_first(conn, target, meta, cid, data, now_ms, out);
+        }
         let id = match target {
             Target::Room(room) => {
                 let room_id = self.membership(conn, &room)?;
@@ -303,6 +307,51 @@ impl Chat {
             }
         };
         out.acks.push(Ack { conn, cid, id });
+        Ok(())
+    }
+
+    /// Cluster history: the file goes to the store first (`Outgoing`, alone in its
+    /// script call), and every node renders its notice once the subscription brings it
+    /// back with its id; the uploader's `ack` follows the store's reply and its own copy.
+    #[allow(clippy::too_many_arguments)] // the parts of one upload
+    fn keep_file_first(
+        &mut self,
+        conn: usize,
+        target: Target,
+        meta: FileMeta,
+        cid: Value,
+        data: Vec<u8>,
+        now_ms: u64,
+        out: &mut Outbox,
+    ) -> Result<(), Failure> {
+        self.deliverable()?;
+        let (room, to) = match target {
+            Target::Room(room) => {
+                self.membership(conn, &room)?;
+                self.may_publish(conn, &room)?;
+                (room, None)
+            }
+            Target::To(to) => (DM_ROOM.to_owned(), Some(to)),
+        };
+        self.messages += 1;
+        let user = &self.users[&conn];
+        let (json, from) = (user.json, user.name.clone());
+        let file = Some(meta);
+        let (binary, echo, admin, ts, body) = (true, true, false, now_ms, data);
+        out.to_store.push(super::cluster::Outgoing {
+            conn,
+            json,
+            cid,
+            room,
+            to,
+            from,
+            binary,
+            body,
+            ts,
+            echo,
+            admin,
+            file,
+        });
         Ok(())
     }
 

@@ -74,6 +74,9 @@ pub enum Output {
     /// the store here, in order, and sends `Chat::fetch_answer()` of it (`reference`: the
     /// request's `ref`, for an `error`).
     Fetch { conn: usize, id: u64, reference: serde_json::Value },
+    /// A fetch answered elsewhere (cluster history: read from Redis), for one connection:
+    /// queued as any data is, under `--max-queue` (a reader that is behind is dropped).
+    Fetched { conn: usize, frames: Vec<u8> },
 }
 
 /// Which codecs of a room output have recipients that take compressed frames.
@@ -264,6 +267,11 @@ impl Outbox {
     /// Asks for part of a room's history to be sent to `conn` at this point.
     pub fn history(&mut self, conn: usize, room: &str, query: Query, json: bool) {
         self.outputs.push(Output::History { conn, room: room.to_owned(), query, json });
+    }
+
+    /// A fetch's answer, read elsewhere (`Output::Fetched`).
+    pub fn fetched(&mut self, conn: usize, frames: Vec<u8>) {
+        self.outputs.push(Output::Fetched { conn, frames });
     }
 
     /// Asks for shared file `id` to be sent to `conn` at this point.

@@ -51,6 +51,7 @@ pub(super) fn expand(chat: &Chat, out: &mut Outbox, outputs: Vec<Output>) -> Vec
             Output::History { conn, room, query, .. } => list.push((conn, format!("history {room} {query:?}"))),
             Output::Own { .. } => unreachable!("only the shell adds session bytes"),
             Output::Fetch { conn, id, .. } => list.push((conn, format!("fetch {id}"))),
+            Output::Fetched { conn, frames } => list.push((conn, format!("fetched {} bytes", frames.len()))),
         }
     }
     for ack in std::mem::take(&mut out.acks) {

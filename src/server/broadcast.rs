@@ -67,6 +67,16 @@ pub struct Router {
     queue_limit: usize,          // the effective --max-queue
     relay: Option<Vec<Relayed>>, // with --redis: room outputs to publish this turn
     reads: Option<Vec<Read>>,    // with cluster history: history reads for the Redis phase
+    fetches: Vec<Fetch>,         // with cluster history: file fetches for the Redis phase
+}
+
+/// A file fetch the Redis phase answers (cluster history): the file goes to `conn`
+/// when Redis replies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fetch {
+    pub conn: usize,                  // who asked
+    pub id: u64,                      // which file
+    pub reference: serde_json::Value, // the request's ref (null if none)
 }
 
 /// A history read the Redis phase answers (cluster history): the page goes to `conn`
@@ -85,7 +95,7 @@ impl Router {
     pub fn new(queue_limit: usize, deflate_threshold: usize) -> Router {
         let mut outbox = Outbox::default();
         outbox.set_deflate_threshold(deflate_threshold);
-        Router { outbox, dirty: Vec::new(), queue_limit, relay: None, reads: None }
+        Router { outbox, dirty: Vec::new(), queue_limit, relay: None, reads: None, fetches: Vec::new() }
     }
 
     /// In a cluster: every room output is also kept for the Redis phase to publish.
@@ -101,6 +111,11 @@ impl Router {
     /// The history reads of this turn (cluster history).
     pub fn take_reads(&mut self) -> Vec<Read> {
         self.reads.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// The file fetches of this turn (cluster history).
+    pub fn take_fetches(&mut self) -> Vec<Fetch> {
+        std::mem::take(&mut self.fetches)
     }
 
     /// A history page read from Redis, for `conn`.
@@ -297,6 +312,15 @@ impl Router {
             Output::History { conn, room, query, json } => {
                 let page = history.read(&room, query, json, stats);
                 let chunk = Rc::new(page.map_or_else(Vec::new, |page| history_frames(&room, &page, json)));
+                if self.push(clients, history, stats, conn, &chunk, 0) == Pushed::Slow {
+                    slow.push((conn, chunk.len()));
+                }
+            }
+            Output::Fetch { conn, id, reference } if self.reads.is_some() => {
+                self.fetches.push(Fetch { conn, id, reference });
+            }
+            Output::Fetched { conn, frames } => {
+                let chunk = Rc::new(frames);
                 if self.push(clients, history, stats, conn, &chunk, 0) == Pushed::Slow {
                     slow.push((conn, chunk.len()));
                 }

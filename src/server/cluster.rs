@@ -54,7 +54,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use rustls::ClientConfig;
 
-use super::broadcast::Read as HistoryRead;
+use super::broadcast::{Fetch, Read as HistoryRead};
 use super::cluster_history::{AckOrder, JoinOrder};
 use super::cluster_tls::{self, LinkTls};
 use super::metrics::ClusterFigures;
@@ -92,6 +92,8 @@ pub enum Tag {
     StoreBatch(Vec<Outgoing>),
     /// A history read (cluster history): its reader waits for the page.
     Read(Box<HistoryRead>),
+    /// A file fetch (cluster history): its reader waits for the bytes.
+    Fetch(Box<Fetch>),
 }
 
 /// The channel of a room: every node with members in it subscribes.

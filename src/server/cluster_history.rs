@@ -27,14 +27,18 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::json;
 
-use super::broadcast::Read;
+use super::broadcast::{Fetch, Read};
 use super::cluster::{room_channel, user_channel, Tag};
-use crate::chat::cluster::{Outgoing, RemoteDm, Stored};
+use crate::chat::cluster::{Outgoing, RemoteDm, Stored, StoredFileView};
 use crate::chat::history_frames;
+use crate::chat::record::FileMeta;
 use crate::chat::Ack;
 use crate::proto::handshake::Status;
-use crate::redis::envelope::{self, Envelope, StoredMessage};
-use crate::redis::history::{self as stream, BatchMessage, ToStore, READ_SCRIPT, STORE_BATCH_SCRIPT, STORE_SCRIPT};
+use crate::redis::envelope::{self, Envelope, StoredFile, StoredMessage};
+use crate::redis::history::{
+    self as stream, BatchMessage, FileToStore, ToStore, FETCH_SCRIPT, READ_SCRIPT, STORE_BATCH_SCRIPT,
+    STORE_FILE_SCRIPT, STORE_SCRIPT,
+};
 use crate::redis::resp::error_text;
 use crate::redis::Reply;
 
@@ -146,6 +150,16 @@ impl super::Server {
         for read in unread {
             self.chat.history_unavailable(read.conn, &read.room, self.router.outbox());
         }
+        let mut unfetched = Vec::new();
+        for fetch in self.router.take_fetches() {
+            let command = stream::fetch_command(fetch.id, false);
+            if let Err(Tag::Fetch(fetch)) = cluster.command(&command, Tag::Fetch(Box::new(fetch)), self.now) {
+                unfetched.push(fetch);
+            }
+        }
+        for fetch in unfetched {
+            self.chat.fetch_unavailable(fetch.conn, &fetch.reference, self.router.outbox());
+        }
         for message in failed {
             self.not_stored(&message, "the cluster is unreachable (Redis): the message was not stored");
         }
@@ -155,7 +169,7 @@ impl super::Server {
     /// (one link, in order), so NOSCRIPT only follows a SCRIPT FLUSH.
     pub(super) fn load_scripts(&mut self) {
         let Some(cluster) = &mut self.cluster else { return };
-        for script in [STORE_SCRIPT, STORE_BATCH_SCRIPT, READ_SCRIPT] {
+        for script in [STORE_SCRIPT, STORE_BATCH_SCRIPT, READ_SCRIPT, STORE_FILE_SCRIPT, FETCH_SCRIPT] {
             let _ = cluster.command(&["SCRIPT", "LOAD", script], Tag::Quiet("SCRIPT LOAD"), self.now);
         }
     }
@@ -220,7 +234,11 @@ impl super::Server {
             };
             return self.answer_admin_later(message.conn, answer);
         }
-        if let Some(to) = &message.to {
+        if message.file.is_some() && message.to.is_some() && heard == 0 {
+            return self.chat.stored_file_unheard(&message, self.router.outbox());
+            // stored, but nobody holds the name
+        }
+        if let (Some(to), None) = (&message.to, &message.file) {
             let Outgoing { conn, json, cid, from, body, ts, .. } = message;
             let text = String::from_utf8(body).unwrap_or_default();
             let dm = RemoteDm { conn, cid, json, id, from, to: to.clone(), text, ts };
@@ -270,6 +288,34 @@ impl super::Server {
         if let Err(Tag::StoreBatch(batch)) = cluster.command(&command, Tag::StoreBatch(batch), self.now) {
             for message in &batch {
                 self.not_stored(message, "the cluster is unreachable (Redis): the message was not stored");
+            }
+        }
+    }
+
+    /// A fetch script answered: the file (or `not_found`) goes to its reader, under the
+    /// chat's permission rules; a failure is logged and the reader told `unavailable`.
+    pub(super) fn on_fetched(&mut self, fetch: Box<Fetch>, reply: Option<Reply>) {
+        let Some(reply) = reply else {
+            return self.chat.fetch_unavailable(fetch.conn, &fetch.reference, self.router.outbox());
+        };
+        if error_text(&reply).is_some_and(|e| e.starts_with("NOSCRIPT")) {
+            let command = stream::fetch_command(fetch.id, true);
+            if let Some(cluster) = &mut self.cluster {
+                if let Err(Tag::Fetch(fetch)) = cluster.command(&command, Tag::Fetch(fetch), self.now) {
+                    self.chat.fetch_unavailable(fetch.conn, &fetch.reference, self.router.outbox());
+                }
+            }
+            return;
+        }
+        match stream::fetched(&reply) {
+            Ok(file) => {
+                let frames = self.chat.fetch_answer(fetch.conn, fetch.id, &fetch.reference, file.as_ref());
+                self.router.outbox().fetched(fetch.conn, frames); // under --max-queue, as on one node
+            }
+            Err(e) => {
+                self.stats.store_errors += 1;
+                log::error!("history: fetching file {} from Redis failed: {e}", fetch.id);
+                self.chat.fetch_unavailable(fetch.conn, &fetch.reference, self.router.outbox());
             }
         }
     }
@@ -331,6 +377,11 @@ impl super::Server {
             Ok(Envelope::Dm { from, to, text, ts, .. }) => {
                 self.chat.deliver_dm(id, ts, from, to, text, self.router.outbox());
             }
+            Ok(Envelope::File(file)) => {
+                let own = file.node == cluster.node();
+                self.render_stored_file(channel, id, own, file);
+                self.route_stored();
+            }
             Ok(_) => log::warn!("redis: dropped a stored message of an unexpected kind"),
             Err(why) => log::warn!("redis: dropped a published message: {why}"),
         }
@@ -351,6 +402,44 @@ impl super::Server {
         if own && echo {
             match cluster.acks.waiting.remove(&id) {
                 Some(ack) => self.router.outbox().acks.push(ack), // after its copy, in the same route
+                None => {
+                    cluster.acks.seen.insert(id);
+                }
+            }
+        }
+    }
+
+    /// One stored file's notice, as it came live on `channel`: a room's (rendered for
+    /// this node's members) or a user's (a direct file, for this node's connections of
+    /// that user: its recipient or its sender). The uploader's ack waits for its own copy
+    /// as a message's does: the room's, or (a direct file) the one on its own channel.
+    fn render_stored_file(&mut self, channel: &str, id: u64, own: bool, file: StoredFile) {
+        let meta =
+            crate::chat::record::FileMeta { name: file.name.to_owned(), mime: file.mime.to_owned(), size: file.size };
+        let room = match file.to {
+            Some(_) => crate::chat::record::DM_ROOM,
+            None => channel.strip_prefix("pollcast:room:").unwrap_or_default(),
+        };
+        let sender = own.then_some(file.conn as usize);
+        let view = StoredFileView { id, sender, room, from: file.from, meta: &meta, ts: file.ts };
+        let own_copy = match (file.to, channel.strip_prefix("pollcast:user:")) {
+            (None, _) if !room.is_empty() => {
+                if let Some(cluster) = &mut self.cluster {
+                    cluster.joins.first_live.entry(room.to_owned()).or_insert(id);
+                }
+                self.chat.render_stored_file(view, self.router.outbox());
+                own
+            }
+            (Some(to), Some(user)) => {
+                self.chat.deliver_stored_file(view, to, user, self.router.outbox());
+                own && user == file.from
+            }
+            _ => return log::warn!("redis: dropped a file notice on an unexpected channel"),
+        };
+        let Some(cluster) = &mut self.cluster else { return };
+        if own_copy {
+            match cluster.acks.waiting.remove(&id) {
+                Some(ack) => self.router.outbox().acks.push(ack),
                 None => {
                     cluster.acks.seen.insert(id);
                 }
@@ -392,7 +481,8 @@ fn batches(outgoing: Vec<Outgoing>, max_messages: usize, max_bytes: usize) -> Ve
     let mut batches: Vec<(Batch, usize)> = Vec::new(); // and the bytes of its bodies
     let mut open: HashMap<String, usize> = HashMap::new(); // a room's batch still taking messages
     for message in outgoing {
-        if message.to.is_some() {
+        if message.to.is_some() || message.file.is_some() {
+            open.remove(&message.room); // a room's later messages go after its file, in a new batch
             batches.push((Batch::Dm(Box::new(message)), 0));
             continue;
         }
@@ -447,6 +537,9 @@ fn store_batch_command(batch: &[Outgoing], node: &str, keep: usize, eval: bool) 
 /// The store command for one outgoing message: to its room's stream and channel, or
 /// (a DM) to `@dm` and the recipient's channel.
 fn store_command(message: &Outgoing, node: &str, keep: usize, eval: bool) -> Vec<Vec<u8>> {
+    if let Some(meta) = &message.file {
+        return file_command(message, meta, node, keep, eval);
+    }
     let mut payload = Vec::with_capacity(message.body.len() + 64);
     let channel = match &message.to {
         Some(to) => {
@@ -474,6 +567,41 @@ fn store_command(message: &Outgoing, node: &str, keep: usize, eval: bool) -> Vec
     stream::store_command(&to_store, eval)
 }
 
+/// The file store command for one shared file: to its room's stream and channel, or (a
+/// direct file) to `@dm`, published to the recipient's channel and the sender's.
+fn file_command(message: &Outgoing, meta: &FileMeta, node: &str, keep: usize, eval: bool) -> Vec<Vec<u8>> {
+    let to = message.to.as_deref();
+    let (channel, also) = match to {
+        Some(to) => (user_channel(to), (to != message.from).then(|| user_channel(&message.from))),
+        None => (room_channel(&message.room), None),
+    };
+    let notice = StoredFile {
+        node,
+        conn: message.conn as u64,
+        ts: message.ts,
+        size: meta.size,
+        from: &message.from,
+        to,
+        name: &meta.name,
+        mime: &meta.mime,
+    };
+    let mut payload = Vec::with_capacity(64 + meta.name.len() + meta.mime.len() + message.from.len());
+    envelope::file(&mut payload, &notice);
+    let file = FileToStore {
+        room: &message.room,
+        channel: &channel,
+        also: also.as_deref(),
+        from: &message.from,
+        to,
+        meta,
+        bytes: &message.body,
+        ts: message.ts,
+        notice: &payload,
+        keep,
+    };
+    stream::file_command(&file, eval)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -491,6 +619,7 @@ mod tests {
             ts: 5,
             echo: true,
             admin: false,
+            file: None,
         }
     }
 
@@ -513,6 +642,15 @@ mod tests {
         ];
         let got: Vec<Vec<String>> = batches(outgoing, 100, 10_000).iter().map(bodies).collect();
         assert_eq!(got, [vec!["tea:1", "tea:4", "tea:6"], vec!["cake:2", "cake:5"], vec!["dm:3"]]);
+    }
+
+    #[test]
+    fn a_file_goes_alone_and_the_room_s_later_messages_after_it() {
+        let meta = FileMeta { name: "a.png".into(), mime: "image/png".into(), size: 1 };
+        let file = Outgoing { file: Some(meta), ..message("tea", None, "F") };
+        let outgoing = vec![message("tea", None, "1"), file, message("tea", None, "2")];
+        let got: Vec<Vec<String>> = batches(outgoing, 100, 10_000).iter().map(bodies).collect();
+        assert_eq!(got, [vec!["tea:1"], vec!["dm:F"], vec!["tea:2"]], "alone, in order");
     }
 
     #[test]

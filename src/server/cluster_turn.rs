@@ -143,6 +143,8 @@ impl super::Server {
                 Event::Lost(Tag::StoreBatch(batch)) => self.on_stored_batch(batch, None),
                 Event::Reply(Tag::Read(read), reply) => self.on_read(read, Some(reply)),
                 Event::Lost(Tag::Read(read)) => self.on_read(read, None),
+                Event::Reply(Tag::Fetch(fetch), reply) => self.on_fetched(fetch, Some(reply)),
+                Event::Lost(Tag::Fetch(fetch)) => self.on_fetched(fetch, None),
                 Event::Push(reply) => self.on_published(&reply),
                 Event::Reply(Tag::Dm(dm), Reply::Integer(heard)) if heard > 0 => {
                     self.chat.remote_dm_sent(&dm, self.router.outbox())
