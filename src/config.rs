@@ -265,7 +265,8 @@ pub struct Config {
     pub redis_backoff_max: Duration,
 
     /// Bytes one Redis link may hold: queued to write, or read and not yet a whole reply.
-    /// Past it the command is refused (or the link dropped and reconnected).
+    /// Past it the command is refused (or the link dropped and reconnected). With history,
+    /// at least two files of --max-file and 64 KiB (a file crosses the link whole).
     #[arg(long, env = "POLLCAST_REDIS_MAX_BUFFER", default_value = "16MiB", value_parser = parse_size)]
     pub redis_max_buffer: usize,
 
@@ -338,6 +339,10 @@ impl Default for Config {
     }
 }
 
+/// What a file's store command or fetch reply adds to its bytes at most: the script,
+/// the names, the notice, RESP framing (far less in practice).
+const FILE_FRAMING: usize = 64 << 10;
+
 impl Config {
     /// Silence before a client is closed: `--idle-timeout`, else twice the ping interval.
     pub fn idle_timeout(&self) -> Duration {
@@ -362,6 +367,14 @@ impl Config {
         };
         if self.node_ttl < Duration::from_millis(300) {
             return Err("--node-ttl: at least 300ms (the heartbeat is refreshed every third of it)".into());
+        }
+        // A shared file crosses the commands link whole, both ways (its store command,
+        // a fetch's reply): room for two, and their RESP framing, in one link buffer.
+        if !self.no_history && self.max_file.saturating_mul(2).saturating_add(FILE_FRAMING) > self.redis_max_buffer {
+            return Err(format!(
+                "--redis-max-buffer ({}) must hold two files of --max-file ({}) and {FILE_FRAMING} bytes more",
+                self.redis_max_buffer, self.max_file
+            ));
         }
         let limits = (self.redis_max_buffer, self.redis_timeout, self.redis_backoff_max);
         let mut cluster = ClusterConfig::new(url, node, self.node_ttl, limits);
@@ -662,5 +675,16 @@ mod tests {
         assert!(config.effective_max_queue() >= (16 << 20) + 10);
         assert_eq!(config.warnings().len(), 1, "the raise is said");
         assert_eq!(Config::default().effective_max_queue(), 1 << 20);
+    }
+
+    #[test]
+    fn a_cluster_s_link_buffers_hold_a_file() {
+        let redis = Some(SecretUrl("redis://127.0.0.1:6379".into()));
+        let config = Config { redis: redis.clone(), ..Config::default() };
+        assert!(config.cluster().is_ok(), "1 MiB files in 16 MiB buffers");
+        let config = Config { redis: redis.clone(), max_file: 8 << 20, ..Config::default() };
+        assert!(config.cluster().unwrap_err().contains("--max-file"));
+        let config = Config { redis, max_file: 8 << 20, no_history: true, ..Config::default() };
+        assert!(config.cluster().is_ok(), "without history no file crosses Redis");
     }
 }
