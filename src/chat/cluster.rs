@@ -77,6 +77,26 @@ pub struct Outgoing {
     pub file: Option<FileMeta>, // a shared file (`body` its bytes): stored alone, published as a notice
 }
 
+impl Outgoing {
+    /// A text the admin API posts (`conn` is its HTTP connection, answered with the id).
+    fn admin(conn: usize, room: &str, to: Option<&str>, from: &str, text: &str, ts: u64) -> Outgoing {
+        Outgoing {
+            conn,
+            json: false,
+            cid: Value::Null,
+            room: room.to_owned(),
+            to: to.map(str::to_owned),
+            from: from.to_owned(),
+            binary: false,
+            body: text.as_bytes().to_vec(),
+            ts,
+            echo: false,
+            admin: true,
+            file: None,
+        }
+    }
+}
+
 /// A stored message as the subscription brings it back to a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stored<'a> {
@@ -144,22 +164,7 @@ impl Chat {
         out: &mut Outbox,
     ) -> Result<(), Failure> {
         self.check_application_message(Some(room), from, text)?;
-        let body = text.as_bytes().to_vec();
-        let (room, from) = (room.to_owned(), from.to_owned());
-        out.to_store.push(Outgoing {
-            conn,
-            json: false,
-            cid: Value::Null,
-            room,
-            to: None,
-            from,
-            binary: false,
-            body,
-            ts,
-            echo: false,
-            admin: true,
-            file: None,
-        });
+        out.to_store.push(Outgoing::admin(conn, room, None, from, text, ts));
         Ok(())
     }
 
@@ -175,22 +180,7 @@ impl Chat {
         out: &mut Outbox,
     ) -> Result<(), Failure> {
         self.check_application_message(None, from, text)?;
-        let (room, to, from) = (super::record::DM_ROOM.to_owned(), Some(to.to_owned()), from.to_owned());
-        let body = text.as_bytes().to_vec();
-        out.to_store.push(Outgoing {
-            conn,
-            json: false,
-            cid: Value::Null,
-            room,
-            to,
-            from,
-            binary: false,
-            body,
-            ts,
-            echo: false,
-            admin: true,
-            file: None,
-        });
+        out.to_store.push(Outgoing::admin(conn, super::record::DM_ROOM, Some(to), from, text, ts));
         Ok(())
     }
 
