@@ -45,7 +45,7 @@ impl History {
         }
     }
 
-    /// Commits what is pending in one transaction and settles the acks waiting on it.
+    /// Commits what is pending in one step and settles the acks waiting on it.
     /// A failure is logged and counted (and answered to the acks); the relay goes on.
     pub fn commit(&mut self, stats: &mut Stats) -> Result<(), String> {
         let Some(store) = &mut self.store else { return Ok(()) };

@@ -20,7 +20,7 @@
 //! 6. **Timers** (`sweep_timers`): when the sweep is due, every session handles its
 //!    deadlines (handshake timeout, ping, idle timeout, close grace).
 //! 7. **Commit** (`commit`): what timers, departures and shutdown produced is routed, then
-//!    this turn's records are committed to history in one transaction, before any byte
+//!    this turn's records are committed to history in one step, before any byte
 //!    of the turn leaves; acks follow.
 //! 8. **Redis** (`redis`, with `--redis` only: `cluster.rs`): links that timed out are
 //!    dropped, reconnects that are due start, this turn's replies and published
@@ -342,7 +342,7 @@ impl Server {
     // ----- commit, flush, reap -------------------------------------------------------
 
     /// Phase 7: routes what timers, departures and shutdown produced, then commits this
-    /// turn's records in one transaction, before any byte of the turn leaves, and
+    /// turn's records in one step, before any byte of the turn leaves, and
     /// answers the acks it settles.
     fn commit(&mut self) {
         self.route();

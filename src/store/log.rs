@@ -1,22 +1,23 @@
 //! The message log: the bytes of stored messages, appended to numbered files beside the
-//! database, written once.
+//! database, written once. It is the truth; SQLite is its index (`sqlite.rs`).
 //!
 //! Owns: the files of the `<db>-log/` directory, where each commit's messages go (one
-//! vectored write per commit, straight from the records: no copy in user space), reading
-//! a segment back, and reclaiming files. Must not touch: SQLite, sockets, the clock.
+//! vectored write per commit, straight from the records: no copy in user space), the
+//! *frame* that wraps one room's messages of one commit (`frame_head`, `frames`),
+//! reading bytes back, and reclaiming files. Must not touch: SQLite, sockets, the clock.
 //!
 //! Why it exists: a message kept in a SQLite blob was copied four times on the loop's
 //! thread (into the blob, into pages, into the WAL with a checksum, and again by the
 //! checkpoint, which also fsynced tens of MiB and stalled the loop). Here its bytes reach
-//! the page cache once; SQLite keeps only where they are (`sqlite.rs`, a small row per
-//! room per turn), so its WAL and its checkpoints stay small.
+//! the page cache once, and SQLite keeps only where they are, updated every few turns.
 //!
 //! Durability: the same as SQLite's `synchronous = NORMAL` that the index uses. A write
 //! is in the page cache when `append` returns, so `kill -9` loses nothing once the
-//! commit is done; the index row is written after the bytes, so a crash between the two
-//! leaves unreferenced bytes, never a row without its message. Power loss may lose the
-//! last seconds: a segment whose bytes never reached the disk reads back as zeros, which
-//! the reader (`sqlite.rs`) detects by its ids and skips.
+//! commit is done: a start scans the frames past the index's mark and indexes them. A
+//! frame's head carries its file's number and a CRC, so the scan stops at the end of
+//! what was written, at a torn write, or at an older frame in a spare file written over.
+//! Power loss may lose the last seconds: bytes that never reached the disk read back as
+//! zeros, which the reader (`sqlite.rs`) detects by their ids and skips.
 //!
 //! Space: a file is retired once no index row points into it (deleted, or kept as the
 //! spare the next file is written over). A room that keeps old
@@ -55,19 +56,21 @@ pub struct MessageLog {
 
 impl MessageLog {
     /// Opens (creating) the directory. `live` is what the index references, by file;
-    /// files it does not reference are deleted now. Appends go to a new file, so bytes a
-    /// crash left after the last commit are never followed by live ones.
-    pub fn open(dir: &Path, file_size: u64, live: BTreeMap<u64, u64>) -> io::Result<MessageLog> {
+    /// files it does not reference are deleted now, except those numbered from
+    /// `unindexed_from` on, which may hold frames the index has not caught up with
+    /// (`frames` finds them). Appends go to a new file, so bytes a crash left after the
+    /// last commit are never followed by live ones.
+    pub fn open(dir: &Path, file_size: u64, live: BTreeMap<u64, u64>, unindexed_from: u64) -> io::Result<MessageLog> {
         fs::create_dir_all(dir)?;
         let mut sizes = BTreeMap::new();
         for entry in fs::read_dir(dir)? {
             let entry = entry?;
             let Some(no) = file_number(&entry.file_name().to_string_lossy()) else { continue };
-            match live.get(&no) {
-                Some(_) => {
+            match live.contains_key(&no) || no >= unindexed_from {
+                true => {
                     sizes.insert(no, entry.metadata()?.len());
                 }
-                None => fs::remove_file(entry.path())?,
+                false => fs::remove_file(entry.path())?,
             }
         }
         let current_no = sizes.keys().chain(live.keys()).max().map_or(1, |no| no + 1);
@@ -86,12 +89,19 @@ impl MessageLog {
         })
     }
 
-    /// Appends `parts` back to back (one vectored write, repeated on a short write) and
-    /// returns where the first byte went. The bytes count as dead until `add_live`.
-    pub fn append(&mut self, parts: &[IoSlice]) -> io::Result<Place> {
+    /// The number of the file the next `append` goes to, starting a new file first if the
+    /// current one is full. A frame's head names its file, so it is asked before writing.
+    pub fn next_file(&mut self) -> io::Result<u64> {
         if self.sizes[&self.current_no] >= self.file_size {
             self.rotate()?;
         }
+        Ok(self.current_no)
+    }
+
+    /// Appends `parts` back to back (one vectored write, repeated on a short write) to
+    /// the current file (see `next_file`) and returns where the first byte went. The
+    /// bytes count as dead until `add_live`.
+    pub fn append(&mut self, parts: &[IoSlice]) -> io::Result<Place> {
         let offset = self.sizes[&self.current_no];
         let total: usize = parts.iter().map(|p| p.len()).sum();
         let mut written = 0;
@@ -152,6 +162,23 @@ impl MessageLog {
         let mut bytes = vec![0; len];
         reader.read_exact_at(&mut bytes, place.offset)?;
         Ok(bytes)
+    }
+
+    /// The whole of file `file`, for `frames` (at start, never on a busy loop).
+    pub fn read_file(&self, file: u64) -> io::Result<Vec<u8>> {
+        fs::read(path_of(&self.dir, file))
+    }
+
+    /// The files numbered `from` on, but the current one: those `frames` may find
+    /// unindexed commits in.
+    pub fn files_from(&self, from: u64) -> Vec<u64> {
+        self.sizes.range(from..).map(|(no, _)| *no).filter(|no| *no != self.current_no).collect()
+    }
+
+    /// Where the next append goes, as the index's mark: everything before it is indexed
+    /// once the index has caught up.
+    pub fn end(&self) -> Place {
+        Place { file: self.current_no, offset: self.sizes[&self.current_no] }
     }
 
     /// `bytes` of file `file` are now referenced by the index.
@@ -218,6 +245,94 @@ impl MessageLog {
     pub fn files(&self) -> usize {
         self.sizes.len()
     }
+}
+
+/// What a frame's records are to the index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameKind {
+    /// Messages of one room committed in one turn: the truth the index is rebuilt from.
+    New = 1,
+    /// Records compaction copied: the index points at them once its move is committed,
+    /// and a scan steps over them.
+    Moved = 2,
+}
+
+/// A frame `frames` found: the head's fields, and where its records are.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Frame {
+    pub kind: FrameKind,
+    pub room: String,
+    pub count: u32,     // records in it
+    pub records: Place, // where they start (just after the head)
+    pub length: u64,    // how many bytes they take
+}
+
+/// A frame head's first bytes.
+const MAGIC: &[u8; 4] = b"pcF1";
+
+/// Appends a frame head to `out`: `MAGIC`, kind u8, the number of the file it is written
+/// to u64, record count u32, records' length u64, room (u16 length + bytes), then a
+/// CRC-32 of all that; little-endian. The records follow it. The file number tells a
+/// frame from an older one left in a spare file that is written over; the CRC tells a
+/// head from bytes that never reached the disk.
+pub fn frame_head(kind: FrameKind, file: u64, room: &str, count: u32, length: u64, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(MAGIC);
+    out.push(kind as u8);
+    out.extend_from_slice(&file.to_le_bytes());
+    out.extend_from_slice(&count.to_le_bytes());
+    out.extend_from_slice(&length.to_le_bytes());
+    let room = &room.as_bytes()[..room.len().min(u16::MAX as usize)];
+    out.extend_from_slice(&(room.len() as u16).to_le_bytes());
+    out.extend_from_slice(room);
+    let crc = crc32(&out[start..]);
+    out.extend_from_slice(&crc.to_le_bytes());
+}
+
+/// The frames in `data`, the bytes of file `file`, from `offset` on, in order, up to the
+/// first that is not a whole, valid frame of this file (the end of what was written).
+pub fn frames(data: &[u8], file: u64, offset: usize) -> Vec<Frame> {
+    let mut found = Vec::new();
+    let mut at = offset;
+    while let Some((frame, next)) = frame_at(data, file, at) {
+        found.push(frame);
+        at = next;
+    }
+    found
+}
+
+/// The frame whose head starts at `at`, and where the next one would start.
+fn frame_at(data: &[u8], file: u64, at: usize) -> Option<(Frame, usize)> {
+    const FIXED: usize = 4 + 1 + 8 + 4 + 8 + 2; // the head up to the room's bytes
+    let head = data.get(at..at.checked_add(FIXED)?)?;
+    let u64_at = |i: usize| u64::from_le_bytes(head[i..i + 8].try_into().expect("8 bytes"));
+    let room_len = usize::from(u16::from_le_bytes([head[FIXED - 2], head[FIXED - 1]]));
+    let end = at + FIXED + room_len;
+    let crc = data.get(end..end + 4)?;
+    let kind = match head[4] {
+        1 => FrameKind::New,
+        2 => FrameKind::Moved,
+        _ => return None,
+    };
+    let valid = &head[..4] == MAGIC
+        && u64_at(5) == file
+        && crc32(&data[at..end]).to_le_bytes() == crc
+        && std::str::from_utf8(&data[at + FIXED..end]).is_ok();
+    let count = u32::from_le_bytes(head[13..17].try_into().expect("4 bytes"));
+    let length = u64_at(17);
+    let next = (end as u64 + 4).checked_add(length)?;
+    if !valid || next > data.len() as u64 {
+        return None;
+    }
+    let room = String::from_utf8_lossy(&data[at + FIXED..end]).into_owned();
+    let records = Place { file, offset: end as u64 + 4 };
+    Some((Frame { kind, room, count, records, length }, next as usize))
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = flate2::Crc::new();
+    crc.update(bytes);
+    crc.sum()
 }
 
 /// Dead files kept to be written over rather than deleted. Deleting a 64 MiB file frees

@@ -6,7 +6,8 @@
 //! vocabulary (`chat::record`): what a record is and what a query asks is the chat's.
 //!
 //! Durability contract with the loop: records routed during a turn are `append`ed, and
-//! the turn's `commit` runs in one transaction *before* the turn's queues are flushed.
+//! the turn's `commit` makes them durable in one step *before* the turn's queues are
+//! flushed (SQLite: one write to its message log; Redis: one script per room).
 //! So any message a client has received is already committed, and a JSON sender's `ack`
 //! (sent only after the commit) promises the message is stored.
 

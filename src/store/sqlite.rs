@@ -1,21 +1,30 @@
-//! SQLite history: the index of the message log, WAL mode, one transaction per loop turn.
+//! SQLite history: the index of the message log, WAL mode, brought up to the log every
+//! few turns.
 //!
 //! Owns: the database connection, the schema and its migrations, the pending messages
 //! of the current turn, their encoding, the message log (`log.rs`) as its byte store, and
 //! retention. Must not touch: sockets, the clock.
 //!
-//! Messages are stored in *segments*: all the messages of one room committed in one
-//! turn, encoded back to back. The bytes of every segment of a commit go to the message
-//! log in one vectored write, straight from the records; then each segment gets one row
-//! (room, first and last id, count, its ids as runs, where its bytes are) in one
-//! transaction. A busy turn costs one small B-tree insert per room, and a message's bytes
-//! are copied once, into the page cache. Reads walk a room's segments newest or oldest
-//! first through the `(room, last_id)` index. Retention deletes whole segments and hides
-//! the older part of the one its cut falls in (found from the row's id runs). Rows from
-//! before the log (migration 3) keep their bytes in `data` and read as before.
+//! A turn's commit is one vectored write to the message log: per room, a *frame* (a head
+//! naming the room, then its messages encoded back to back, straight from the records).
+//! Once that write returns the messages are committed: a crash of the process cannot
+//! lose them, because the log is the truth. The index (SQLite) catches up every
+//! `INDEX_EVERY` commits, or half a log file, or before any read: one row per room
+//! (room, first and last id, count, its ids as runs, the *extents* where its frames'
+//! records are), all in one transaction that also moves the *mark*, where a start's scan
+//! of the log begins. A start finds the frames past the mark (those a crash kept from the
+//! index) and indexes them. So a turn costs one write and no transaction, and a message's
+//! bytes are copied once, into the page cache.
 //!
-//! Measured with `commit_cost_probe` below (64-byte messages, --history-keep 1000): 537 ns
-//! per message at 64 per commit, 263 ns at 256 (with the bytes in SQLite blobs it was
+//! Reads walk a room's rows newest or oldest first through the `(room, last_id)` index.
+//! Retention deletes whole rows and hides the older part of the one its cut falls in
+//! (found from the row's id runs); a row takes at most an eighth of `keep`, so little is
+//! kept past the cut. Rows from before the log (migration 3) keep their bytes in `data`,
+//! rows from before the mark (migration 4) have one extent; both read as before.
+//!
+//! Measured with `commit_cost_probe` below (64-byte messages, --history-keep 1000): 219 ns
+//! per message at 64 per commit, 197 ns at 256, the records' making included (with a
+//! transaction per commit it was 537 ns and 263 ns; with the bytes in SQLite blobs,
 //! 1.2-1.6 µs and 0.6 µs; one row per message, 1.9 µs).
 //!
 //! Shared files (`file` uploads) are records like any other, in the same segments under the
@@ -34,12 +43,12 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::log::{MessageLog, Place, DEFAULT_FILE_SIZE};
+use super::log::{frame_head, frames, FrameKind, MessageLog, Place, DEFAULT_FILE_SIZE};
 use super::{Store, StoreError};
 use crate::chat::record::{FileMeta, Page, Query, Record};
 
 /// Schema migrations, in order; `PRAGMA user_version` records how many have run.
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     // 1: segments of messages keyed by their first id, an index for per-room reads
     //    (newest or oldest first), and how far retention has trimmed each room.
     "CREATE TABLE segments (
@@ -71,6 +80,16 @@ const MIGRATIONS: [&str; 3] = [
      ALTER TABLE segments ADD COLUMN log_length INTEGER;
      ALTER TABLE segments ADD COLUMN id_runs BLOB;
      CREATE INDEX segments_by_log_file ON segments (log_file, first_id) WHERE log_file IS NOT NULL;",
+    // 4: the log is the truth and the index catches up every few turns. A row may gather
+    //    one room's frames of several commits: `log_extents` lists where each is (file,
+    //    offset, length), and `log_file` is then the lowest file. `log_mark` is where a
+    //    start's scan for frames the index has not caught up with begins.
+    "ALTER TABLE segments ADD COLUMN log_extents BLOB;
+     CREATE TABLE log_mark (
+         id     INTEGER PRIMARY KEY CHECK (id = 1),
+         file   INTEGER NOT NULL,
+         offset INTEGER NOT NULL
+     );",
 ];
 
 /// Segment flag bits of one message.
@@ -96,16 +115,21 @@ const TRIM_SLACK_DIVISOR: usize = 16;
 
 /// The history database.
 pub struct SqliteStore {
-    db: Connection,                 // the one connection, held by the loop thread
-    keep: usize,                    // messages kept per room (`--history-keep`)
-    pending: Vec<Record>,           // appended this turn, committed before the flush
-    counts: HashMap<String, usize>, // messages stored per room, learnt lazily, to know when to trim
-    cuts: HashMap<String, u64>,     // per room, the last id retention made invisible (cache of `rooms`)
-    last_id: u64,                   // highest id stored or pending
-    log: MessageLog,                // where the messages' bytes are (`<db>-log/`)
-    wal: Option<std::fs::File>,     // the WAL, opened to start its writeback early (`start_writeback`)
-    commits: u64,                   // commits since the WAL's writeback was last started
-    heads: Vec<u8>,                 // the heads of one commit's records, reused
+    db: Connection,                          // the one connection, held by the loop thread
+    keep: usize,                             // messages kept per room (`--history-keep`)
+    pending: Vec<Record>,                    // appended this turn, committed before the flush
+    counts: HashMap<String, usize>,          // messages stored per room, learnt lazily, to know when to trim
+    cuts: HashMap<String, u64>,              // per room, the last id retention made invisible (cache of `rooms`)
+    last_id: u64,                            // highest id stored or pending
+    log: MessageLog,                         // where the messages' bytes are (`<db>-log/`)
+    wal: Option<std::fs::File>,              // the WAL, opened to start its writeback early (`start_writeback`)
+    commits: u64,                            // index updates since the WAL's writeback was last started
+    heads: Vec<u8>,                          // the heads of one commit's frames and records, reused
+    unindexed: Vec<Unindexed>,               // committed rows the index does not have yet
+    unindexed_rooms: HashMap<String, usize>, // each room's row that takes more, in `unindexed`
+    unindexed_commits: usize,                // commits since the index last caught up
+    unindexed_bytes: u64,                    // bytes they wrote to the log
+    index_bytes: u64,                        // the index catches up once they reach this (half a log file)
 }
 
 impl SqliteStore {
@@ -132,10 +156,11 @@ impl SqliteStore {
         let last_id: Option<i64> =
             db.query_row("SELECT max(last_id) FROM segments", [], |row| row.get(0)).map_err(describe)?;
         let live = live_log_bytes(&db).map_err(describe)?;
+        let mark = mark(&db).map_err(describe)?;
         let log_dir = log_dir(path);
-        let log = MessageLog::open(&log_dir, log_file_size, live)
+        let log = MessageLog::open(&log_dir, log_file_size, live, mark.map_or(u64::MAX, |m| m.file))
             .map_err(|e| StoreError(format!("{}: {e}", log_dir.display())))?;
-        Ok(SqliteStore {
+        let mut store = SqliteStore {
             db,
             keep,
             pending: Vec::new(),
@@ -146,7 +171,26 @@ impl SqliteStore {
             wal: std::fs::File::open(wal_path(path)).ok(),
             commits: 0,
             heads: Vec::new(),
-        })
+            unindexed: Vec::new(),
+            unindexed_rooms: HashMap::new(),
+            unindexed_commits: 0,
+            unindexed_bytes: 0,
+            index_bytes: (log_file_size / 2).max(1),
+        };
+        let found = store.recover(mark).map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
+        if found > 0 {
+            log::info!("history: {found} message(s) committed after the index's last update found in the log");
+        }
+        Ok(store)
+    }
+}
+
+impl Drop for SqliteStore {
+    /// Brings the index up to the log, so the next start has nothing to scan.
+    fn drop(&mut self) {
+        if let Err(e) = self.index() {
+            log::warn!("history: updating the index at close failed (the next start reads the log): {e}");
+        }
     }
 }
 
@@ -167,17 +211,20 @@ impl Store for SqliteStore {
         self.pending.len()
     }
 
-    /// Writes every pending message: their bytes to the message log in one vectored
-    /// write, then one index row per room in one transaction, then trims rooms over their
-    /// retention. Returns how many messages were written. On error nothing of this batch
-    /// is stored (bytes already in the log stay unreferenced) and the batch is dropped
-    /// (the caller reports it; the relay goes on).
+    /// Writes every pending message to the message log in one vectored write: a frame
+    /// per room (its head, then its records), straight from the records. That write is
+    /// the commit: once it returns, the messages survive a crash of the process (the
+    /// next start finds them past the index's mark). The index learns of them in
+    /// `index`, every `INDEX_EVERY` commits or half a log file, whichever comes first
+    /// (and before any read). Returns how many
+    /// messages were written. On error nothing of this batch is stored and the batch is
+    /// dropped (the caller reports it; the relay goes on).
     fn commit(&mut self) -> Result<usize, StoreError> {
         if self.pending.is_empty() {
             return Ok(0);
         }
         let batch = std::mem::take(&mut self.pending);
-        // One segment per room, messages in the order they were routed.
+        // One frame per room, messages in the order they were routed.
         let mut segments: Vec<Segment> = Vec::new();
         for m in &batch {
             match segments.iter_mut().find(|s| s.room == m.room) {
@@ -185,93 +232,52 @@ impl Store for SqliteStore {
                 None => segments.push(Segment { room: &m.room, records: vec![m], offset: 0, length: 0 }),
             }
         }
-        // Each record's head goes into `heads`; its body is written from the record itself.
+        let file = self.log.next_file().map_err(|e| StoreError(format!("history log: {e}")))?;
+        // Record heads, then each frame's head (which needs their length), go into
+        // `heads`; bodies are written from the records themselves.
         self.heads.clear();
-        let mut spans = Vec::with_capacity(batch.len());
-        for s in &segments {
+        let mut spans = Vec::with_capacity(batch.len()); // each record's head
+        let mut frames = Vec::with_capacity(segments.len()); // each frame's head
+        for s in &mut segments {
             for m in &s.records {
                 let start = self.heads.len();
                 encode_head(m, &mut self.heads);
                 spans.push(start..self.heads.len());
+                s.length += (self.heads.len() - start + m.body.len()) as u64;
             }
+            let start = self.heads.len();
+            frame_head(FrameKind::New, file, s.room, s.records.len() as u32, s.length, &mut self.heads);
+            frames.push(start..self.heads.len());
         }
-        let mut parts = Vec::with_capacity(2 * batch.len());
+        let mut parts = Vec::with_capacity(2 * batch.len() + segments.len());
         let mut spans = spans.into_iter();
         let mut offset = 0;
-        for s in &mut segments {
-            s.offset = offset;
+        for (s, frame) in segments.iter_mut().zip(frames) {
+            s.offset = offset + frame.len() as u64;
+            parts.push(IoSlice::new(&self.heads[frame]));
             for m in &s.records {
-                let head = &self.heads[spans.next().expect("one span per record")];
-                parts.push(IoSlice::new(head));
+                parts.push(IoSlice::new(&self.heads[spans.next().expect("one span per record")]));
                 if !m.body.is_empty() {
                     parts.push(IoSlice::new(&m.body));
                 }
-                s.length += (head.len() + m.body.len()) as u64;
             }
-            offset += s.length;
+            offset = s.offset + s.length;
         }
         let place = self.log.append(&parts).map_err(|e| StoreError(format!("history log: {e}")))?;
         drop(parts);
-
-        let tx = self.db.transaction()?;
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO segments (first_id, room, last_id, count, data, log_file, log_offset, log_length, id_runs)
-                 VALUES (?1, ?2, ?3, ?4, x'', ?5, ?6, ?7, ?8)",
-            )?;
-            let mut file = tx.prepare_cached("INSERT INTO files (id, segment) VALUES (?1, ?2)")?;
-            for s in &segments {
-                let at = (place.file as i64, (place.offset + s.offset) as i64, s.length as i64);
-                let runs = id_runs(s.records.iter().map(|m| m.id));
-                let row = (s.first_id() as i64, s.last_id() as i64, s.records.len() as i64);
-                insert.execute(params![row.0, s.room, row.1, row.2, at.0, at.1, at.2, runs])?;
-                for m in s.records.iter().filter(|m| m.file.is_some()) {
-                    file.execute(params![m.id as i64, s.first_id() as i64])?;
-                }
-            }
-        }
-        let mut cuts = Vec::new();
-        let mut freed = Vec::new();
         for s in &segments {
-            let count = match self.counts.get(s.room) {
-                Some(&known) => known + s.records.len(),
-                None => {
-                    tx.query_row("SELECT coalesce(sum(count), 0) FROM segments WHERE room = ?1", [s.room], |row| {
-                        row.get::<_, i64>(0)
-                    })? as usize
-                }
-            };
-            // `count` is what is stored, visible or not; trimming starts once that passes
-            // keep + keep/16, so visible messages never exceed it either.
-            let over = count > self.keep + self.keep / TRIM_SLACK_DIVISOR;
-            let count = match over {
-                true => {
-                    let trimmed = trim(&tx, &mut self.log, s.room, count, self.keep)?;
-                    cuts.push((s.room, trimmed.cut));
-                    freed.extend(trimmed.freed);
-                    trimmed.stored
-                }
-                false => count,
-            };
-            self.counts.insert(s.room.to_owned(), count);
+            let extent =
+                Extent { place: Place { file: place.file, offset: place.offset + s.offset }, length: s.length };
+            self.note(s.room, s.records.iter().map(|m| (m.id, m.file.is_some())), extent);
         }
-        tx.commit()?;
-        self.log.add_live(place.file, offset);
-        for (file, bytes) in freed {
-            self.log.remove_live(file, bytes);
-        }
-        for (room, cut) in cuts {
-            let through = self.cuts.entry(room.to_owned()).or_default();
-            *through = (*through).max(cut);
-        }
-        self.start_wal_writeback();
-        // The commit is done: what follows only reclaims space, and a failure there is
-        // reported, not the commit's.
-        if let Err(e) = self.log.collect() {
-            log::warn!("history: removing an unused log file failed: {e}");
-        }
-        if let Err(e) = self.compact() {
-            log::warn!("history: compacting the message log failed: {e}");
+        self.unindexed_commits += 1;
+        self.unindexed_bytes += offset;
+        if self.unindexed_commits >= INDEX_EVERY || self.unindexed_bytes >= self.index_bytes {
+            // The messages are committed; an index that cannot catch up now tries again
+            // at the next turn's commit (and a restart finds them in the log).
+            if let Err(e) = self.index() {
+                log::error!("history: updating the index failed (the messages are in the log): {e}");
+            }
         }
         Ok(batch.len())
     }
@@ -281,6 +287,7 @@ impl Store for SqliteStore {
     /// `text_only`: leave binary messages out (for clients that cannot show them), and
     /// count only what is returned.
     fn query(&mut self, room: &str, query: Query, cap: usize, text_only: bool) -> Result<Page, StoreError> {
+        self.index()?;
         let cap = cap.max(1);
         let floor = self.trimmed_through(room)?; // retention: nothing at or below is visible
         let (sql, key, n, newest_first) = match query {
@@ -307,10 +314,9 @@ impl Store for SqliteStore {
         let mut lost = false; // a segment the log no longer has (power loss)
         while messages.len() <= n {
             let Some(row) = rows.next()? else { break };
-            let Some(mut decoded) = load(log, StoredSegment::of(row, 0)?, room, FileBytes::Left)? else {
-                lost = true;
-                continue;
-            };
+            let Loaded { records: mut decoded, lost: gone } =
+                load(log, StoredSegment::of(row, 0)?, room, FileBytes::Left)?;
+            lost |= gone;
             if newest_first {
                 decoded.reverse();
             }
@@ -331,8 +337,9 @@ impl Store for SqliteStore {
     /// A shared file with its bytes, through the `files` index: one row by key. `None`
     /// when there is no such file, the id is not a file, or retention has taken it.
     fn file(&mut self, id: u64) -> Result<Option<Record>, StoreError> {
+        self.index()?;
         let Ok(key) = i64::try_from(id) else { return Ok(None) };
-        let sql = "SELECT s.room, s.first_id, s.last_id, s.data, s.log_file, s.log_offset, s.log_length
+        let sql = "SELECT s.room, s.first_id, s.last_id, s.data, s.log_file, s.log_offset, s.log_length, s.log_extents
                    FROM files f JOIN segments s ON s.first_id = f.segment WHERE f.id = ?1";
         let row = self
             .db
@@ -343,8 +350,164 @@ impl Store for SqliteStore {
         if id <= self.trimmed_through(&room)? {
             return Ok(None); // hidden by retention, even if its segment is not deleted yet
         }
-        let Some(decoded) = load(&mut self.log, segment?, &room, FileBytes::Of(id))? else { return Ok(None) };
-        Ok(decoded.into_iter().find(|m| m.id == id && m.file.is_some()))
+        let decoded = load(&mut self.log, segment?, &room, FileBytes::Of(id))?;
+        Ok(decoded.records.into_iter().find(|m| m.id == id && m.file.is_some()))
+    }
+}
+
+impl SqliteStore {
+    /// Adds one committed frame to its room's unindexed row: a row gathers a room's
+    /// frames until it holds an eighth of what retention keeps, so the index costs a few
+    /// small inserts per busy room every `INDEX_EVERY` turns, and retention (which
+    /// deletes whole rows) still keeps no more than about 1/8 over `keep`.
+    fn note(&mut self, room: &str, ids: impl Iterator<Item = (u64, bool)>, extent: Extent) {
+        let cap = (self.keep / 8).max(1);
+        let open = self.unindexed_rooms.get(room).copied().filter(|&i| self.unindexed[i].count < cap);
+        let row = match open {
+            Some(i) => &mut self.unindexed[i],
+            None => {
+                self.unindexed_rooms.insert(room.to_owned(), self.unindexed.len());
+                self.unindexed.push(Unindexed { room: room.to_owned(), ..Unindexed::default() });
+                self.unindexed.last_mut().expect("just pushed")
+            }
+        };
+        for (id, is_file) in ids {
+            if row.count == 0 {
+                row.first_id = id;
+            }
+            row.last_id = id;
+            row.count += 1;
+            push_id(&mut row.runs, id);
+            if is_file {
+                row.files.push(id);
+            }
+        }
+        row.extents.push(extent);
+    }
+
+    /// Brings the index up to the log: one row per unindexed room row, retention for
+    /// the rooms they are in, and the mark (where a restart's scan of the log starts)
+    /// moved to the log's end, in one transaction. Then reclaims log space. On error the
+    /// rows stay unindexed, to be tried again.
+    fn index(&mut self) -> Result<(), StoreError> {
+        (self.unindexed_commits, self.unindexed_bytes) = (0, 0);
+        if self.unindexed.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO segments (first_id, room, last_id, count, data, log_file, log_offset, log_length, id_runs, log_extents)
+                 VALUES (?1, ?2, ?3, ?4, x'', ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            let mut file = tx.prepare_cached("INSERT INTO files (id, segment) VALUES (?1, ?2)")?;
+            for row in &self.unindexed {
+                let lowest = row.extents.iter().map(|e| e.place.file).min().expect("a row has an extent");
+                let length: u64 = row.extents.iter().map(|e| e.length).sum();
+                let extents = (row.extents.len() > 1).then(|| encode_extents(&row.extents));
+                let ids = (row.first_id as i64, row.last_id as i64, row.count as i64);
+                let at = (lowest as i64, row.extents[0].place.offset as i64, length as i64);
+                let runs = encode_runs(&row.runs);
+                insert.execute(params![ids.0, row.room, ids.1, ids.2, at.0, at.1, at.2, runs, extents])?;
+                for id in &row.files {
+                    file.execute(params![*id as i64, ids.0])?;
+                }
+            }
+        }
+        // Messages added per room, in the order rooms first appear.
+        let mut added: Vec<(&str, usize)> = Vec::new();
+        for row in &self.unindexed {
+            match added.iter_mut().find(|(room, _)| *room == row.room) {
+                Some((_, n)) => *n += row.count,
+                None => added.push((&row.room, row.count)),
+            }
+        }
+        let mut counts = Vec::new();
+        let mut cuts = Vec::new();
+        let mut freed = Vec::new();
+        for (room, n) in added {
+            let count = match self.counts.get(room) {
+                Some(&known) => known + n,
+                None => tx.query_row("SELECT coalesce(sum(count), 0) FROM segments WHERE room = ?1", [room], |r| {
+                    r.get::<_, i64>(0) // the rows just inserted included
+                })? as usize,
+            };
+            // `count` is what is stored, visible or not; trimming starts once that passes
+            // keep + keep/16, so visible messages never exceed it either.
+            let count = match count > self.keep + self.keep / TRIM_SLACK_DIVISOR {
+                true => {
+                    let trimmed = trim(&tx, &mut self.log, room, count, self.keep)?;
+                    cuts.push((room, trimmed.cut));
+                    freed.extend(trimmed.freed);
+                    trimmed.stored
+                }
+                false => count,
+            };
+            counts.push((room, count));
+        }
+        set_mark(&tx, self.log.end())?;
+        tx.commit()?;
+        for (room, count) in counts {
+            self.counts.insert(room.to_owned(), count);
+        }
+        for (room, cut) in cuts {
+            let through = self.cuts.entry(room.to_owned()).or_default();
+            *through = (*through).max(cut);
+        }
+        for extent in self.unindexed.iter().flat_map(|row| &row.extents) {
+            self.log.add_live(extent.place.file, extent.length);
+        }
+        for (file, bytes) in freed {
+            self.log.remove_live(file, bytes);
+        }
+        self.unindexed.clear();
+        self.unindexed_rooms.clear();
+        self.start_wal_writeback();
+        // The index is done: what follows only reclaims space, and a failure there is
+        // reported, not the index's.
+        if let Err(e) = self.log.collect() {
+            log::warn!("history: removing an unused log file failed: {e}");
+        }
+        if let Err(e) = self.compact() {
+            log::warn!("history: compacting the message log failed: {e}");
+        }
+        Ok(())
+    }
+
+    /// At start: finds the frames committed after the index's mark (a crash came before
+    /// the index caught up), checks that their records decode, as many as the head says,
+    /// with ids that increase and are above every id the index has, and indexes them. A file's scan stops at the first frame that is not
+    /// whole (the end of what was written). Then the mark moves to the new file appends
+    /// go to. Returns how many messages were found.
+    fn recover(&mut self, mark: Option<Place>) -> Result<usize, StoreError> {
+        let mut found = 0;
+        let floor = self.last_id + 1; // a commit's frames interleave ids, all above the index's
+        if let Some(mark) = mark {
+            for no in self.log.files_from(mark.file) {
+                let data = self.log.read_file(no).map_err(|e| StoreError(format!("history log: {e}")))?;
+                let start = if no == mark.file { mark.offset as usize } else { 0 };
+                for frame in frames(&data, no, start) {
+                    if frame.kind == FrameKind::Moved {
+                        continue; // compaction's copy: the index has the row, wherever it points
+                    }
+                    let at = frame.records.offset as usize;
+                    let records = &data[at..at + frame.length as usize];
+                    let Ok(records) = decode(records, &frame.room, FileBytes::Left) else { break };
+                    if records.len() != frame.count as usize || !ascending(&records, floor, u64::MAX) {
+                        break;
+                    }
+                    self.last_id = self.last_id.max(records.last().map_or(0, |m| m.id));
+                    found += records.len();
+                    let extent = Extent { place: frame.records, length: frame.length };
+                    self.note(&frame.room, records.iter().map(|m| (m.id, m.file.is_some())), extent);
+                }
+            }
+        }
+        match self.unindexed.is_empty() {
+            true => set_mark(&self.db, self.log.end())?,
+            false => self.index()?,
+        }
+        Ok(found)
     }
 }
 
@@ -378,60 +541,102 @@ impl SqliteStore {
         }
     }
 
-    /// Moves live segments out of the oldest log file when dead bytes outweigh live
-    /// ones (`MessageLog::compaction_source`): at most `COMPACTION_BYTES` per commit, so
-    /// the turn it runs in stays short; the file goes once nothing points into it.
+    /// Moves rows out of the oldest log file when dead bytes outweigh live ones
+    /// (`MessageLog::compaction_source`): each row's records (from all its extents) become
+    /// one `Moved` frame in the newest file, at most `COMPACTION_BYTES` per index update,
+    /// so the turn it runs in stays short; the file goes once nothing points into it.
+    /// Runs only when the index has caught up, so the mark can move past what it writes.
     fn compact(&mut self) -> Result<(), StoreError> {
         let Some(source) = self.log.compaction_source() else { return Ok(()) };
-        let sql = "SELECT first_id, log_offset, log_length FROM segments WHERE log_file = ?1 ORDER BY first_id";
-        let mut moving: Vec<(i64, Vec<u8>)> = Vec::new();
+        let sql = format!("SELECT room, {SEGMENT} FROM segments WHERE log_file = ?1 ORDER BY first_id");
+        let io = |e: std::io::Error| StoreError(format!("history log: {e}"));
+        let mut moving: Vec<(String, StoredSegment, Vec<u8>)> = Vec::new();
         let mut bytes = 0;
         {
-            let mut statement = self.db.prepare_cached(sql)?;
+            let mut statement = self.db.prepare_cached(&sql)?;
             let mut rows = statement.query([source as i64])?;
             while bytes < COMPACTION_BYTES {
                 let Some(row) = rows.next()? else { break };
-                let (first, offset, length): (i64, i64, i64) = (row.get(0)?, row.get(1)?, row.get(2)?);
-                let place = Place { file: source, offset: offset as u64 };
-                let data =
-                    self.log.read(place, length as usize).map_err(|e| StoreError(format!("history log: {e}")))?;
+                let segment = StoredSegment::of(row, 1)?;
+                let SegmentBytes::Logged(extents) = &segment.bytes else { continue };
+                let mut data = Vec::new();
+                for extent in extents {
+                    data.extend(self.log.read(extent.place, extent.length as usize).map_err(io)?);
+                }
                 bytes += data.len();
-                moving.push((first, data));
+                moving.push((row.get(0)?, segment, data));
             }
         }
         if moving.is_empty() {
             return Ok(());
         }
-        let parts: Vec<IoSlice> = moving.iter().map(|(_, data)| IoSlice::new(data)).collect();
-        let place = self.log.append(&parts).map_err(|e| StoreError(format!("history log: {e}")))?;
+        let file = self.log.next_file().map_err(io)?;
+        let mut heads = Vec::new();
+        let mut spans = Vec::new();
+        for (room, segment, data) in &moving {
+            let start = heads.len();
+            let count = (segment.last_id - segment.first_id + 1).min(u32::MAX as u64) as u32; // not read: a scan steps over moved frames
+            frame_head(FrameKind::Moved, file, room, count, data.len() as u64, &mut heads);
+            spans.push(start..heads.len());
+        }
+        let mut parts = Vec::new();
+        for ((_, _, data), span) in moving.iter().zip(&spans) {
+            parts.push(IoSlice::new(&heads[span.clone()]));
+            parts.push(IoSlice::new(data));
+        }
+        let place = self.log.append(&parts).map_err(io)?;
+        drop(parts);
         let tx = self.db.transaction()?;
+        let mut moved = Vec::new();
         {
             let mut update = tx.prepare_cached(
-                "UPDATE segments SET log_file = ?1, log_offset = ?2 WHERE first_id = ?3 AND log_file = ?4",
+                "UPDATE segments SET log_file = ?1, log_offset = ?2, log_length = ?3, log_extents = NULL
+                 WHERE first_id = ?4 AND log_file = ?5",
             )?;
             let mut offset = place.offset;
-            for (first, data) in &moving {
-                update.execute(params![place.file as i64, offset as i64, first, source as i64])?;
+            for ((_, segment, data), span) in moving.iter().zip(&spans) {
+                offset += span.len() as u64;
+                let at = Place { file: place.file, offset };
+                update.execute(params![
+                    at.file as i64,
+                    at.offset as i64,
+                    data.len() as i64,
+                    segment.first_id as i64,
+                    source as i64
+                ])?;
+                moved.push(Extent { place: at, length: data.len() as u64 });
                 offset += data.len() as u64;
             }
         }
+        set_mark(&tx, self.log.end())?;
         tx.commit()?;
-        self.log.add_live(place.file, bytes as u64);
-        self.log.remove_live(source, bytes as u64);
-        log::debug!("history: compaction moved {} segment(s), {bytes} bytes, out of log file {source}", moving.len());
-        self.log.collect().map_err(|e| StoreError(format!("history log: {e}")))?;
+        for extent in moved {
+            self.log.add_live(extent.place.file, extent.length);
+        }
+        for (_, segment, _) in &moving {
+            if let SegmentBytes::Logged(extents) = &segment.bytes {
+                extents.iter().for_each(|e| self.log.remove_live(e.place.file, e.length));
+            }
+        }
+        log::debug!("history: compaction moved {} row(s), {bytes} bytes, out of log file {source}", moving.len());
+        self.log.collect().map_err(io)?;
         Ok(())
     }
 }
 
-/// Commits between two starts of the WAL's writeback (a commit adds a page or two).
+/// Commits between two updates of the index (and a restart's most to scan): the index
+/// then costs one insert per busy room every this many turns, instead of a transaction
+/// (~50 µs) every turn.
+const INDEX_EVERY: usize = 64;
+
+/// Index updates between two starts of the WAL's writeback (each adds a few pages).
 const WRITEBACK_EVERY: u64 = 32;
 
 /// Most bytes one commit's compaction step copies (a few ms of the loop's time).
 const COMPACTION_BYTES: usize = 4 << 20;
 
 /// The columns `StoredSegment::of` reads, in order.
-const SEGMENT: &str = "first_id, last_id, data, log_file, log_offset, log_length";
+const SEGMENT: &str = "first_id, last_id, data, log_file, log_offset, log_length, log_extents";
 
 /// A segment's row: its ids, and where its bytes are.
 struct StoredSegment {
@@ -441,8 +646,15 @@ struct StoredSegment {
 }
 
 enum SegmentBytes {
-    Inline(Vec<u8>),      // a row written before the message log: the bytes are in `data`
-    Logged(Place, usize), // in the message log, this long
+    Inline(Vec<u8>),     // a row written before the message log: the bytes are in `data`
+    Logged(Vec<Extent>), // in the message log: one frame's records, or several
+}
+
+/// Where one frame's records are in the message log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Extent {
+    place: Place,
+    length: u64,
 }
 
 impl StoredSegment {
@@ -450,63 +662,113 @@ impl StoredSegment {
     fn of(row: &rusqlite::Row, at: usize) -> rusqlite::Result<StoredSegment> {
         let (first_id, last_id): (i64, i64) = (row.get(at)?, row.get(at + 1)?);
         let file: Option<i64> = row.get(at + 3)?;
-        let bytes = match file {
-            None => SegmentBytes::Inline(row.get(at + 2)?),
-            Some(file) => {
+        let extents: Option<Vec<u8>> = row.get(at + 6)?;
+        let bytes = match (file, extents) {
+            (None, _) => SegmentBytes::Inline(row.get(at + 2)?),
+            (Some(_), Some(extents)) => SegmentBytes::Logged(decode_extents(&extents)),
+            (Some(file), None) => {
                 let (offset, length): (i64, i64) = (row.get(at + 4)?, row.get(at + 5)?);
-                SegmentBytes::Logged(Place { file: file as u64, offset: offset as u64 }, length as usize)
+                let place = Place { file: file as u64, offset: offset as u64 };
+                SegmentBytes::Logged(vec![Extent { place, length: length as u64 }])
             }
         };
         Ok(StoredSegment { first_id: first_id as u64, last_id: last_id as u64, bytes })
     }
 }
 
-/// Decodes a segment, reading its bytes from the log if they are there. `None` when the
-/// log does not hold what the row says (missing, short, or not these ids: bytes a power
-/// loss kept from reaching the disk): logged, and the segment is skipped.
-fn load(
-    log: &mut MessageLog,
-    segment: StoredSegment,
-    room: &str,
-    file_bytes: FileBytes,
-) -> Result<Option<Vec<Record>>, StoreError> {
-    let place = match segment.bytes {
-        SegmentBytes::Inline(data) => return decode(&data, room, file_bytes).map(Some),
-        SegmentBytes::Logged(place, _) => place,
+/// A row's records as decoded, and whether any of its extents was missing.
+struct Loaded {
+    records: Vec<Record>,
+    lost: bool,
+}
+
+/// Decodes a segment, reading its bytes from the log if they are there. An extent the
+/// log does not hold (missing, short, or not ids of this row in order: bytes a power
+/// loss kept from reaching the disk) is logged and skipped, and `lost` says so.
+fn load(log: &mut MessageLog, segment: StoredSegment, room: &str, file_bytes: FileBytes) -> Result<Loaded, StoreError> {
+    let extents = match segment.bytes {
+        SegmentBytes::Inline(data) => return Ok(Loaded { records: decode(&data, room, file_bytes)?, lost: false }),
+        SegmentBytes::Logged(extents) => extents,
     };
-    let decoded = match segment_bytes(log, &segment)? {
-        Some(data) => decode(&data, room, file_bytes),
-        None => Err(truncated()),
-    };
-    match decoded {
-        Ok(records)
-            if records.first().map(|m| m.id) == Some(segment.first_id)
-                && records.last().map(|m| m.id) == Some(segment.last_id) =>
-        {
-            Ok(Some(records))
+    let mut loaded = Loaded { records: Vec::new(), lost: false };
+    for extent in extents {
+        let decoded = match log.read(extent.place, extent.length as usize) {
+            Ok(data) => decode(&data, room, file_bytes).ok(),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::UnexpectedEof) => None,
+            Err(e) => return Err(StoreError(format!("history log: {e}"))),
+        };
+        let floor = loaded.records.last().map_or(segment.first_id, |m| m.id + 1);
+        match decoded.filter(|records| ascending(records, floor, segment.last_id)) {
+            Some(records) => loaded.records.extend(records),
+            None => {
+                loaded.lost = true;
+                log::warn!(
+                    "history: messages of a room among {}..={} are missing from log file {} (lost in a power failure?); skipped",
+                    segment.first_id,
+                    segment.last_id,
+                    extent.place.file
+                );
+            }
         }
-        _ => {
-            log::warn!(
-                "history: messages {}..={} of a room are missing from log file {} (lost in a power failure?); skipped",
-                segment.first_id,
-                segment.last_id,
-                place.file
-            );
-            Ok(None)
+    }
+    Ok(loaded)
+}
+
+/// Whether `records` is not empty and its ids increase, from at least `floor` to at
+/// most `ceiling`.
+fn ascending(records: &[Record], floor: u64, ceiling: u64) -> bool {
+    let mut next = floor;
+    for m in records {
+        if m.id < next || m.id > ceiling {
+            return false;
         }
+        next = m.id.saturating_add(1);
+    }
+    !records.is_empty()
+}
+
+/// Extents as stored in `log_extents`: (file, offset, length) triples of little-endian u64.
+fn encode_extents(extents: &[Extent]) -> Vec<u8> {
+    let fields = extents.iter().flat_map(|e| [e.place.file, e.place.offset, e.length]);
+    fields.flat_map(u64::to_le_bytes).collect()
+}
+
+/// The extents `encode_extents` wrote (a malformed tail is left out).
+fn decode_extents(bytes: &[u8]) -> Vec<Extent> {
+    let field = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+    let extent =
+        |e: &[u8]| Extent { place: Place { file: field(&e[..8]), offset: field(&e[8..16]) }, length: field(&e[16..]) };
+    bytes.chunks_exact(24).map(extent).collect()
+}
+
+/// Where a restart's scan for unindexed frames starts; `None` in a file from before
+/// the mark (its rows were all indexed as they were committed).
+fn mark(db: &Connection) -> rusqlite::Result<Option<Place>> {
+    let sql = "SELECT file, offset FROM log_mark WHERE id = 1";
+    let place =
+        |row: &rusqlite::Row| Ok(Place { file: row.get::<_, i64>(0)? as u64, offset: row.get::<_, i64>(1)? as u64 });
+    db.query_row(sql, [], place).optional()
+}
+
+/// Records that the index has every frame before `place`.
+fn set_mark(db: &Connection, place: Place) -> rusqlite::Result<()> {
+    let sql = "INSERT INTO log_mark (id, file, offset) VALUES (1, ?1, ?2)
+               ON CONFLICT (id) DO UPDATE SET file = excluded.file, offset = excluded.offset";
+    db.prepare_cached(sql)?.execute(params![place.file as i64, place.offset as i64])?;
+    Ok(())
+}
+
+/// Adds `id` to `runs` (ids come in increasing order).
+fn push_id(runs: &mut Vec<(u64, u64)>, id: u64) {
+    match runs.last_mut() {
+        Some((first, n)) if *first + *n == id => *n += 1,
+        _ => runs.push((id, 1)),
     }
 }
 
-/// A segment's ids as runs of consecutive ids: (first id, how many) pairs of
-/// little-endian u64. One room's burst is one run: 16 bytes.
-fn id_runs(ids: impl Iterator<Item = u64>) -> Vec<u8> {
-    let mut runs: Vec<(u64, u64)> = Vec::new();
-    for id in ids {
-        match runs.last_mut() {
-            Some((first, n)) if *first + *n == id => *n += 1,
-            _ => runs.push((id, 1)),
-        }
-    }
+/// A segment's ids as stored in `id_runs`: runs of consecutive ids, (first id, how
+/// many) pairs of little-endian u64. One room's burst is one run: 16 bytes.
+fn encode_runs(runs: &[(u64, u64)]) -> Vec<u8> {
     runs.iter().flat_map(|(first, n)| first.to_le_bytes().into_iter().chain(n.to_le_bytes())).collect()
 }
 
@@ -523,26 +785,43 @@ fn nth_id(runs: &[u8], mut index: usize) -> Option<u64> {
     None
 }
 
-/// A logged segment's bytes; `None` when the log no longer has them (see `load`).
-/// An inline segment's bytes are its own.
+/// A segment's bytes (a logged one's extents back to back); `None` when the log no
+/// longer has them (see `load`).
 fn segment_bytes(log: &mut MessageLog, segment: &StoredSegment) -> Result<Option<Vec<u8>>, StoreError> {
-    let (place, length) = match &segment.bytes {
+    let extents = match &segment.bytes {
         SegmentBytes::Inline(data) => return Ok(Some(data.clone())),
-        SegmentBytes::Logged(place, length) => (*place, *length),
+        SegmentBytes::Logged(extents) => extents,
     };
-    match log.read(place, length) {
-        Ok(data) => Ok(Some(data)),
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::UnexpectedEof) => Ok(None),
-        Err(e) => Err(StoreError(format!("history log: {e}"))),
+    let mut data = Vec::new();
+    for extent in extents {
+        match log.read(extent.place, extent.length as usize) {
+            Ok(bytes) => data.extend(bytes),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::UnexpectedEof) => {
+                return Ok(None)
+            }
+            Err(e) => return Err(StoreError(format!("history log: {e}"))),
+        }
     }
+    Ok(Some(data))
 }
 
 /// Bytes of the message log each file holds that rows point to.
 fn live_log_bytes(db: &Connection) -> rusqlite::Result<BTreeMap<u64, u64>> {
-    let sql = "SELECT log_file, sum(log_length) FROM segments WHERE log_file IS NOT NULL GROUP BY log_file";
+    let mut live = BTreeMap::new();
+    let sql = "SELECT log_file, sum(log_length) FROM segments WHERE log_file IS NOT NULL AND log_extents IS NULL GROUP BY log_file";
     let mut statement = db.prepare(sql)?;
-    let rows = statement.query_map([], |row| Ok((row.get::<_, i64>(0)? as u64, row.get::<_, i64>(1)? as u64)))?;
-    rows.collect()
+    let mut rows = statement.query([])?;
+    while let Some(row) = rows.next()? {
+        *live.entry(row.get::<_, i64>(0)? as u64).or_default() += row.get::<_, i64>(1)? as u64;
+    }
+    let mut statement = db.prepare("SELECT log_extents FROM segments WHERE log_extents IS NOT NULL")?;
+    let mut rows = statement.query([])?;
+    while let Some(row) = rows.next()? {
+        for extent in decode_extents(&row.get::<_, Vec<u8>>(0)?) {
+            *live.entry(extent.place.file).or_default() += extent.length;
+        }
+    }
+    Ok(live)
 }
 
 /// SQLite's WAL beside `db`.
@@ -559,8 +838,8 @@ fn log_dir(db: &Path) -> PathBuf {
     PathBuf::from(dir)
 }
 
-/// The messages of one room in one commit: one index row, their bytes back to back in
-/// the log.
+/// The messages of one room in one commit: one frame in the log, their bytes back to
+/// back after its head.
 struct Segment<'a> {
     room: &'a str,            // the room they share
     records: Vec<&'a Record>, // in the order they were routed
@@ -568,16 +847,16 @@ struct Segment<'a> {
     length: u64,              // how many bytes they take
 }
 
-impl Segment<'_> {
-    /// The row's key.
-    fn first_id(&self) -> u64 {
-        self.records[0].id
-    }
-
-    /// For reads newest first and for recovery.
-    fn last_id(&self) -> u64 {
-        self.records[self.records.len() - 1].id
-    }
+/// One room's frames committed since the index last caught up: one index row to be.
+#[derive(Default)]
+struct Unindexed {
+    room: String,
+    first_id: u64,         // the row's key
+    last_id: u64,          // for reads newest first
+    count: usize,          // messages in it
+    runs: Vec<(u64, u64)>, // their ids (`id_runs`)
+    extents: Vec<Extent>,  // where each frame's records are, in the order written
+    files: Vec<u64>,       // the ids of shared files among them (`files` table)
 }
 
 /// Encodes one message but its body, which follows it: id u64, ts u64, flags u8
@@ -757,7 +1036,7 @@ fn trim(
                 })? as usize;
                 trimmed.stored -= n;
                 trimmed.cut = last_id;
-                whole.push(StoredSegment { first_id, last_id, bytes: SegmentBytes::Inline(Vec::new()) });
+                whole.push(segment);
             }
         }
     }
@@ -766,8 +1045,8 @@ fn trim(
     for segment in whole {
         delete.execute([segment.first_id as i64])?;
         delete_files.execute([segment.first_id as i64])?;
-        if let SegmentBytes::Logged(place, length) = segment.bytes {
-            trimmed.freed.push((place.file, length as u64));
+        if let SegmentBytes::Logged(extents) = segment.bytes {
+            trimmed.freed.extend(extents.iter().map(|e| (e.place.file, e.length)));
         }
     }
     if trimmed.cut > 0 {

@@ -18,12 +18,18 @@ fn names(dir: &Path) -> Vec<String> {
     names
 }
 
+/// Appends as the store does: asks for the file first (which may start a new one).
+fn put(log: &mut MessageLog, parts: &[IoSlice]) -> Place {
+    log.next_file().unwrap();
+    log.append(parts).unwrap()
+}
+
 #[test]
 fn appends_read_back_where_they_were_put() {
     let dir = temp_dir();
-    let mut log = MessageLog::open(&dir, DEFAULT_FILE_SIZE, BTreeMap::new()).unwrap();
-    let a = log.append(&[IoSlice::new(b"head"), IoSlice::new(b"body")]).unwrap();
-    let b = log.append(&[IoSlice::new(b"second")]).unwrap();
+    let mut log = MessageLog::open(&dir, DEFAULT_FILE_SIZE, BTreeMap::new(), u64::MAX).unwrap();
+    let a = put(&mut log, &[IoSlice::new(b"head"), IoSlice::new(b"body")]);
+    let b = put(&mut log, &[IoSlice::new(b"second")]);
     assert_eq!((a.file, a.offset, b.file, b.offset), (1, 0, 1, 8));
     assert_eq!(log.read(a, 8).unwrap(), b"headbody");
     assert_eq!(log.read(b, 6).unwrap(), b"second");
@@ -34,10 +40,10 @@ fn appends_read_back_where_they_were_put() {
 #[test]
 fn more_parts_than_one_writev_takes_are_all_written_in_order() {
     let dir = temp_dir();
-    let mut log = MessageLog::open(&dir, DEFAULT_FILE_SIZE, BTreeMap::new()).unwrap();
+    let mut log = MessageLog::open(&dir, DEFAULT_FILE_SIZE, BTreeMap::new(), u64::MAX).unwrap();
     let bytes: Vec<[u8; 3]> = (0..3000u32).map(|i| [(i % 251) as u8, (i / 251) as u8, 7]).collect();
     let parts: Vec<IoSlice> = bytes.iter().map(|b| IoSlice::new(b)).collect();
-    let place = log.append(&parts).unwrap();
+    let place = put(&mut log, &parts);
     assert_eq!(log.read(place, 9000).unwrap(), bytes.concat());
     assert_eq!(log.disk_bytes(), 9000);
     fs::remove_dir_all(&dir).unwrap();
@@ -46,10 +52,10 @@ fn more_parts_than_one_writev_takes_are_all_written_in_order() {
 #[test]
 fn files_rotate_a_dead_one_is_written_over_and_more_are_deleted() {
     let dir = temp_dir();
-    let mut log = MessageLog::open(&dir, 10, BTreeMap::new()).unwrap();
-    let first = log.append(&[IoSlice::new(&[1; 12])]).unwrap(); // fills file 1 past its size
+    let mut log = MessageLog::open(&dir, 10, BTreeMap::new(), u64::MAX).unwrap();
+    let first = put(&mut log, &[IoSlice::new(&[1; 12])]); // fills file 1 past its size
     log.add_live(first.file, 12);
-    let second = log.append(&[IoSlice::new(&[2; 12])]).unwrap();
+    let second = put(&mut log, &[IoSlice::new(&[2; 12])]);
     log.add_live(second.file, 12);
     assert_eq!((first.file, second.file), (1, 2));
     assert_eq!(names(&dir), ["00000001.log", "00000002.log"]);
@@ -59,14 +65,14 @@ fn files_rotate_a_dead_one_is_written_over_and_more_are_deleted() {
     assert_eq!(names(&dir), ["00000001.log", "00000002.log"], "file 1 is kept as the spare");
     // File 3 is file 1 renamed and written over from its start: its old bytes stay
     // after what is written, unreferenced.
-    let third = log.append(&[IoSlice::new(&[3; 4])]).unwrap();
+    let third = put(&mut log, &[IoSlice::new(&[3; 4])]);
     log.add_live(third.file, 4);
     assert_eq!(third, Place { file: 3, offset: 0 });
     assert_eq!(names(&dir), ["00000002.log", "00000003.log"]);
     assert_eq!(log.read(third, 4).unwrap(), [3; 4]);
     assert_eq!(log.read(second, 12).unwrap(), [2; 12]);
-    let fourth = log.append(&[IoSlice::new(&[4; 12])]).unwrap(); // file 3 had room left
-    let fifth = log.append(&[IoSlice::new(&[5; 1])]).unwrap();
+    let fourth = put(&mut log, &[IoSlice::new(&[4; 12])]); // file 3 had room left
+    let fifth = put(&mut log, &[IoSlice::new(&[5; 1])]);
     assert_eq!((fourth.file, fifth.file), (3, 4));
     log.remove_live(2, 12);
     log.remove_live(3, 4);
@@ -79,34 +85,34 @@ fn files_rotate_a_dead_one_is_written_over_and_more_are_deleted() {
 #[test]
 fn reopening_keeps_referenced_files_drops_the_rest_and_starts_a_new_file() {
     let dir = temp_dir();
-    let mut log = MessageLog::open(&dir, 4, BTreeMap::new()).unwrap();
-    let kept = log.append(&[IoSlice::new(b"kept")]).unwrap();
-    log.append(&[IoSlice::new(b"lost")]).unwrap(); // file 2: a crash before its commit
+    let mut log = MessageLog::open(&dir, 4, BTreeMap::new(), u64::MAX).unwrap();
+    let kept = put(&mut log, &[IoSlice::new(b"kept")]);
+    put(&mut log, &[IoSlice::new(b"lost")]); // file 2: a crash before its commit
     drop(log);
     fs::write(dir.join("notes.txt"), b"not ours").unwrap();
-    let mut log = MessageLog::open(&dir, 4, BTreeMap::from([(kept.file, 4)])).unwrap();
+    let mut log = MessageLog::open(&dir, 4, BTreeMap::from([(kept.file, 4)]), u64::MAX).unwrap();
     // File 2 (unreferenced) is gone, and its number starts afresh, empty.
     assert_eq!(names(&dir), ["00000001.log", "00000002.log", "notes.txt"]);
     assert_eq!(log.read(kept, 4).unwrap(), b"kept");
-    assert_eq!(log.append(&[IoSlice::new(b"new")]).unwrap(), Place { file: 2, offset: 0 });
+    assert_eq!(put(&mut log, &[IoSlice::new(b"new")]), Place { file: 2, offset: 0 });
     fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn compaction_is_asked_for_only_when_dead_bytes_outweigh_live_ones_and_a_file() {
     let dir = temp_dir();
-    let mut log = MessageLog::open(&dir, 100, BTreeMap::new()).unwrap();
-    let old = log.append(&[IoSlice::new(&[0; 100])]).unwrap(); // file 1: one live byte in it
+    let mut log = MessageLog::open(&dir, 100, BTreeMap::new(), u64::MAX).unwrap();
+    let old = put(&mut log, &[IoSlice::new(&[0; 100])]); // file 1: one live byte in it
     log.add_live(old.file, 1);
     assert_eq!(log.compaction_source(), None, "99 dead bytes: not more than one file");
     for _ in 0..2 {
-        let p = log.append(&[IoSlice::new(&[0; 100])]).unwrap();
+        let p = put(&mut log, &[IoSlice::new(&[0; 100])]);
         log.add_live(p.file, 100);
     }
     assert_eq!(log.compaction_source(), None, "dead 99 < live 201");
     log.remove_live(2, 100);
     log.collect().unwrap();
-    let p = log.append(&[IoSlice::new(&[0; 150])]).unwrap(); // rotates to file 4
+    let p = put(&mut log, &[IoSlice::new(&[0; 150])]); // rotates to file 4
     assert_eq!(p.file, 4);
     assert_eq!(log.compaction_source(), Some(1), "dead 249 > live 101 and > 100: the oldest live file");
     fs::remove_dir_all(&dir).unwrap();

@@ -235,13 +235,22 @@ fn log_files(path: &std::path::Path) -> Vec<String> {
     names
 }
 
+/// Rows in the index.
+fn rows(store: &SqliteStore) -> i64 {
+    store.db.query_row("SELECT count(*) FROM segments", [], |row| row.get(0)).unwrap()
+}
+
 #[test]
-fn bytes_go_to_the_message_log_and_rows_only_say_where() {
+fn the_log_write_is_the_commit_and_rows_only_say_where() {
     let (_dir, path) = temp_db();
     let mut store = SqliteStore::open(&path, 100).unwrap();
     store.append(message(1, "a"));
     store.append(shared_file(2, "a", b"png bytes"));
     store.commit().unwrap();
+    let written = std::fs::metadata(log_dir(&path).join("00000001.log")).unwrap().len();
+    assert!(written > 0, "the commit wrote the log");
+    assert_eq!(rows(&store), 0, "the index catches up later");
+    assert_eq!(ids(&store.query("a", Query::Last(10), 10, false).unwrap()), [1, 2], "a read brings it up first");
     let (data, file, length): (Vec<u8>, i64, i64) = store
         .db
         .query_row("SELECT data, log_file, log_length FROM segments", [], |row| {
@@ -250,7 +259,9 @@ fn bytes_go_to_the_message_log_and_rows_only_say_where() {
         .unwrap();
     assert!(data.is_empty(), "the row keeps no bytes");
     assert_eq!(file, 1);
-    assert_eq!(std::fs::metadata(log_dir(&path).join("00000001.log")).unwrap().len(), length as u64);
+    let mut head = Vec::new();
+    frame_head(FrameKind::New, 1, "a", 2, length as u64, &mut head);
+    assert_eq!(written, head.len() as u64 + length as u64, "one frame: its head, then the records");
     drop(store);
     let mut store = SqliteStore::open(&path, 100).unwrap();
     assert_eq!(ids(&store.query("a", Query::Last(10), 10, false).unwrap()), [1, 2]);
@@ -272,12 +283,16 @@ fn retention_frees_log_files_and_compaction_moves_what_a_quiet_room_pins() {
         }
     }
     store.commit().unwrap();
+    // Before the index catches up, the log holds at most `INDEX_EVERY` commits more
+    // (64 x 5 x ~270 bytes, 21 files of 4 KiB) than what is live.
+    let files = log_files(&path);
+    assert!(files.len() <= 4 + 21, "{files:?}");
+    assert_eq!(ids(&store.query("quiet", Query::Last(10), 10, false).unwrap()), [1]);
     // Live: 10 (+ slack) busy messages and the quiet one, a few KiB: a handful of files,
     // not the ~110 KiB written.
     let files = log_files(&path);
     assert!(files.len() <= 4, "{files:?}");
     assert!(!files.contains(&"00000001.log".to_owned()), "the quiet room's message moved out of file 1");
-    assert_eq!(ids(&store.query("quiet", Query::Last(10), 10, false).unwrap()), [1]);
     assert_eq!(ids(&store.query("busy", Query::Last(3), 10, false).unwrap()), [1997, 1998, 1999]);
     drop(store);
     let mut store = SqliteStore::open_with(&path, 10, 4096).unwrap();
@@ -309,10 +324,92 @@ fn a_segment_the_log_lost_is_skipped_and_recovery_says_so() {
 
 #[test]
 fn id_runs_list_a_segments_ids_compactly() {
-    let runs = id_runs([5, 6, 7, 9, 12, 13].into_iter());
+    let id_runs = |ids: &mut dyn Iterator<Item = u64>| {
+        let mut runs = Vec::new();
+        ids.for_each(|id| push_id(&mut runs, id));
+        encode_runs(&runs)
+    };
+    let runs = id_runs(&mut [5, 6, 7, 9, 12, 13].into_iter());
     assert_eq!(runs.len(), 3 * 16);
     let listed: Vec<Option<u64>> = (0..7).map(|i| nth_id(&runs, i)).collect();
     assert_eq!(listed, [Some(5), Some(6), Some(7), Some(9), Some(12), Some(13), None]);
-    assert_eq!(id_runs(100..400).len(), 16, "one room's burst is one run");
+    assert_eq!(id_runs(&mut (100..400)).len(), 16, "one room's burst is one run");
     assert_eq!(nth_id(&runs[..20], 3), None, "a malformed value finds nothing");
+}
+
+/// Drops the store as a crash would: what the index has not caught up with stays in
+/// the log only.
+fn crash(mut store: SqliteStore) {
+    store.unindexed.clear();
+    drop(store);
+}
+
+#[test]
+fn a_crash_before_the_index_catches_up_loses_nothing_committed() {
+    let (_dir, path) = temp_db();
+    let mut store = SqliteStore::open(&path, 100).unwrap();
+    for id in 1..=100 {
+        match id {
+            50 => store.append(shared_file(50, "files", b"file bytes")),
+            _ => store.append(message(id, if id % 2 == 0 { "even" } else { "odd" })),
+        }
+        if id % 10 == 0 {
+            store.commit().unwrap();
+        }
+    }
+    store.append(message(101, "odd")); // appended, never committed: not stored
+    assert!(store.unindexed_commits > 0 && rows(&store) == 0);
+    crash(store);
+    let mut store = SqliteStore::open(&path, 100).unwrap();
+    assert_eq!(store.last_id(), 100, "ids go on after the highest one found");
+    let even: Vec<u64> = (2..=100).step_by(2).filter(|id| *id != 50).collect();
+    assert_eq!(ids(&store.query("even", Query::Last(100), 100, false).unwrap()), even);
+    let odd = store.query("odd", Query::Since(0), 100, false).unwrap();
+    assert_eq!(odd.messages.len(), 50);
+    assert_eq!(odd.recovered, Some(true));
+    assert_eq!(store.file(50).unwrap().map(|f| f.body), Some(b"file bytes".to_vec()));
+    // Found once: the mark moved past them, so a second start scans nothing.
+    drop(store);
+    let mut store = SqliteStore::open(&path, 100).unwrap();
+    assert_eq!(ids(&store.query("even", Query::Last(100), 100, false).unwrap()), even);
+    // A row takes a room's frames (5 messages each) until it holds an eighth of keep (12):
+    // 15 + 15 + 15 + 5 messages per room, and one for the file's room.
+    assert_eq!(rows(&store), 9);
+}
+
+#[test]
+fn a_torn_frame_and_an_older_files_frame_end_the_scan() {
+    let (_dir, path) = temp_db();
+    let mut store = SqliteStore::open(&path, 100).unwrap();
+    for id in 1..=3 {
+        store.append(message(id, "a"));
+        store.commit().unwrap();
+    }
+    crash(store);
+    let file = log_dir(&path).join("00000001.log");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let whole = bytes.len();
+    // A frame of file 7 (a spare written over keeps frames of its old number), then a
+    // frame of this file whose records were cut short by the crash.
+    let mut old = Vec::new();
+    frame_head(FrameKind::New, 7, "a", 1, 0, &mut old);
+    let mut torn = Vec::new();
+    frame_head(FrameKind::New, 1, "a", 1, 64, &mut torn);
+    for tail in [old, torn] {
+        bytes.truncate(whole);
+        bytes.extend(&tail);
+        std::fs::write(&file, &bytes).unwrap();
+        let mut store = SqliteStore::open(&path, 100).unwrap();
+        assert_eq!(ids(&store.query("a", Query::Last(10), 10, false).unwrap()), [1, 2, 3]);
+        crash_after_rewind(store, &path);
+    }
+}
+
+/// Closes the store and sets the mark back to the log's start, so the next open scans
+/// file 1 again, as if the index had never caught up.
+fn crash_after_rewind(store: SqliteStore, path: &std::path::Path) {
+    drop(store);
+    let db = Connection::open(path).unwrap();
+    db.execute("DELETE FROM segments", []).unwrap();
+    set_mark(&db, Place { file: 1, offset: 0 }).unwrap();
 }
