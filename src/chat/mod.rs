@@ -52,7 +52,6 @@ use files::Upload;
 use json::BadRequest;
 use names::NameError;
 use rate::Bucket;
-use record::Record;
 use reply::{Failure, Reply};
 use rooms::{Member, RoomId, Rooms, Seat};
 use text::Line;
@@ -352,19 +351,11 @@ impl Chat {
                 Said::Text(text) => (false, text.as_bytes()),
                 Said::Binary(data) => (true, data),
             };
-            out.records.push(Record {
-                id: self.last_id,
-                room: room.to_owned(),
-                from: match author {
-                    Author::Conn(conn) => self.users[&conn].name.clone(),
-                    Author::Named(name) => name.to_owned(),
-                },
-                to: to.map(str::to_owned),
-                binary,
-                body: body.to_vec(),
-                ts,
-                file: None,
-            });
+            let from = match author {
+                Author::Conn(conn) => &self.users[&conn].name,
+                Author::Named(name) => name,
+            };
+            out.keep(self.last_id, room, from, to, binary, body, ts);
         }
         self.last_id
     }

@@ -9,7 +9,7 @@
 pub const DM_ROOM: &str = "@dm";
 
 /// One relayed message, as history keeps it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Record {
     pub id: u64,                // server-wide, strictly increasing, survives restarts
     pub room: String,           // the room, or DM_ROOM for a direct message

@@ -3,6 +3,7 @@
 use serde_json::Value;
 
 use super::*;
+use crate::chat::record::{FileMeta, Record};
 use crate::proto::frame::FrameHeader;
 
 /// Small limits for tests (shared with the other chat modules' tests).
@@ -377,4 +378,34 @@ fn nothing_is_compressed_without_a_deflate_recipient() {
     let outputs = out.take();
     assert!(matches!(&outputs[0], Output::Room { raw_deflate: None, json_deflate: Some(_), .. }), "{outputs:?}");
     assert_eq!(out.take_compressed(), 1);
+}
+
+#[test]
+fn spent_records_are_filled_again_with_nothing_left_of_their_old_fields() {
+    let mut out = Outbox::default();
+    out.keep(1, "a", "ann", Some("bob"), true, &[7; 100], 10);
+    let mut spent = std::mem::take(&mut out.records);
+    spent[0].file = Some(FileMeta { name: "x".into(), mime: "text/plain".into(), size: 1 });
+    let body = spent[0].body.as_ptr();
+    out.recycle(spent);
+    out.keep(2, "room", "cy", None, false, b"hi", 20);
+    let record = &out.records[0];
+    let expected = Record {
+        id: 2,
+        room: "room".into(),
+        from: "cy".into(),
+        to: None,
+        binary: false,
+        body: b"hi".to_vec(),
+        ts: 20,
+        file: None,
+    };
+    assert_eq!(*record, expected);
+    assert_eq!(record.body.as_ptr(), body, "the spent record's buffer was filled again");
+    // A record whose body grew past the limit (a shared file's) is not kept.
+    let big = Record { body: vec![0; 65 << 10], ..expected };
+    out.records.clear();
+    out.recycle(vec![big]);
+    out.keep(3, "r", "d", None, false, b"x", 30);
+    assert!(out.records[0].body.capacity() < 65 << 10);
 }

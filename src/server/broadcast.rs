@@ -34,7 +34,7 @@ use super::client::Client;
 use super::history::History;
 use super::metrics::Stats;
 use crate::buffers::Shared;
-use crate::chat::record::Query;
+use crate::chat::record::{Query, Record};
 use crate::chat::rooms::RoomId;
 use crate::chat::{history_frames, Chat, Outbox, Output};
 use crate::proto::close::CloseCode;
@@ -146,6 +146,11 @@ impl Router {
                 self.dirty.push(key);
             }
         }
+    }
+
+    /// Records history has committed, for the chat to fill again (`Outbox::keep`).
+    pub fn recycle(&mut self, spent: Vec<Record>) {
+        self.outbox.recycle(spent);
     }
 
     /// Delivers everything in the outbox, in order: the records go to history first,

@@ -72,6 +72,11 @@ impl History {
         outcome
     }
 
+    /// The records the last commit wrote, for the chat to fill again.
+    pub fn spent(&mut self) -> Vec<Record> {
+        self.store.as_mut().map_or_else(Vec::new, |store| store.spent())
+    }
+
     /// The acks ready to be answered.
     pub fn take_settled(&mut self) -> Vec<(Ack, Result<(), String>)> {
         std::mem::take(&mut self.settled)

@@ -348,6 +348,7 @@ impl Server {
         self.route();
         let started = log::log_enabled!(log::Level::Trace).then(Instant::now);
         let _ = self.history.commit(&mut self.stats); // a failure is logged, counted and answered to the acks
+        self.router.recycle(self.history.spent());
         self.router.answer_acks(&mut self.clients, &mut self.history, &mut self.stats);
         if let Some(started) = started {
             log::trace!("commit: done in {}", Ms(started.elapsed()));

@@ -36,6 +36,11 @@ pub trait Store {
     /// One shared file with its bytes, for a `fetch`: `None` when `id` is not a file
     /// (never was, or retention has taken it). Sees everything committed.
     fn file(&mut self, id: u64) -> Result<Option<Record>, StoreError>;
+    /// The records the last `commit` wrote, for the chat to fill again (their buffers
+    /// are what is wanted); none from an engine that keeps them.
+    fn spent(&mut self) -> Vec<Record> {
+        Vec::new()
+    }
 }
 
 /// A storage failure, in the engine's words (never with message bodies).

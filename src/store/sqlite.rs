@@ -125,6 +125,7 @@ pub struct SqliteStore {
     wal: Option<std::fs::File>,              // the WAL, opened to start its writeback early (`start_writeback`)
     commits: u64,                            // index updates since the WAL's writeback was last started
     heads: Vec<u8>,                          // the heads of one commit's frames and records, reused
+    spent: Vec<Record>,                      // the last commit's records, for `Store::spent`
     unindexed: Vec<Unindexed>,               // committed rows the index does not have yet
     unindexed_rooms: HashMap<String, usize>, // each room's row that takes more, in `unindexed`
     unindexed_commits: usize,                // commits since the index last caught up
@@ -171,6 +172,7 @@ impl SqliteStore {
             wal: std::fs::File::open(wal_path(path)).ok(),
             commits: 0,
             heads: Vec::new(),
+            spent: Vec::new(),
             unindexed: Vec::new(),
             unindexed_rooms: HashMap::new(),
             unindexed_commits: 0,
@@ -204,6 +206,11 @@ impl Store for SqliteStore {
     fn append(&mut self, message: Record) {
         self.last_id = self.last_id.max(message.id);
         self.pending.push(message);
+    }
+
+    /// The records the last commit wrote.
+    fn spent(&mut self) -> Vec<Record> {
+        std::mem::take(&mut self.spent)
     }
 
     /// Messages appended but not committed.
@@ -270,6 +277,8 @@ impl Store for SqliteStore {
                 Extent { place: Place { file: place.file, offset: place.offset + s.offset }, length: s.length };
             self.note(s.room, s.records.iter().map(|m| (m.id, m.file.is_some())), extent);
         }
+        let written = batch.len();
+        self.spent = batch;
         self.unindexed_commits += 1;
         self.unindexed_bytes += offset;
         if self.unindexed_commits >= INDEX_EVERY || self.unindexed_bytes >= self.index_bytes {
@@ -279,7 +288,7 @@ impl Store for SqliteStore {
                 log::error!("history: updating the index failed (the messages are in the log): {e}");
             }
         }
-        Ok(batch.len())
+        Ok(written)
     }
 
     /// Reads part of a room's history, at most `cap` messages, oldest first. Callers
