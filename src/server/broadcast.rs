@@ -164,8 +164,7 @@ impl Router {
         stats: &mut Stats,
         now: Instant,
     ) {
-        let (records, acks) = (std::mem::take(&mut self.outbox.records), std::mem::take(&mut self.outbox.acks));
-        history.append(records, acks);
+        history.append(&mut self.outbox.records, std::mem::take(&mut self.outbox.acks));
         stats.compressed += self.outbox.take_compressed();
         while !self.outbox.is_empty() {
             let mut slow = Vec::new();

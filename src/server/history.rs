@@ -35,10 +35,11 @@ impl History {
 
     /// Records the chat accepted, and the acks they earn. Without a store there is
     /// nothing to wait for: the acks are settled at once.
-    pub fn append(&mut self, records: Vec<Record>, acks: Vec<Ack>) {
+    /// `records` is left empty, its capacity kept for the next ones.
+    pub fn append(&mut self, records: &mut Vec<Record>, acks: Vec<Ack>) {
         match &mut self.store {
             Some(store) => {
-                records.into_iter().for_each(|record| store.append(record));
+                records.drain(..).for_each(|record| store.append(record));
                 self.waiting.extend(acks);
             }
             None => self.settled.extend(acks.into_iter().map(|ack| (ack, Ok(())))),

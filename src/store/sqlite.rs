@@ -230,7 +230,9 @@ impl Store for SqliteStore {
         if self.pending.is_empty() {
             return Ok(0);
         }
-        let batch = std::mem::take(&mut self.pending);
+        // The next turn's are likely as many: room for them now, not by doubling.
+        let next = Vec::with_capacity(self.pending.len());
+        let batch = std::mem::replace(&mut self.pending, next);
         // One frame per room, messages in the order they were routed.
         let mut segments: Vec<Segment> = Vec::new();
         for m in &batch {
