@@ -52,6 +52,7 @@ pub struct MessageLog {
     live: BTreeMap<u64, u64>,     // bytes still referenced by the index, by file number
     readers: BTreeMap<u64, File>, // files opened for reading, kept open until deleted
     spares: Vec<u64>,             // dead files kept to be written over (`SPARES`), by number
+    torn: bool,                   // a write failed part way: the next append starts a new file
 }
 
 impl MessageLog {
@@ -86,14 +87,18 @@ impl MessageLog {
             live,
             readers: BTreeMap::new(),
             spares: Vec::new(),
+            torn: false,
         })
     }
 
     /// The number of the file the next `append` goes to, starting a new file first if the
-    /// current one is full. A frame's head names its file, so it is asked before writing.
+    /// current one is full, or a write to it failed part way (a start's scan of a file
+    /// stops at the torn frame, so nothing may follow it). A frame's head names its file,
+    /// so it is asked before writing.
     pub fn next_file(&mut self) -> io::Result<u64> {
-        if self.sizes[&self.current_no] >= self.file_size {
+        if self.torn || self.sizes[&self.current_no] >= self.file_size {
             self.rotate()?;
+            self.torn = false;
         }
         Ok(self.current_no)
     }
@@ -112,11 +117,15 @@ impl MessageLog {
             batch.push(IoSlice::new(&parts[start][skip..]));
             batch.extend(parts[start + 1..].iter().take(IOV_MAX - 1).copied());
             let n = match self.current.write_vectored(&batch) {
-                Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "history log: write returned 0")),
-                Ok(n) => n,
+                Ok(0) => Err(io::Error::new(io::ErrorKind::WriteZero, "history log: write returned 0")),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                result => result,
+            };
+            let n = match n {
+                Ok(n) => n,
                 Err(e) => {
                     self.note_written(written);
+                    self.torn = written > 0;
                     return Err(e);
                 }
             };

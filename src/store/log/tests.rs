@@ -126,3 +126,35 @@ fn only_log_file_names_are_numbers() {
         assert_eq!(file_number(name), None, "{name}");
     }
 }
+
+#[test]
+fn after_a_torn_write_the_next_append_starts_a_new_file() {
+    let dir = temp_dir();
+    let mut log = MessageLog::open(&dir, DEFAULT_FILE_SIZE, BTreeMap::new(), u64::MAX).unwrap();
+    put(&mut log, &[IoSlice::new(b"whole")]);
+    log.torn = true; // as when a write fails part way
+    assert_eq!(put(&mut log, &[IoSlice::new(b"next")]), Place { file: 2, offset: 0 });
+    assert_eq!(put(&mut log, &[IoSlice::new(b"more")]), Place { file: 2, offset: 4 });
+}
+
+#[test]
+fn frames_are_found_in_order_up_to_the_first_that_is_not_whole() {
+    let mut data = b"before".to_vec();
+    for (room, records) in [("a", &b"12345"[..]), ("élan", &b""[..])] {
+        frame_head(FrameKind::New, 3, room, 1, records.len() as u64, &mut data);
+        data.extend_from_slice(records);
+    }
+    let found = frames(&data, 3, 6);
+    let rooms: Vec<(&str, u64)> = found.iter().map(|f| (f.room.as_str(), f.length)).collect();
+    assert_eq!(rooms, [("a", 5), ("élan", 0)]);
+    assert_eq!(&data[found[0].records.offset as usize..][..5], b"12345");
+    assert!(frames(&data, 4, 6).is_empty(), "a frame of another file number ends the scan");
+    let mut flipped = data.clone();
+    flipped[6 + 13] ^= 1; // a bit of the first head's record count
+    assert!(frames(&flipped, 3, 6).is_empty(), "a head that fails its CRC ends the scan");
+    let mut moved = b"before".to_vec();
+    frame_head(FrameKind::Moved, 3, "a", 1, 2, &mut moved);
+    assert_eq!(frames(&moved, 3, 6).len(), 0, "a frame whose records are cut short is not whole");
+    moved.extend_from_slice(b"xy");
+    assert_eq!(frames(&moved, 3, 6)[0].kind, FrameKind::Moved);
+}
