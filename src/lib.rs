@@ -58,7 +58,8 @@
 //!    output becomes one `Rc` chunk per codec (and per form, plain or compressed), and
 //!    `Router::push` puts a reference in each member's `WriteQueue`.
 //! 6. Later in the same turn, `Server::commit`: `History::commit` commits the turn's
-//!    records in one step ([`store::Store::commit`]: one write to the message log) before any byte leaves.
+//!    records in one step ([`store::Store::commit`]: one write to the message log)
+//!    before any byte leaves.
 //! 7. `Server::flush`: `WriteQueue::write_to` hands each recipient's chunks to the
 //!    kernel in one `write_vectored` (`writev`) call.
 //!
