@@ -130,7 +130,8 @@ pub struct Config {
     pub history_keep: usize,
 
     /// Size at which the message log (`<db>-log/`) starts a new file. The log holds about
-    /// twice the live messages plus two files at most.
+    /// twice the live messages plus two files at most; the SQLite index catches up at
+    /// least every half file written (and every 64 commits).
     #[arg(long, env = "POLLCAST_HISTORY_LOG_FILE_SIZE", default_value = "64MiB", value_parser = parse_nonzero_size)]
     pub history_log_file_size: usize,
 
