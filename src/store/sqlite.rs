@@ -223,9 +223,9 @@ impl Store for SqliteStore {
     /// the commit: once it returns, the messages survive a crash of the process (the
     /// next start finds them past the index's mark). The index learns of them in
     /// `index`, every `INDEX_EVERY` commits or half a log file, whichever comes first
-    /// (and before any read). Returns how many
-    /// messages were written. On error nothing of this batch is stored and the batch is
-    /// dropped (the caller reports it; the relay goes on).
+    /// (and before any read). Returns how many messages were written. On error nothing
+    /// of this batch is stored and the batch is dropped (the caller reports it; the
+    /// relay goes on).
     fn commit(&mut self) -> Result<usize, StoreError> {
         if self.pending.is_empty() {
             return Ok(0);
@@ -285,7 +285,8 @@ impl Store for SqliteStore {
         self.unindexed_bytes += offset;
         if self.unindexed_commits >= INDEX_EVERY || self.unindexed_bytes >= self.index_bytes {
             // The messages are committed; an index that cannot catch up now tries again
-            // at the next turn's commit (and a restart finds them in the log).
+            // `INDEX_EVERY` commits later or at the next read (a restart finds them in
+            // the log).
             if let Err(e) = self.index() {
                 log::error!("history: updating the index failed (the messages are in the log): {e}");
             }
@@ -396,8 +397,8 @@ impl SqliteStore {
         row.extents.push(extent);
     }
 
-    /// Brings the index up to the log: one row per unindexed room row, retention for
-    /// the rooms they are in, and the mark (where a restart's scan of the log starts)
+    /// Brings the index up to the log: a row for each `Unindexed`, retention for the
+    /// rooms they are in, and the mark (where a restart's scan of the log starts)
     /// moved to the log's end, in one transaction. Then reclaims log space. On error the
     /// rows stay unindexed, to be tried again.
     fn index(&mut self) -> Result<(), StoreError> {
