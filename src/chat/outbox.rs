@@ -89,8 +89,8 @@ pub struct Deflate {
 /// Most spent records the outbox keeps to fill again (`Outbox::recycle`).
 const SPARE_RECORDS: usize = 4096;
 
-/// A spent record whose body's buffer is larger is not kept (a shared file's).
-const SPARE_BODY: usize = 64 << 10;
+/// Most bytes the spent records' bodies may hold together (4096 bodies of 1 KiB).
+const SPARE_BYTES: usize = 4 << 20;
 
 /// The outputs of one read, plus what history must keep of them.
 #[derive(Debug, Default)]
@@ -103,6 +103,7 @@ pub struct Outbox {
     pub asks: Vec<Ask>,            // who/rooms questions for the whole cluster (cluster only)
     pool: Pool,                    // reusable rings and buffers (the one pool of the loop)
     spare: Vec<Record>,            // records history is done with, to be filled again (`keep`)
+    spare_bytes: usize,            // their bodies' capacity, together (at most `SPARE_BYTES`)
     shrink: Shrink,                // the one compressor of the loop, and when to use it
 }
 
@@ -175,14 +176,13 @@ impl Outbox {
         self.shrink.threshold = threshold;
     }
 
-    /// How many messages were compressed since the last call (for /metrics): once per
-    /// codec per message, however many members received it.
     /// Adds a record for history, filling a spent one when there is one: with history on,
     /// each message would otherwise cost three allocations (room, sender, body) and their
     /// frees, as much as a tenth of the relay's time with 1 KiB messages.
     #[allow(clippy::too_many_arguments)] // a record's fields, by reference
     pub fn keep(&mut self, id: u64, room: &str, from: &str, to: Option<&str>, binary: bool, body: &[u8], ts: u64) {
         let mut record = self.spare.pop().unwrap_or_default();
+        self.spare_bytes -= record.body.capacity();
         record.id = id;
         record.room.clear();
         record.room.push_str(room);
@@ -198,12 +198,20 @@ impl Outbox {
     }
 
     /// Takes back records history has committed, to be filled again by `keep`: at most
-    /// `SPARE_RECORDS`, and none whose buffers grew past `SPARE_BODY` (a file's bytes).
+    /// `SPARE_RECORDS`, holding at most `SPARE_BYTES` of bodies (what a burst of big
+    /// messages grew is freed, not kept for the life of the process).
     pub fn recycle(&mut self, spent: Vec<Record>) {
-        let room = SPARE_RECORDS.saturating_sub(self.spare.len());
-        self.spare.extend(spent.into_iter().filter(|r| r.body.capacity() <= SPARE_BODY).take(room));
+        for record in spent {
+            let bytes = record.body.capacity();
+            if self.spare.len() < SPARE_RECORDS && self.spare_bytes + bytes <= SPARE_BYTES {
+                self.spare_bytes += bytes;
+                self.spare.push(record);
+            }
+        }
     }
 
+    /// How many messages were compressed since the last call (for /metrics): once per
+    /// codec per message, however many members received it.
     pub fn take_compressed(&mut self) -> u64 {
         std::mem::take(&mut self.shrink.compressed)
     }

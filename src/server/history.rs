@@ -42,7 +42,10 @@ impl History {
                 records.drain(..).for_each(|record| store.append(record));
                 self.waiting.extend(acks);
             }
-            None => self.settled.extend(acks.into_iter().map(|ack| (ack, Ok(())))),
+            None => {
+                records.clear();
+                self.settled.extend(acks.into_iter().map(|ack| (ack, Ok(()))));
+            }
         }
     }
 

@@ -160,8 +160,13 @@ impl MessageLog {
         Ok(())
     }
 
-    /// Reads `len` bytes at `place`.
+    /// Reads `len` bytes at `place`; past the end of what the file holds is
+    /// `UnexpectedEof`, checked before anything is allocated.
     pub fn read(&mut self, place: Place, len: usize) -> io::Result<Vec<u8>> {
+        let size = self.sizes.get(&place.file).copied();
+        if size.is_some_and(|size| place.offset.saturating_add(len as u64) > size) {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "history log: past the end of the file"));
+        }
         let reader = match self.readers.entry(place.file) {
             std::collections::btree_map::Entry::Occupied(open) => open.into_mut(),
             std::collections::btree_map::Entry::Vacant(slot) => {

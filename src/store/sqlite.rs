@@ -557,29 +557,35 @@ impl SqliteStore {
     }
 
     /// Moves rows out of the oldest log file when dead bytes outweigh live ones
-    /// (`MessageLog::compaction_source`): each row's records (from all its extents) become
+    /// (`MessageLog::compaction_source`): a row's readable extents go, back to back, into
     /// one `Moved` frame in the newest file, at most `COMPACTION_BYTES` per index update,
-    /// so the turn it runs in stays short; the file goes once nothing points into it.
+    /// so the turn it runs in stays short; the file goes once nothing points into it. An
+    /// extent the log lost (a power failure) is not copied: the row keeps it as
+    /// `LOST_FILE`, so reads still skip it and say so, and its file no longer counts it.
     /// Runs only when the index has caught up, so the mark can move past what it writes.
     fn compact(&mut self) -> Result<(), StoreError> {
         let Some(source) = self.log.compaction_source() else { return Ok(()) };
         let sql = format!("SELECT room, {SEGMENT} FROM segments WHERE log_file = ?1 ORDER BY first_id");
         let io = |e: std::io::Error| StoreError(format!("history log: {e}"));
-        let mut moving: Vec<(String, StoredSegment, Vec<u8>)> = Vec::new();
+        let mut moving: Vec<Moving> = Vec::new();
         let mut bytes = 0;
         {
             let mut statement = self.db.prepare_cached(&sql)?;
             let mut rows = statement.query([source as i64])?;
             while bytes < COMPACTION_BYTES {
                 let Some(row) = rows.next()? else { break };
+                let room: String = row.get(0)?;
                 let segment = StoredSegment::of(row, 1)?;
-                let SegmentBytes::Logged(extents) = &segment.bytes else { continue };
-                let mut data = Vec::new();
-                for extent in extents {
-                    data.extend(self.log.read(extent.place, extent.length as usize).map_err(io)?);
+                let SegmentBytes::Logged(extents) = segment.bytes else { continue };
+                let mut data = Vec::with_capacity(extents.len());
+                let mut floor = segment.first_id;
+                for extent in &extents {
+                    let read = read_extent(&mut self.log, *extent, &room, FileBytes::Left, floor, segment.last_id)?;
+                    floor = read.as_ref().and_then(|(_, records)| records.last()).map_or(floor, |m| m.id + 1);
+                    bytes += read.as_ref().map_or(0, |(bytes, _)| bytes.len());
+                    data.push(read.map(|(bytes, _)| bytes));
                 }
-                bytes += data.len();
-                moving.push((row.get(0)?, segment, data));
+                moving.push(Moving { room, first_id: segment.first_id, old: extents, data, new: Vec::new() });
             }
         }
         if moving.is_empty() {
@@ -588,56 +594,70 @@ impl SqliteStore {
         let file = self.log.next_file().map_err(io)?;
         let mut heads = Vec::new();
         let mut spans = Vec::new();
-        for (room, segment, data) in &moving {
+        for m in &moving {
             let start = heads.len();
-            let count = (segment.last_id - segment.first_id + 1).min(u32::MAX as u64) as u32; // not read: a scan steps over moved frames
-            frame_head(FrameKind::Moved, file, room, count, data.len() as u64, &mut heads);
+            let length = m.data.iter().flatten().map(|d| d.len() as u64).sum();
+            frame_head(FrameKind::Moved, file, &m.room, 0, length, &mut heads); // a scan steps over it: no count
             spans.push(start..heads.len());
         }
         let mut parts = Vec::new();
-        for ((_, _, data), span) in moving.iter().zip(&spans) {
+        for (m, span) in moving.iter().zip(&spans) {
             parts.push(IoSlice::new(&heads[span.clone()]));
-            parts.push(IoSlice::new(data));
+            parts.extend(m.data.iter().flatten().map(|d| IoSlice::new(d)));
         }
         let place = self.log.append(&parts).map_err(io)?;
         drop(parts);
+        let mut offset = place.offset;
+        for (m, span) in moving.iter_mut().zip(&spans) {
+            offset += span.len() as u64;
+            for data in &m.data {
+                m.new.push(match data {
+                    Some(data) => Extent { place: Place { file: place.file, offset }, length: data.len() as u64 },
+                    None => Extent { place: Place { file: LOST_FILE, offset: 0 }, length: 0 },
+                });
+                offset += data.as_ref().map_or(0, |d| d.len() as u64);
+            }
+        }
         let tx = self.db.transaction()?;
-        let mut moved = Vec::new();
         {
             let mut update = tx.prepare_cached(
-                "UPDATE segments SET log_file = ?1, log_offset = ?2, log_length = ?3, log_extents = NULL
-                 WHERE first_id = ?4 AND log_file = ?5",
+                "UPDATE segments SET log_file = ?1, log_offset = ?2, log_length = ?3, log_extents = ?4
+                 WHERE first_id = ?5 AND log_file = ?6",
             )?;
-            let mut offset = place.offset;
-            for ((_, segment, data), span) in moving.iter().zip(&spans) {
-                offset += span.len() as u64;
-                let at = Place { file: place.file, offset };
-                update.execute(params![
-                    at.file as i64,
-                    at.offset as i64,
-                    data.len() as i64,
-                    segment.first_id as i64,
-                    source as i64
-                ])?;
-                moved.push(Extent { place: at, length: data.len() as u64 });
-                offset += data.len() as u64;
+            for m in &moving {
+                // The file its readable extents moved to (`LOST_FILE` if none was readable).
+                let file = m.new.iter().map(|e| e.place.file).max().expect("a row has an extent");
+                let length: u64 = m.new.iter().map(|e| e.length).sum();
+                let extents = (m.new.len() > 1).then(|| encode_extents(&m.new));
+                let at = (file as i64, m.new[0].place.offset as i64, length as i64);
+                update.execute(params![at.0, at.1, at.2, extents, m.first_id as i64, source as i64])?;
             }
         }
         set_mark(&tx, self.log.end())?;
         tx.commit()?;
-        for extent in moved {
-            self.log.add_live(extent.place.file, extent.length);
-        }
-        for (_, segment, _) in &moving {
-            if let SegmentBytes::Logged(extents) = &segment.bytes {
-                extents.iter().for_each(|e| self.log.remove_live(e.place.file, e.length));
-            }
+        for m in &moving {
+            m.new.iter().filter(|e| e.place.file != LOST_FILE).for_each(|e| self.log.add_live(e.place.file, e.length));
+            m.old.iter().for_each(|e| self.log.remove_live(e.place.file, e.length));
         }
         log::debug!("history: compaction moved {} row(s), {bytes} bytes, out of log file {source}", moving.len());
         self.log.collect().map_err(io)?;
         Ok(())
     }
 }
+
+/// A row compaction moves: where its extents were, their bytes (`None`: lost), and where
+/// they are now.
+struct Moving {
+    room: String,
+    first_id: u64,
+    old: Vec<Extent>,
+    data: Vec<Option<Vec<u8>>>,
+    new: Vec<Extent>,
+}
+
+/// The file number of an extent the log lost, as compaction leaves it in its row (log
+/// files are numbered from 1): reads skip it as lost, nothing counts its bytes.
+const LOST_FILE: u64 = 0;
 
 /// Commits between two updates of the index (and a restart's most to scan): the index
 /// then costs one insert per busy room every this many turns, instead of a transaction
@@ -707,14 +727,9 @@ fn load(log: &mut MessageLog, segment: StoredSegment, room: &str, file_bytes: Fi
     };
     let mut loaded = Loaded { records: Vec::new(), lost: false };
     for extent in extents {
-        let decoded = match log.read(extent.place, extent.length as usize) {
-            Ok(data) => decode(&data, room, file_bytes).ok(),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::UnexpectedEof) => None,
-            Err(e) => return Err(StoreError(format!("history log: {e}"))),
-        };
         let floor = loaded.records.last().map_or(segment.first_id, |m| m.id + 1);
-        match decoded.filter(|records| ascending(records, floor, segment.last_id)) {
-            Some(records) => loaded.records.extend(records),
+        match read_extent(log, extent, room, file_bytes, floor, segment.last_id)? {
+            Some((_, records)) => loaded.records.extend(records),
             None => {
                 loaded.lost = true;
                 log::warn!(
@@ -727,6 +742,32 @@ fn load(log: &mut MessageLog, segment: StoredSegment, room: &str, file_bytes: Fi
         }
     }
     Ok(loaded)
+}
+
+/// An extent as read: its bytes and its records.
+type ReadExtent = (Vec<u8>, Vec<Record>);
+
+/// One extent's bytes and records, when the log holds them whole: `None` when they are
+/// missing, short, or not ids of the row in order (from `floor` to `ceiling`).
+fn read_extent(
+    log: &mut MessageLog,
+    extent: Extent,
+    room: &str,
+    file_bytes: FileBytes,
+    floor: u64,
+    ceiling: u64,
+) -> Result<Option<ReadExtent>, StoreError> {
+    if extent.place.file == LOST_FILE {
+        return Ok(None);
+    }
+    let data = match log.read(extent.place, extent.length as usize) {
+        Ok(data) => data,
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::UnexpectedEof) => {
+            return Ok(None)
+        }
+        Err(e) => return Err(StoreError(format!("history log: {e}"))),
+    };
+    Ok(decode(&data, room, file_bytes).ok().filter(|records| ascending(records, floor, ceiling)).map(|r| (data, r)))
 }
 
 /// Whether `records` is not empty and its ids increase, from at least `floor` to at
@@ -793,7 +834,7 @@ fn nth_id(runs: &[u8], mut index: usize) -> Option<u64> {
         let first = u64::from_le_bytes(run[..8].try_into().ok()?);
         let n = u64::from_le_bytes(run[8..].try_into().ok()?);
         match (index as u64) < n {
-            true => return Some(first + index as u64),
+            true => return first.checked_add(index as u64),
             false => index -= n as usize,
         }
     }
