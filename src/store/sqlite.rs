@@ -27,8 +27,9 @@
 //! transaction per commit it was 537 ns and 263 ns; with the bytes in SQLite blobs,
 //! 1.2-1.6 µs and 0.6 µs; one row per message, 1.9 µs). Spread over 1,000 rooms (256 per
 //! commit): 810 ns per message, and the slowest commit, one that updates the index, takes
-//! 7 ms; updating the index at every commit instead took 5.3 µs per message and up to 21 ms
-//! (a room's rows are then one message each, and retention walks many more of them).
+//! 7 ms (`ROOMS=1000 BATCH=256`); a build that updated the index at every commit instead
+//! (an experiment, not kept) took 5.3 µs per message and up to 21 ms (a room's rows are
+//! then one message each, and retention walks many more of them).
 //!
 //! Shared files (`file` uploads) are records like any other, in the same segments under the
 //! same retention, with flag bit 4 and their name and type in front of their bytes. A side
