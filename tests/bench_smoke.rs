@@ -241,6 +241,22 @@ fn fanout_closed_loop_with_several_senders() {
     assert_eq!(report["server_cpu_ns_per_delivery"], Value::Null);
 }
 
+/// `--busy-poll`: the bench never waits in its poll, so even a slow paced run keeps its
+/// core busy (a paced run that sleeps uses about 1% of one), and still loses nothing.
+#[test]
+fn fanout_with_busy_poll_never_sleeps() {
+    let server = Server::start();
+    let url = server.url("smoke-busy");
+    let args = ["fanout", "--url", &url, "--receivers", "3", "--rate", "100", "--duration", "0.5", "--busy-poll"];
+    let report = bench_json(&args);
+    assert!(number(&report, "deliveries") > 0, "{report}");
+    assert_eq!(number(&report, "deliveries"), 3 * number(&report, "sent"), "{report}");
+    assert_eq!(number(&report, "lost"), 0, "{report}");
+    // A floor well under one core: the tests share this machine's cores.
+    let share = report["bench_cpu_share"].as_f64().unwrap();
+    assert!(share > 0.1, "a busy-polling bench used {share} of a core: {report}");
+}
+
 /// A short paced fanout of 300-byte messages to 3 receivers, offering permessage-deflate.
 fn deflate_fanout(url: &str) -> Vec<&str> {
     let mut args = vec!["fanout", "--url", url, "--receivers", "3", "--rate", "200", "--duration", "0.5"];

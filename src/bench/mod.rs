@@ -124,6 +124,13 @@ pub struct Common {
     /// compressed; where it declines, frames stay plain.
     #[arg(long)]
     pub deflate: bool,
+
+    /// Never sleep waiting for the server: poll for readiness again at once, keeping one
+    /// core busy. On loopback, a write to a socket whose reader sleeps pays to wake it on
+    /// the writer's own time; with the bench on a core of its own, this keeps that cost
+    /// out of the server's figures.
+    #[arg(long)]
+    pub busy_poll: bool,
 }
 
 /// Why a run failed.
@@ -221,6 +228,7 @@ impl Bench {
             handshake_timeout: common.handshake_timeout,
             close_timeout: CLOSE_TIMEOUT,
             deflate: common.deflate,
+            busy_poll: common.busy_poll,
             tls,
         };
         let pool = Pool::new(config, start).map_err(|e| BenchError::Failed(format!("cannot create a poll: {e}")))?;

@@ -112,6 +112,7 @@ pub struct PoolConfig {
     pub handshake_timeout: Duration,  // connect + upgrade, per connection
     pub close_timeout: Duration,      // our Close to the server's answer
     pub deflate: bool,                // offer permessage-deflate (--deflate)
+    pub busy_poll: bool,              // never wait in `poll` (--busy-poll)
     pub tls: Option<TlsTarget>,       // wss://: how every connection speaks TLS
 }
 
@@ -409,8 +410,8 @@ impl Pool {
     /// Phase 4: waits up to `timeout` for readiness, then reads and dispatches.
     pub fn poll<H: Handler>(&mut self, handler: &mut H, timeout: Duration) -> io::Result<()> {
         let mut timeout = timeout;
-        if !self.unfinished.is_empty() {
-            timeout = Duration::ZERO; // input is waiting that no new event will announce
+        if !self.unfinished.is_empty() || self.config.busy_poll {
+            timeout = Duration::ZERO; // input is waiting that no new event will announce, or --busy-poll
         } else if self.pending() + self.census.closing > 0 {
             timeout = timeout.min(SWEEP_EVERY);
         }
