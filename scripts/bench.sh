@@ -22,6 +22,8 @@
 #         DURATION     seconds per throughput scenario (default 5)
 #         REPEAT       runs per scenario and server, each on a fresh server; the table shows
 #                      the median run (default 3: figures on a shared VM move ±15%)
+#         BUSY_POLL    1: the bench runs with --busy-poll (never sleeps, so no server pays to
+#                      wake it on loopback); the peers' published figures are without it
 # Needs: taskset, python3; cargo (tt, tt-tls), node/npm (node), openssl (the TLS servers),
 #        redis-server (the cluster servers; scripts/redis.sh installs it).
 # Stops every process by its PID.
@@ -32,6 +34,8 @@ PEERS_SRC="${PEERS_SRC:-$ROOT/../shared/peers}"
 WORK="${BENCH_WORK:-/tmp/pollcast-bench}"
 DURATION="${DURATION:-5}"
 REPEAT="${REPEAT:-3}"
+BUSY_FLAGS=()
+[[ "${BUSY_POLL:-}" != 1 ]] || BUSY_FLAGS=(--busy-poll)
 SCENARIOS="${SCENARIOS:-fanout100 fanout1000 paced1000 tenbyten tenbyten256 idle churn}"
 SERVERS=("$@")
 [[ ${#SERVERS[@]} -gt 0 ]] || SERVERS=(pollcast pollcast-history tt node)
@@ -194,7 +198,7 @@ for scenario in $SCENARIOS; do
       out="$WORK/$server.$scenario.$run.json"
       # shellcheck disable=SC2046
       taskset -c 1 "$BIN" bench $(scenario_args "$scenario") --url "$SCHEME://127.0.0.1:$PORT/bench$QUERY" \
-        "${TLS_FLAGS[@]}" --server-pid "$SERVER_PID" --json > "$out" || echo '{"error":"bench failed"}' > "$out"
+        "${TLS_FLAGS[@]}" "${BUSY_FLAGS[@]}" --server-pid "$SERVER_PID" --json > "$out" || echo '{"error":"bench failed"}' > "$out"
       stop_server
     done
   done
