@@ -131,9 +131,16 @@ pub struct Config {
 
     /// Size at which the message log (`<db>-log/`) starts a new file. The log holds about
     /// twice the live messages plus two files at most; the SQLite index catches up at
-    /// least every half file written (and every 64 commits).
+    /// least every half file written (and every --history-index-every commits).
     #[arg(long, env = "POLLCAST_HISTORY_LOG_FILE_SIZE", default_value = "64MiB", value_parser = parse_nonzero_size)]
     pub history_log_file_size: usize,
+
+    /// Commits (loop turns that stored messages) after which the SQLite index catches up
+    /// with the message log; it also does every half log file and before any history
+    /// read. Fewer leave less for a start to scan after a crash, at more index work per
+    /// message. A commit is durable either way: the log is the truth.
+    #[arg(long, env = "POLLCAST_HISTORY_INDEX_EVERY", default_value_t = crate::store::sqlite::INDEX_EVERY, value_parser = at_least_one)]
+    pub history_index_every: usize,
 
     /// Most messages one replay (?history=N, join) or history page carries.
     #[arg(long, env = "POLLCAST_HISTORY_MAX", default_value = "500", value_parser = at_least_one)]
@@ -664,6 +671,7 @@ mod tests {
         assert_eq!(config.idle_timeout(), Duration::from_secs(50), "twice the ping interval");
         assert_eq!(config.history_db(), Some(Path::new("pollcast.db")));
         assert_eq!((config.max_file, config.max_uploads), (1 << 20, 16));
+        assert_eq!(config.history_index_every, 64);
         assert!(config.warnings().is_empty());
         assert!(at_least_one("0").is_err() && parse_nonzero_size("0").is_err());
         assert_eq!((config.deflate, config.deflate_threshold), (Switch::On, DEFAULT_THRESHOLD));

@@ -387,6 +387,31 @@ fn ids_keep_increasing_across_a_restart() {
     assert!(raw["id"].as_u64().unwrap() > new_id);
 }
 
+/// `--history-index-every N`: the SQLite index catches up every N commits with no read to
+/// ask for it, so after `kill -9` the database itself has the rows; with the default (64),
+/// three commits are left to the next start's scan of the log. Either way nothing is lost.
+#[test]
+fn history_index_every_sets_how_far_the_index_may_fall_behind() {
+    let _dog = watchdog(TEST_LIMIT);
+    for (every, indexed) in [("1", true), ("64", false)] {
+        let dir = TempDir::new("index-every");
+        let mut server = start(&dir, &["--history-index-every", every]);
+        let mut ann = TextClient::open(&server, "/x?name=ann");
+        type_lines(&mut ann, numbered(3));
+        server.signal(libc::SIGKILL);
+        server.wait_exit(Duration::from_secs(10)).expect("still running 10 s after SIGKILL");
+        let db = rusqlite::Connection::open(dir.file("x.db")).unwrap();
+        let rows: i64 = db.query_row("SELECT count(*) FROM segments", [], |row| row.get(0)).unwrap();
+        assert_eq!(rows > 0, indexed, "--history-index-every {every}: {rows} rows in the index");
+        drop(db);
+        let server = start(&dir, &[]);
+        let mut late = TextClient::open(&server, "/x?history=10");
+        let replay: Vec<String> = (0..3).map(|_| late.recv()).collect();
+        assert_eq!(replay, ms(0..3), "--history-index-every {every}");
+        assert!(late.sync().is_empty());
+    }
+}
+
 #[test]
 fn a_second_server_on_the_same_file_fails_to_start_with_a_clear_error() {
     let _dog = watchdog(TEST_LIMIT);

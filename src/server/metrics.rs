@@ -174,7 +174,7 @@ pub fn render(stats: &Stats, gauges: Gauges, cluster: Option<ClusterFigures>) ->
         ("protocol_errors", "Connections failed for breaking RFC 6455.", stats.protocol_errors),
         ("idle_timeouts", "Connections closed for silence.", stats.idle_timeouts),
         ("history_stored", "Messages committed to history.", stats.stored),
-        ("history_commits", "History transactions committed.", stats.commits),
+        ("history_commits", "History commits: one log write per loop turn that stored messages.", stats.commits),
         ("history_errors", "Failed history commits or reads.", stats.store_errors),
         ("refused_per_address", "Connections answered 429 (per-address limits).", stats.refused_per_address),
         ("refused_auth", "Upgrades refused for their token or room.", stats.refused_auth),

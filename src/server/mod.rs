@@ -153,10 +153,12 @@ impl Server {
         // `cluster_history.rs`); SQLite is the single node's.
         let cluster_history = config.redis.is_some() && config.history_db().is_some();
         let store: Option<Box<dyn Store>> = match config.history_db().filter(|_| !cluster_history) {
-            Some(path) => Some(Box::new(
-                SqliteStore::open_with(path, config.history_keep, config.history_log_file_size as u64)
-                    .map_err(io::Error::other)?,
-            )),
+            Some(path) => {
+                let mut store = SqliteStore::open_with(path, config.history_keep, config.history_log_file_size as u64)
+                    .map_err(io::Error::other)?;
+                store.set_index_every(config.history_index_every);
+                Some(Box::new(store))
+            }
             None => None,
         };
         let history = History::new(store, config.history_max);

@@ -9,7 +9,7 @@
 //! naming the room, then its messages encoded back to back, straight from the records).
 //! Once that write returns the messages are committed: a crash of the process cannot
 //! lose them, because the log is the truth. The index (SQLite) catches up every
-//! `INDEX_EVERY` commits, or half a log file, or before any read: one row per room
+//! `--history-index-every` commits (64), or half a log file, or before any read: one row per room
 //! (room, first and last id, count, its ids as runs, the *extents* where its frames'
 //! records are), all in one transaction that also moves the *mark*, where a start's scan
 //! of the log begins. A start finds the frames past the mark (those a crash kept from the
@@ -135,6 +135,7 @@ pub struct SqliteStore {
     unindexed_commits: usize,                // commits since the index last caught up
     unindexed_bytes: u64,                    // bytes they wrote to the log
     index_bytes: u64,                        // the index catches up once they reach this (half a log file)
+    index_every: usize,                      // ... or once this many commits wait (`--history-index-every`)
 }
 
 impl SqliteStore {
@@ -182,12 +183,22 @@ impl SqliteStore {
             unindexed_commits: 0,
             unindexed_bytes: 0,
             index_bytes: (log_file_size / 2).max(1),
+            index_every: INDEX_EVERY,
         };
         let found = store.recover(mark).map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
         if found > 0 {
             log::info!("history: {found} message(s) committed after the index's last update found in the log");
         }
         Ok(store)
+    }
+}
+
+impl SqliteStore {
+    /// Commits after which the index catches up (`--history-index-every`, at least 1):
+    /// fewer leave less for a start to scan after a crash, and cost more index work per
+    /// message.
+    pub fn set_index_every(&mut self, commits: usize) {
+        self.index_every = commits.max(1);
     }
 }
 
@@ -226,7 +237,7 @@ impl Store for SqliteStore {
     /// per room (its head, then its records), straight from the records. That write is
     /// the commit: once it returns, the messages survive a crash of the process (the
     /// next start finds them past the index's mark). The index learns of them in
-    /// `index`, every `INDEX_EVERY` commits or half a log file, whichever comes first
+    /// `index`, every `index_every` commits or half a log file, whichever comes first
     /// (and before any read). Returns how many messages were written. On error nothing
     /// of this batch is stored and the batch is dropped (the caller reports it; the
     /// relay goes on).
@@ -287,9 +298,9 @@ impl Store for SqliteStore {
         self.spent = batch;
         self.unindexed_commits += 1;
         self.unindexed_bytes += offset;
-        if self.unindexed_commits >= INDEX_EVERY || self.unindexed_bytes >= self.index_bytes {
+        if self.unindexed_commits >= self.index_every || self.unindexed_bytes >= self.index_bytes {
             // The messages are committed; an index that cannot catch up now tries again
-            // `INDEX_EVERY` commits later or at the next read (a restart finds them in
+            // `index_every` commits later or at the next read (a restart finds them in
             // the log).
             if let Err(e) = self.index() {
                 log::error!("history: updating the index failed (the messages are in the log): {e}");
@@ -374,7 +385,7 @@ impl Store for SqliteStore {
 impl SqliteStore {
     /// Adds one committed frame to its room's unindexed row: a row gathers a room's
     /// frames until it holds an eighth of what retention keeps, so the index costs a few
-    /// small inserts per busy room every `INDEX_EVERY` turns, and retention (which
+    /// small inserts per busy room every `index_every` turns, and retention (which
     /// deletes whole rows) still keeps no more than about 1/8 over `keep`.
     fn note(&mut self, room: &str, ids: impl Iterator<Item = (u64, bool)>, extent: Extent) {
         let cap = (self.keep / 8).max(1);
@@ -660,10 +671,10 @@ struct Moving {
 /// files are numbered from 1): reads skip it as lost, nothing counts its bytes.
 const LOST_FILE: u64 = 0;
 
-/// Commits between two updates of the index (and a restart's most to scan): the index
-/// then costs one insert per busy room every this many turns, instead of a transaction
-/// (~50 µs) every turn.
-const INDEX_EVERY: usize = 64;
+/// Commits between two updates of the index, by default (`--history-index-every`), and
+/// so a restart's most to scan: the index then costs one insert per busy room every this
+/// many turns, instead of a transaction (~50 µs) every turn.
+pub const INDEX_EVERY: usize = 64;
 
 /// Index updates between two starts of the WAL's writeback (each adds a few pages).
 const WRITEBACK_EVERY: u64 = 32;
