@@ -8,9 +8,9 @@
 //! A turn's commit is one vectored write to the message log: per room, a *frame* (a head
 //! naming the room, then its messages encoded back to back, straight from the records).
 //! Once that write returns the messages are committed: a crash of the process cannot
-//! lose them, because the log is the truth. The index (SQLite) catches up every
-//! `--history-index-every` commits (64), or half a log file, or before any read: one row per room
-//! (room, first and last id, count, its ids as runs, the *extents* where its frames'
+//! lose them, because the log is the truth. The index (SQLite) catches up every 64
+//! commits (`--history-index-every`), or half a log file, or before any read: one row per
+//! room (room, first and last id, count, its ids as runs, the *extents* where its frames'
 //! records are), all in one transaction that also moves the *mark*, where a start's scan
 //! of the log begins. A start finds the frames past the mark (those a crash kept from the
 //! index) and indexes them. So a turn costs one write and no transaction, and a message's
@@ -191,9 +191,7 @@ impl SqliteStore {
         }
         Ok(store)
     }
-}
 
-impl SqliteStore {
     /// Commits after which the index catches up (`--history-index-every`, at least 1):
     /// fewer leave less for a start to scan after a crash, and cost more index work per
     /// message.
