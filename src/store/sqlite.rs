@@ -136,6 +136,7 @@ pub struct SqliteStore {
     unindexed_bytes: u64,                    // bytes they wrote to the log
     index_bytes: u64,                        // the index catches up once they reach this (half a log file)
     index_every: usize,                      // ... or once this many commits wait (`--history-index-every`)
+    behind: u64,                             // log bytes written since the index last caught up
 }
 
 impl SqliteStore {
@@ -184,6 +185,7 @@ impl SqliteStore {
             unindexed_bytes: 0,
             index_bytes: (log_file_size / 2).max(1),
             index_every: INDEX_EVERY,
+            behind: 0,
         };
         let found = store.recover(mark).map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
         if found > 0 {
@@ -243,6 +245,16 @@ impl Store for SqliteStore {
         if self.pending.is_empty() {
             return Ok(0);
         }
+        // An index that keeps failing must not leave ever more of the log, and of memory,
+        // waiting for it: once it is `MAX_BEHIND` half files behind, commits fail (and
+        // the relay goes on) until it catches up.
+        if self.behind >= MAX_BEHIND * self.index_bytes {
+            if let Err(e) = self.index() {
+                self.pending.clear();
+                let behind = self.behind;
+                return Err(StoreError(format!("history index {behind} bytes behind the log, cannot catch up: {e}")));
+            }
+        }
         // The next turn's are likely as many: room for them now, not by doubling.
         let next = Vec::with_capacity(self.pending.len());
         let batch = std::mem::replace(&mut self.pending, next);
@@ -296,6 +308,7 @@ impl Store for SqliteStore {
         self.spent = batch;
         self.unindexed_commits += 1;
         self.unindexed_bytes += offset;
+        self.behind += offset;
         if self.unindexed_commits >= self.index_every || self.unindexed_bytes >= self.index_bytes {
             // The messages are committed; an index that cannot catch up now tries again
             // `index_every` commits later or at the next read (a restart finds them in
@@ -472,6 +485,7 @@ impl SqliteStore {
         }
         set_mark(&tx, self.log.end())?;
         tx.commit()?;
+        self.behind = 0;
         for (room, count) in counts {
             self.counts.insert(room.to_owned(), count);
         }
@@ -673,6 +687,10 @@ const LOST_FILE: u64 = 0;
 /// so a restart's most to scan: the index then costs one insert per busy room every this
 /// many turns, instead of a transaction (~50 µs) every turn.
 pub const INDEX_EVERY: usize = 64;
+
+/// How far the log may run ahead of an index that cannot catch up before commits fail
+/// too, in half log files: four files (256 MiB with the default --history-log-file-size).
+const MAX_BEHIND: u64 = 8;
 
 /// Index updates between two starts of the WAL's writeback (each adds a few pages).
 const WRITEBACK_EVERY: u64 = 32;

@@ -268,6 +268,38 @@ fn the_log_write_is_the_commit_and_rows_only_say_where() {
     assert_eq!(store.file(2).unwrap().map(|f| f.body), Some(b"png bytes".to_vec()));
 }
 
+/// An index that cannot catch up does not let the log (and what waits for the index in
+/// memory) grow without bound: four log files ahead, commits fail and write nothing, and
+/// once it catches up every message committed before is there.
+#[test]
+fn commits_fail_once_the_log_is_far_ahead_of_an_index_that_cannot_catch_up() {
+    let (_dir, path) = temp_db();
+    let mut store = SqliteStore::open_with(&path, 1000, 4096).unwrap();
+    let stuck = "CREATE TRIGGER stuck BEFORE INSERT ON segments BEGIN SELECT RAISE(ABORT, 'stuck'); END;";
+    store.db.execute_batch(stuck).unwrap();
+    let busy = |id: u64| Record { body: vec![b'x'; 200], ..message(id, "a") };
+    let (mut committed, mut failed) = (Vec::new(), 0);
+    for id in 1..=200 {
+        store.append(busy(id));
+        match store.commit() {
+            Ok(_) => committed.push(id),
+            Err(e) => {
+                assert!(e.to_string().contains("behind the log"), "{e}");
+                failed += 1;
+            }
+        }
+    }
+    assert!(failed > 100, "{} committed, {failed} refused", committed.len());
+    let log_bytes: u64 = std::fs::read_dir(log_dir(&path)).unwrap().map(|f| f.unwrap().metadata().unwrap().len()).sum();
+    assert!(log_bytes <= 5 * 4096, "{log_bytes} bytes of log for an index four files behind");
+
+    store.db.execute_batch("DROP TRIGGER stuck").unwrap();
+    store.append(busy(201));
+    store.commit().unwrap();
+    committed.push(201);
+    assert_eq!(ids(&store.query("a", Query::Last(1000), 1000, false).unwrap()), committed);
+}
+
 #[test]
 fn retention_frees_log_files_and_compaction_moves_what_a_quiet_room_pins() {
     let (_dir, path) = temp_db();
