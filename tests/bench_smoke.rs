@@ -249,6 +249,7 @@ fn fanout_with_busy_poll_never_sleeps() {
     let url = server.url("smoke-busy");
     let args = ["fanout", "--url", &url, "--receivers", "3", "--rate", "100", "--duration", "0.5", "--busy-poll"];
     let report = bench_json(&args);
+    assert_eq!(report["params"]["busy_poll"], true, "the report says how it was measured");
     assert!(number(&report, "deliveries") > 0, "{report}");
     assert_eq!(number(&report, "deliveries"), 3 * number(&report, "sent"), "{report}");
     assert_eq!(number(&report, "lost"), 0, "{report}");

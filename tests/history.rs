@@ -412,6 +412,40 @@ fn history_index_every_sets_how_far_the_index_may_fall_behind() {
     }
 }
 
+/// A database whose index cannot catch up (a trigger refuses every row): the log runs
+/// ahead four files, then commits are refused. The room still gets every message, each
+/// refusal is counted in /metrics, and the log says so once per ten seconds, not once
+/// per turn; and the log holds no more than those four files and the one being written.
+#[test]
+fn an_index_that_cannot_catch_up_stops_the_log_and_says_so_once() {
+    let _dog = watchdog(TEST_LIMIT);
+    let dir = TempDir::new("stuck-index");
+    let mut server = start(&dir, &[]); // creates the schema
+    server.signal(libc::SIGTERM);
+    server.wait_exit(Duration::from_secs(10)).expect("still running 10 s after SIGTERM");
+    let db = rusqlite::Connection::open(dir.file("x.db")).unwrap();
+    db.execute_batch("CREATE TRIGGER stuck BEFORE INSERT ON segments BEGIN SELECT RAISE(ABORT, 'stuck'); END;")
+        .unwrap();
+    drop(db);
+
+    let server = start(&dir, &["--history-log-file-size", "4KiB", "--history-index-every", "4"]);
+    let mut ann = TextClient::open(&server, "/x?name=ann");
+    let mut bob = TextClient::open(&server, "/x?name=bob");
+    let line = |i: usize| format!("{i:04}{}", "x".repeat(1020));
+    for i in 0..100 {
+        ann.type_line(&line(i));
+        assert_eq!(bob.recv(), line(i), "the relay goes on");
+    }
+    let refused = server.metric("history_errors_total");
+    assert!(refused > 50, "{refused} commits refused of 100");
+    let log = server.log_text();
+    assert_eq!(log.matches("commit of").count(), 1, "one line per 10 s:\n{log}");
+    assert!(log.contains("behind the log"), "{log}");
+    let log_dir = std::path::PathBuf::from(format!("{}-log", dir.file("x.db")));
+    let bytes: u64 = std::fs::read_dir(log_dir).unwrap().map(|f| f.unwrap().metadata().unwrap().len()).sum();
+    assert!(bytes <= 5 * 4096 + 2048, "{bytes} bytes of log behind a stuck index");
+}
+
 #[test]
 fn a_second_server_on_the_same_file_fails_to_start_with_a_clear_error() {
     let _dog = watchdog(TEST_LIMIT);

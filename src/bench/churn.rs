@@ -155,6 +155,7 @@ struct Params {
     concurrency: u32, // --concurrency
     duration_s: f64,  // --duration
     sources: usize,   // source addresses used
+    busy_poll: bool,  // --busy-poll
 }
 
 impl ChurnReport {
@@ -167,13 +168,17 @@ impl ChurnReport {
                 concurrency: args.concurrency,
                 duration_s: args.duration.as_secs_f64(),
                 sources: bench.sources,
+                busy_poll: args.common.busy_poll,
             },
             measured_s: report::round3(secs),
             handshakes: churn.measured,
             handshakes_per_sec: report::round1(churn.measured as f64 / secs),
             clean_closes: churn.clean_closes,
             handshake_latency_us: Latency::of(&churn.hist),
-            tail: Tail { cpu: Some(OpCost { cost, op: "handshake" }), errors: bench.pool.errors().clone() },
+            tail: Tail {
+                cpu: Some(OpCost { cost, op: "handshake", busy_poll: args.common.busy_poll }),
+                errors: bench.pool.errors().clone(),
+            },
         }
     }
 }

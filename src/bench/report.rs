@@ -117,7 +117,7 @@ impl CpuCost {
     }
 
     /// Two summary lines: the bench's cost and the server's, per `op`.
-    pub fn human(&self, op: &str) -> String {
+    pub fn human(&self, op: &str, busy_poll: bool) -> String {
         let mut out = format!(
             "bench CPU     {:.0}% of a core, {:.0} ns per {op}",
             self.bench_cpu_share * 100.0,
@@ -126,7 +126,11 @@ impl CpuCost {
         if let (Some(share), Some(per_op)) = (self.server_cpu_share, self.server_cpu_ns_per_op) {
             out.push_str(&format!("\nserver CPU    {:.0}% of a core, {per_op:.0} ns per {op}", share * 100.0));
         }
-        if self.bench_cpu_share > 0.9 {
+        if busy_poll {
+            out.push_str(
+                "\nnote          --busy-poll: the bench keeps its core busy, so its share says nothing of its load",
+            );
+        } else if self.bench_cpu_share > 0.9 {
             out.push_str("\nnote          the bench used nearly a whole core: it may be the limit, not the server");
         }
         out
@@ -158,6 +162,7 @@ pub struct Tail {
 pub struct OpCost {
     pub cost: CpuCost,    // the figures
     pub op: &'static str, // one operation, singular: "delivery", "handshake"
+    pub busy_poll: bool,  // --busy-poll: the bench's share is a whole core whatever its load
 }
 
 impl Serialize for OpCost {
@@ -182,7 +187,7 @@ pub fn print<R: Summary>(report: &R, json: bool) -> Result<(), BenchError> {
     }
     let tail = report.tail();
     if let Some(cpu) = &tail.cpu {
-        println!("{}", cpu.cost.human(cpu.op));
+        println!("{}", cpu.cost.human(cpu.op, cpu.busy_poll));
     }
     println!("errors        {}", human_errors(&tail.errors));
     Ok(())
@@ -276,7 +281,7 @@ mod tests {
             server_cpu_ns_per_op: None,
         };
         let errors = Errors::from([("refused".to_owned(), 2)]);
-        let tail = Tail { cpu: Some(OpCost { cost, op: "handshake" }), errors: errors.clone() };
+        let tail = Tail { cpu: Some(OpCost { cost, op: "handshake", busy_poll: false }), errors: errors.clone() };
         let json = serde_json::to_string(&Report { scenario: "churn", tail }).unwrap();
         assert_eq!(
             json,

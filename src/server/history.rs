@@ -14,6 +14,11 @@ use super::metrics::Stats;
 use crate::chat::record::{Page, Query, Record};
 use crate::chat::Ack;
 use crate::store::{Store, StoreError};
+use std::time::{Duration, Instant};
+
+/// While commits keep failing, one error line per this long at most (with how many
+/// failed since the last), not one per loop turn.
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// The store (if history is on) and the acks in flight.
 pub struct History {
@@ -21,11 +26,12 @@ pub struct History {
     page_cap: usize,                         // most records one page carries (--history-max)
     waiting: Vec<Ack>,                       // acks for records appended but not committed
     settled: Vec<(Ack, Result<(), String>)>, // acks whose commit is done, to be answered
+    failing: Option<(Instant, u64)>,         // since the last commit that worked: last error line, failures since
 }
 
 impl History {
     pub fn new(store: Option<Box<dyn Store>>, page_cap: usize) -> History {
-        History { store, page_cap, waiting: Vec::new(), settled: Vec::new() }
+        History { store, page_cap, waiting: Vec::new(), settled: Vec::new(), failing: None }
     }
 
     /// The highest id the store has seen (0 without history).
@@ -64,11 +70,24 @@ impl History {
             Ok(n) => {
                 stats.stored += *n as u64;
                 stats.commits += 1;
+                if self.failing.take().is_some() {
+                    log::info!("history: commits work again");
+                }
                 log::trace!("history: committed {n} message(s)");
             }
             Err(e) => {
                 stats.store_errors += 1;
-                log::error!("history: commit of {pending} message(s) failed: {e}");
+                let now = Instant::now();
+                match &mut self.failing {
+                    Some((logged, unlogged)) if now.duration_since(*logged) < ERROR_LOG_EVERY => *unlogged += 1,
+                    failing => {
+                        let more = failing.map_or(0, |(_, unlogged)| unlogged);
+                        let more =
+                            if more > 0 { format!(" ({more} more failed since the last report)") } else { "".into() };
+                        log::error!("history: commit of {pending} message(s) failed: {e}{more}");
+                        *failing = Some((now, 0));
+                    }
+                }
             }
         }
         let outcome = result.map(|_| ());

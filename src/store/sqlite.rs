@@ -247,12 +247,18 @@ impl Store for SqliteStore {
         }
         // An index that keeps failing must not leave ever more of the log, and of memory,
         // waiting for it: once it is `MAX_BEHIND` half files behind, commits fail (and
-        // the relay goes on) until it catches up.
+        // the relay goes on) until it catches up. Refused commits pace its retries as
+        // written ones do: one every `index_every`, not one per turn.
         if self.behind >= MAX_BEHIND * self.index_bytes {
-            if let Err(e) = self.index() {
+            self.unindexed_commits += 1;
+            let why = match self.unindexed_commits >= self.index_every {
+                true => self.index().err().map(|e| e.to_string()), // `index` restarts the count
+                false => Some("it tries again later".to_owned()),
+            };
+            if let Some(why) = why {
                 self.pending.clear();
                 let behind = self.behind;
-                return Err(StoreError(format!("history index {behind} bytes behind the log, cannot catch up: {e}")));
+                return Err(StoreError(format!("history index {behind} bytes behind the log, cannot catch up: {why}")));
             }
         }
         // The next turn's are likely as many: room for them now, not by doubling.

@@ -26,6 +26,7 @@ struct Params {
     drain_s: f64,            // --drain
     sources: usize,          // source addresses used
     deflate: bool,           // --deflate: permessage-deflate offered
+    busy_poll: bool,         // --busy-poll: the bench never slept
 }
 
 /// Everything `fanout` measured.
@@ -96,7 +97,10 @@ impl FanoutReport {
             wire_bytes_per_delivery: report::round1(
                 interval.bytes_read as f64 / fanout.measured_deliveries.max(1) as f64,
             ),
-            tail: Tail { cpu: Some(OpCost { cost, op: "delivery" }), errors: bench.pool.errors().clone() },
+            tail: Tail {
+                cpu: Some(OpCost { cost, op: "delivery", busy_poll: args.common.busy_poll }),
+                errors: bench.pool.errors().clone(),
+            },
         }
     }
 
@@ -147,6 +151,7 @@ impl Params {
             drain_s: args.drain.as_secs_f64(),
             sources,
             deflate: args.common.deflate,
+            busy_poll: args.common.busy_poll,
         }
     }
 }

@@ -294,9 +294,28 @@ fn commits_fail_once_the_log_is_far_ahead_of_an_index_that_cannot_catch_up() {
     assert!(log_bytes <= 5 * 4096, "{log_bytes} bytes of log for an index four files behind");
 
     store.db.execute_batch("DROP TRIGGER stuck").unwrap();
+    assert_eq!(ids(&store.query("a", Query::Last(1000), 1000, false).unwrap()), committed, "a read catches up");
     store.append(busy(201));
     store.commit().unwrap();
     committed.push(201);
+    assert_eq!(ids(&store.query("a", Query::Last(1000), 1000, false).unwrap()), committed);
+
+    // Without a read, the refused commits themselves bring the retry (one in `index_every`).
+    store.set_index_every(4);
+    store.db.execute_batch(stuck).unwrap();
+    let mut refused = 0;
+    for id in 202..=400 {
+        store.append(busy(id));
+        match store.commit() {
+            Ok(_) => committed.push(id),
+            Err(_) => refused += 1,
+        }
+        if refused == 10 {
+            store.db.execute_batch("DROP TRIGGER stuck").unwrap();
+        }
+    }
+    assert!(refused >= 10, "{refused}");
+    assert!(refused < 10 + 4, "{refused} refused: the retry comes within `index_every` commits");
     assert_eq!(ids(&store.query("a", Query::Last(1000), 1000, false).unwrap()), committed);
 }
 
