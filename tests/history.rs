@@ -438,6 +438,8 @@ fn an_index_that_cannot_catch_up_stops_the_log_and_says_so_once() {
     }
     let refused = server.metric("history_errors_total");
     assert!(refused > 50, "{refused} commits refused of 100");
+    let behind = server.metric("history_index_behind_bytes");
+    assert!(behind >= 8 * 2048, "{behind} bytes behind: /metrics shows how far");
     let log = server.log_text();
     assert_eq!(log.matches("commit of").count(), 1, "one line per 10 s:\n{log}");
     assert!(log.contains("behind the log"), "{log}");

@@ -261,7 +261,8 @@ impl Server {
         let answered = match (request.method, segments.as_slice()) {
             (Method::Get | Method::Head, ["metrics"]) => {
                 let cluster = self.cluster.as_ref().map(|cluster| cluster.figures());
-                let text = metrics::render(&self.stats, metrics::gauges(&self.clients, &self.chat), cluster);
+                let gauges = metrics::gauges(&self.clients, &self.chat, &self.history);
+                let text = metrics::render(&self.stats, gauges, cluster);
                 return http_response(
                     Status::Ok,
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",

@@ -34,6 +34,11 @@ impl History {
         History { store, page_cap, waiting: Vec::new(), settled: Vec::new(), failing: None }
     }
 
+    /// Bytes committed that the store's index has not caught up with (for /metrics).
+    pub fn behind(&self) -> u64 {
+        self.store.as_ref().map_or(0, |store| store.behind())
+    }
+
     /// The highest id the store has seen (0 without history).
     pub fn last_id(&self) -> u64 {
         self.store.as_ref().map_or(0, |store| store.last_id())

@@ -20,6 +20,7 @@ use prometheus_client::registry::Registry;
 use slab::Slab;
 
 use super::client::Client;
+use super::history::History;
 use crate::chat::Chat;
 
 /// The loop-turn histogram's buckets: 10 µs doubling to ~330 ms.
@@ -113,11 +114,13 @@ pub struct Gauges {
     pub rooms: usize,          // rooms with members
     pub queued_bytes: usize,   // unsent bytes over all write queues
     pub buffered_bytes: usize, // partial input and fragment buffers over all clients
+    pub index_behind: u64,     // history bytes committed that the index has not caught up with
 }
 
 /// The gauges, sampled now.
-pub fn gauges(clients: &Slab<Client>, chat: &Chat) -> Gauges {
-    let mut gauges = Gauges { connections: clients.len(), rooms: chat.room_count(), ..Gauges::default() };
+pub fn gauges(clients: &Slab<Client>, chat: &Chat, history: &History) -> Gauges {
+    let (connections, rooms, index_behind) = (clients.len(), chat.room_count(), history.behind());
+    let mut gauges = Gauges { connections, rooms, index_behind, ..Gauges::default() };
     for (_, client) in clients {
         gauges.open += usize::from(client.session.is_open());
         gauges.queued_bytes += client.queue.len();
@@ -187,12 +190,17 @@ pub fn render(stats: &Stats, gauges: Gauges, cluster: Option<ClusterFigures>) ->
         registry.register(name, help, counter);
     }
     let (fds, rss) = process_figures();
-    let gauge_values: [(&str, &str, usize); 7] = [
+    let gauge_values: [(&str, &str, usize); 8] = [
         ("connections", "Client sockets held.", gauges.connections),
         ("open_sessions", "WebSocket sessions in OPEN.", gauges.open),
         ("rooms", "Rooms with members.", gauges.rooms),
         ("queued_bytes", "Unsent bytes in all write queues.", gauges.queued_bytes),
         ("buffered_bytes", "Partial input and fragment buffers.", gauges.buffered_bytes),
+        (
+            "history_index_behind_bytes",
+            "Message log bytes the history index has not caught up with.",
+            gauges.index_behind as usize,
+        ),
         ("open_fds", "Open file descriptors of the process.", fds),
         ("resident_memory_bytes", "Resident memory of the process.", rss),
     ];
@@ -251,10 +259,11 @@ mod tests {
         stats.closed(1000);
         stats.refused(429);
         stats.turn_took(Duration::from_micros(15));
-        let text = render(&stats, Gauges { rooms: 2, ..Gauges::default() }, None);
+        let text = render(&stats, Gauges { rooms: 2, index_behind: 4096, ..Gauges::default() }, None);
         for line in [
             "pollcast_deliveries_total 7",
             "pollcast_rooms 2",
+            "pollcast_history_index_behind_bytes 4096",
             "pollcast_closes_total{code=\"1000\"} 2",
             "pollcast_refusals_total{status=\"429\"} 1",
             "pollcast_loop_turn_seconds_count 1",

@@ -41,6 +41,11 @@ pub trait Store {
     fn spent(&mut self) -> Vec<Record> {
         Vec::new()
     }
+    /// Bytes committed that the engine's index has not caught up with (0 for an engine
+    /// without one): for /metrics, so a stuck index shows before commits are refused.
+    fn behind(&self) -> u64 {
+        0
+    }
 }
 
 /// A storage failure, in the engine's words (never with message bodies).

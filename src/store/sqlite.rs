@@ -224,6 +224,10 @@ impl Store for SqliteStore {
     }
 
     /// The records the last commit wrote.
+    fn behind(&self) -> u64 {
+        self.behind
+    }
+
     fn spent(&mut self) -> Vec<Record> {
         std::mem::take(&mut self.spent)
     }
