@@ -223,11 +223,12 @@ impl Store for SqliteStore {
         self.pending.push(message);
     }
 
-    /// The records the last commit wrote.
+    /// Log bytes written since the index last caught up.
     fn behind(&self) -> u64 {
         self.behind
     }
 
+    /// The records the last commit wrote.
     fn spent(&mut self) -> Vec<Record> {
         std::mem::take(&mut self.spent)
     }
