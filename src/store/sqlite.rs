@@ -26,8 +26,9 @@
 //! per message at 64 per commit, 197 ns at 256, the records' making included (with a
 //! transaction per commit it was 537 ns and 263 ns; with the bytes in SQLite blobs,
 //! 1.2-1.6 µs and 0.6 µs; one row per message, 1.9 µs). Spread over 1,000 rooms (256 per
-//! commit): 810 ns per message, and the slowest commit, one that updates the index, takes
-//! 7 ms (`ROOMS=1000 BATCH=256`); a build that updated the index at every commit instead
+//! commit): 630 ns per message, and the slowest commit, one that updates the index, takes
+//! 6-6.5 ms (`ROOMS=1000 BATCH=256`; 835 ns and 7.5 ms when a commit's frames and an
+//! update's rooms were found by scanning a list, not by name); a build that updated the index at every commit instead
 //! (an experiment, not kept) took 5.3 µs per message and up to 21 ms (a room's rows are
 //! then one message each, and retention walks many more of them).
 //!
@@ -41,6 +42,7 @@
 //! The file is opened with an exclusive lock, so a second pollcast on the same file
 //! fails at start with a clear message instead of two servers handing out the same ids.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::io::IoSlice;
 use std::path::{Path, PathBuf};
@@ -269,12 +271,22 @@ impl Store for SqliteStore {
         // The next turn's are likely as many: room for them now, not by doubling.
         let next = Vec::with_capacity(self.pending.len());
         let batch = std::mem::replace(&mut self.pending, next);
-        // One frame per room, messages in the order they were routed.
+        // One frame per room, messages in the order they were routed. A run of one room's
+        // messages needs no lookup; many rooms are found by name, not by a scan.
         let mut segments: Vec<Segment> = Vec::new();
+        let mut by_room: HashMap<&str, usize> = HashMap::new();
         for m in &batch {
-            match segments.iter_mut().find(|s| s.room == m.room) {
-                Some(segment) => segment.records.push(m),
-                None => segments.push(Segment { room: &m.room, records: vec![m], offset: 0, length: 0 }),
+            if let Some(last) = segments.last_mut().filter(|s| s.room == m.room) {
+                last.records.push(m);
+                continue;
+            }
+            let next = segments.len();
+            match by_room.entry(&m.room) {
+                Entry::Occupied(at) => segments[*at.get()].records.push(m),
+                Entry::Vacant(slot) => {
+                    slot.insert(next);
+                    segments.push(Segment { room: &m.room, records: vec![m], offset: 0, length: 0 });
+                }
             }
         }
         let file = self.log.next_file().map_err(|e| StoreError(format!("history log: {e}")))?;
@@ -465,10 +477,14 @@ impl SqliteStore {
         }
         // Messages added per room, in the order rooms first appear.
         let mut added: Vec<(&str, usize)> = Vec::new();
+        let mut at: HashMap<&str, usize> = HashMap::new();
         for row in &self.unindexed {
-            match added.iter_mut().find(|(room, _)| *room == row.room) {
-                Some((_, n)) => *n += row.count,
-                None => added.push((&row.room, row.count)),
+            match at.entry(&row.room) {
+                Entry::Occupied(i) => added[*i.get()].1 += row.count,
+                Entry::Vacant(slot) => {
+                    slot.insert(added.len());
+                    added.push((&row.room, row.count));
+                }
             }
         }
         let mut counts = Vec::new();
