@@ -148,8 +148,7 @@ fn with_history_in_redis_too_every_message_arrives_once_and_in_order() {
 fn room_spread_over_two_nodes(history: bool) {
     let _dog = watchdog(TEST_LIMIT);
     let redis = Redis::start();
-    let start = || if history { history_node(&redis, &[]) } else { node(&redis, "pollcast=info", &[]) };
-    let (a, b) = (start(), start());
+    let (a, b) = two_nodes(&redis, history);
     let mut ann = JsonClient::join(&a, "lobby", "ann"); // on A
     let mut bob = JsonClient::join(&b, "lobby", "bob"); // on B
     let mut carl = TextClient::open(&b, "/lobby?name=carl"); // raw, on B
@@ -295,6 +294,12 @@ fn history_node(redis: &Redis, extra: &[&str]) -> Server {
     node(redis, "pollcast=info", &args)
 }
 
+/// Two nodes on `redis`: keeping history in Redis, or none.
+fn two_nodes(redis: &Redis, history: bool) -> (Server, Server) {
+    let start = || if history { history_node(redis, &[]) } else { node(redis, "pollcast=info", &[]) };
+    (start(), start())
+}
+
 /// Sends `text` to `room` and returns the id its ack carries (the sender's own copy
 /// comes first, with the same id).
 fn say_acked(client: &mut JsonClient, room: &str, text: &str) -> u64 {
@@ -315,7 +320,7 @@ fn page_ids(history: &serde_json::Value) -> Vec<u64> {
 fn ids_increase_across_nodes_and_a_page_reads_from_the_node_that_did_not_store_it() {
     let _dog = watchdog(TEST_LIMIT);
     let redis = Redis::start();
-    let (a, b) = (history_node(&redis, &[]), history_node(&redis, &[]));
+    let (a, b) = two_nodes(&redis, true);
     let mut ann = JsonClient::join(&a, "lobby", "ann");
     ann.expect("history");
     let mut bob = JsonClient::join(&b, "lobby", "bob");
@@ -349,7 +354,7 @@ fn ids_increase_across_nodes_and_a_page_reads_from_the_node_that_did_not_store_i
 fn since_recovers_after_moving_to_another_node() {
     let _dog = watchdog(TEST_LIMIT);
     let redis = Redis::start();
-    let (a, b) = (history_node(&redis, &[]), history_node(&redis, &[]));
+    let (a, b) = two_nodes(&redis, true);
     let mut ann = JsonClient::join(&a, "tea", "ann");
     ann.expect("history");
     let mut bob = JsonClient::join(&b, "tea", "bob");
@@ -373,7 +378,7 @@ fn since_recovers_after_moving_to_another_node() {
 fn a_direct_message_is_stored_and_acked_across_nodes() {
     let _dog = watchdog(TEST_LIMIT);
     let redis = Redis::start();
-    let (a, b) = (history_node(&redis, &[]), history_node(&redis, &[]));
+    let (a, b) = two_nodes(&redis, true);
     let mut ann = JsonClient::join(&a, "lobby", "ann");
     let mut bob = JsonClient::join(&b, "lobby", "bob");
     subscribers(&redis, "pollcast:user:bob", 1);
@@ -700,7 +705,7 @@ fn rediss_speaks_tls_to_redis_with_a_password_and_a_room_crosses_nodes() {
 fn the_admin_api_posts_into_the_cluster_and_answers_once_stored() {
     let _dog = watchdog(TEST_LIMIT);
     let redis = Redis::start();
-    let (a, b) = (history_node(&redis, &[]), history_node(&redis, &[]));
+    let (a, b) = two_nodes(&redis, true);
     let mut bob = JsonClient::join(&b, "lobby", "bob");
     bob.expect("history");
     subscribers(&redis, "pollcast:room:lobby", 1);
@@ -782,8 +787,7 @@ fn without_history_a_burst_in_one_flush_is_published_once_and_reaches_everyone_o
 fn burst_in_one_flush(history: bool) {
     let _dog = watchdog(TEST_LIMIT);
     let redis = Redis::start();
-    let start = || if history { history_node(&redis, &[]) } else { node(&redis, "pollcast=info", &["--no-history"]) };
-    let (a, b) = (start(), start());
+    let (a, b) = two_nodes(&redis, history);
     let mut ann = JsonClient::join(&a, "lobby", "ann"); // the JSON sender, on A
     let mut dave = JsonClient::join(&a, "lobby", "dave"); // beside her, on A
     let mut bob = JsonClient::join(&b, "lobby", "bob"); // on B
@@ -873,7 +877,7 @@ fn burst_in_one_flush(history: bool) {
 fn after_a_script_flush_a_batch_is_sent_again_with_eval() {
     let _dog = watchdog(TEST_LIMIT);
     let redis = Redis::start();
-    let (a, b) = (history_node(&redis, &[]), history_node(&redis, &[]));
+    let (a, b) = two_nodes(&redis, true);
     let mut ann = JsonClient::join(&a, "lobby", "ann");
     let mut bob = JsonClient::join(&b, "lobby", "bob");
     subscribers(&redis, "pollcast:room:lobby", 2);
@@ -964,7 +968,7 @@ fn fetch(client: &mut JsonClient, id: u64) -> Result<(serde_json::Value, Vec<u8>
 fn a_room_file_from_one_node_reaches_every_member_once_and_is_fetched_and_paged_from_another() {
     let _dog = watchdog(TEST_LIMIT);
     let redis = Redis::start();
-    let (a, b) = (history_node(&redis, &[]), history_node(&redis, &[]));
+    let (a, b) = two_nodes(&redis, true);
     let mut ann = JsonClient::join(&a, "lobby", "ann");
     ann.expect("history");
     let mut kim = JsonClient::join(&a, "lobby", "kim");
@@ -1036,7 +1040,7 @@ fn a_room_file_from_one_node_reaches_every_member_once_and_is_fetched_and_paged_
 fn a_direct_file_crosses_nodes_to_its_two_users_only() {
     let _dog = watchdog(TEST_LIMIT);
     let redis = Redis::start();
-    let (a, b) = (history_node(&redis, &[]), history_node(&redis, &[]));
+    let (a, b) = two_nodes(&redis, true);
     let mut ann = JsonClient::join(&a, "lobby", "ann");
     ann.expect("history");
     let mut bob = JsonClient::join(&b, "lobby", "bob");
